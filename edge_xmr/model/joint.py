@@ -1,0 +1,242 @@
+"""JointModel: one shared-weight model in two roles (Geigle et al., "Retrieve Fast, Rerank Smart").
+
+- bi-encoder: text and image encoded apart, L2-normalised, cosine similarity;
+- cross-encoder: the SAME text blocks continue jointly over text tokens + a few image tokens.
+  Its score is ``scale * cosine + residual``: it starts from the bi-encoder's similarity and the
+  joint pass learns a correction (zero-initialised), so reranking starts where retrieval left off.
+
+Shapes: B/N/Q batch, K candidates per query, L text length, T image tokens, Dt stored token size,
+W text width, D embedding size, P grid positions, C grid channels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .text import TextTransformer
+
+
+class ImageHead(nn.Module):
+    """Global vector -> bi-encoder embedding (MLP, or a plain projection for CLIP)."""
+
+    def __init__(self, c_in: int, hidden: int, d: int, bias: bool = True):
+        super().__init__()
+        if hidden:
+            self.net: nn.Module = nn.Sequential(nn.LayerNorm(c_in), nn.Linear(c_in, hidden), nn.GELU(),
+                                                nn.Linear(hidden, d))
+        else:
+            self.net = nn.Linear(c_in, d, bias=bias)
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return self.net(g)
+
+
+class TokenPool(nn.Module):
+    """Grid (B, P, C) -> T image tokens (B, T, Dt) by learned-query attention pooling."""
+
+    def __init__(self, c_in: int, n_tokens: int, d_tok: int):
+        super().__init__()
+        self.proj = nn.Linear(c_in, d_tok)
+        self.queries = nn.Parameter(torch.randn(n_tokens, d_tok) * d_tok ** -0.5)
+        self.ln = nn.LayerNorm(d_tok)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        k = self.proj(grid)  # (B, P, Dt)
+        att = torch.einsum("td,bpd->btp", self.queries, k) / math.sqrt(k.shape[-1])  # (B, T, P)
+        return self.ln(att.softmax(-1) @ k)  # (B, T, Dt)
+
+
+class CrossHead(nn.Module):
+    """Cross-encoder-only parameters: lift stored tokens into the text width, read out a residual."""
+
+    def __init__(self, d_tok: int, n_tokens: int, width: int):
+        super().__init__()
+        self.up = nn.Linear(d_tok, width)
+        self.pos = nn.Parameter(torch.zeros(n_tokens, width))
+        self.ln = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, width)
+        self.out = nn.Linear(width, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # weight of the bi-encoder cosine
+
+    def lift(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.up(tokens) + self.pos  # (N, T, W)
+
+    def residual(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.fc(self.ln(pooled)))).squeeze(-1)  # (N,)
+
+
+class JointModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, text: TextTransformer, image_tower: nn.Module,
+                 text_proj: nn.Module | None = None, image_head: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.text = text
+        self.image_tower = image_tower
+        W, D = cfg.text.width, cfg.embed_dim
+        self.text_proj = text_proj if text_proj is not None else nn.Linear(W, D)
+        self.image_head = image_head if image_head is not None else ImageHead(
+            cfg.image.global_channels, cfg.image_head_hidden, D)
+        self.token_pool = TokenPool(cfg.image.grid_channels, cfg.n_image_tokens, cfg.token_dim)
+        self.cross = CrossHead(cfg.token_dim, cfg.n_image_tokens, W)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.05)))
+        self.tokenizer: Any = None  # edge_xmr.tokenizer.Tokenizer, set by the builder
+
+    # ---- tensor-level API -------------------------------------------------------------------
+    @property
+    def split(self) -> int:
+        """Index of the first block that runs jointly in the cross-encoder."""
+        return self.cfg.text.layers - self.cfg.cross_layers
+
+    def text_lower(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Text alone through blocks [0, split) -> (B, L, W); shared by both roles."""
+        return self.text.run(self.text.embed(ids), self.text.text_bias(mask), 0, self.split)
+
+    def text_embed_from_lower(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.text.run(x, self.text.text_bias(mask), self.split, self.cfg.text.layers)
+        pooled = self.text.pool(self.text.final(x), mask)  # (B, W)
+        return F.normalize(self.text_proj(pooled), dim=-1)  # (B, D)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids + mask -> (B, D) normalised bi-encoder text embedding."""
+        return self.text_embed_from_lower(self.text_lower(ids, mask), mask)
+
+    def image_outputs(self, g: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tower features -> (embedding (B, D) normalised, image tokens (B, T, Dt))."""
+        return F.normalize(self.image_head(g), dim=-1), self.token_pool(grid)
+
+    def encode_image(self, px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) pixels -> (embedding (B, D), image tokens (B, T, Dt))."""
+        g, grid = self.image_tower(px)
+        return self.image_outputs(g, grid)
+
+    def cross_logits(self, x_low: torch.Tensor, mask: torch.Tensor, t_emb: torch.Tensor,
+                     tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
+        """Cross-encoder scores of Q queries against K candidates each.
+
+        x_low: (Q, L, W) text after the shared lower blocks; mask: (Q, L); t_emb: (Q, D);
+        tokens: (Q, K, T, Dt); img_emb: (Q, K, D). Returns (Q, K).
+        """
+        Q, K = tokens.shape[:2]
+        L, W = x_low.shape[1:]
+        cos = torch.einsum("qd,qkd->qk", t_emb, img_emb)  # (Q, K)
+        xt = x_low[:, None].expand(Q, K, L, W).reshape(Q * K, L, W)
+        m = mask[:, None].expand(Q, K, L).reshape(Q * K, L)
+        img = self.cross.lift(tokens.reshape(Q * K, *tokens.shape[2:]))  # (QK, T, W)
+        pooled = self.text.joint(xt, m, img, self.split)  # (QK, W)
+        res = self.cross.residual(pooled).view(Q, K)
+        return self.cross.log_scale.exp() * cos + res
+
+    def score_query(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
+                    img_emb: torch.Tensor) -> torch.Tensor:
+        """One query (1, L) against N candidates (tokens (N, T, Dt), embeddings (N, D)) -> (N,)."""
+        x = self.text_lower(ids, mask)  # (1, L, W)
+        t = self.text_embed_from_lower(x, mask)  # (1, D)
+        return self.cross_logits(x, mask, t, tokens[None], img_emb[None])[0]
+
+    def score_aligned(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
+                      img_emb: torch.Tensor) -> torch.Tensor:
+        """N (text, image) pairs -> (N,) scores."""
+        x = self.text_lower(ids, mask)
+        t = self.text_embed_from_lower(x, mask)
+        return self.cross_logits(x, mask, t, tokens[:, None], img_emb[:, None])[:, 0]
+
+    # ---- user-level API (strings and images in, numpy out) ------------------------------------
+    def _tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenizer.encode(list(texts), self.cfg.max_text_len)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def _pixels(self, images: Sequence[Any]) -> torch.Tensor:
+        from ..preprocess import to_pixels
+
+        return torch.from_numpy(to_pixels(images, self.cfg.image))
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Texts -> (M, D) float32, L2-normalised."""
+        out = [self.encode_text(*self._tokens(texts[i:i + batch_size]))
+               for i in range(0, len(texts), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.cfg.embed_dim), np.float32)
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
+        """Images (paths, PIL images or HxWx3 uint8 arrays) -> (N, D) float32, L2-normalised."""
+        return self.encode_images(images, batch_size)[0]
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[Any], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Images -> (embeddings (N, D), image tokens (N, T, Dt)): what the index keeps per photo."""
+        embs, toks = [], []
+        for i in range(0, len(images), batch_size):
+            e, t = self.encode_image(self._pixels(images[i:i + batch_size]))
+            embs.append(e)
+            toks.append(t)
+        if not embs:
+            return (np.zeros((0, self.cfg.embed_dim), np.float32),
+                    np.zeros((0, self.cfg.n_image_tokens, self.cfg.token_dim), np.float32))
+        return torch.cat(embs).numpy(), torch.cat(toks).numpy()
+
+    @torch.no_grad()
+    def score_pairs(self, texts: Sequence[str], images: Sequence[Any]) -> np.ndarray:
+        """Cross-encoder match scores of aligned (text, image) pairs -> (N,) float32."""
+        if len(texts) != len(images):
+            raise ValueError(f"score_pairs needs as many texts as images ({len(texts)} vs {len(images)})")
+        emb, tok = self.encode_images(images)
+        ids, mask = self._tokens(texts)
+        return self.score_aligned(ids, mask, torch.from_numpy(tok), torch.from_numpy(emb)).numpy()
+
+    @torch.no_grad()
+    def score_candidates(self, text: str, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
+        """Cross-encoder scores of one text against N photos' stored data (tokens (N, T, Dt),
+        embeddings (N, D)) -> (N,) float32. Same contract as the runtime bundle's method."""
+        if len(tokens) == 0:
+            return np.zeros((0,), np.float32)
+        ids, mask = self._tokens([text])
+        return self.score_query(ids, mask, torch.as_tensor(tokens, dtype=torch.float32),
+                                torch.as_tensor(embeds, dtype=torch.float32)).numpy()
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+    def bi_encoder_parameters(self) -> list[nn.Parameter]:
+        mods = [self.text, self.image_tower, self.text_proj, self.image_head]
+        return [p for m in mods for p in m.parameters()] + [self.logit_scale]
+
+    def cross_only_parameters(self) -> list[nn.Parameter]:
+        return list(self.token_pool.parameters()) + list(self.cross.parameters())
+
+    def frozen_prefixes(self) -> list[str]:
+        """State-dict prefixes that come unchanged from the pretrained base (not saved in a model dir)."""
+        if self.cfg.base == "tiny":
+            return []
+        pre = []
+        if self.cfg.freeze_image_tower:
+            pre.append("image_tower.")
+        n_frozen = self.cfg.text.layers - self.cfg.trainable_text_layers
+        if n_frozen > 0:
+            pre += ["text.tok.", "text.pos.", "text.typ.", "text.ln_emb."]
+            pre += [f"text.blocks.{i}." for i in range(n_frozen)]
+        return pre
+
+    def freeze_pretrained(self) -> None:
+        """Set requires_grad=False on the frozen prefixes (and eval-mode BN in a frozen tower)."""
+        pre = tuple(self.frozen_prefixes())
+        for name, p in self.named_parameters():
+            p.requires_grad_(not name.startswith(pre) if pre else True)
+
+    def train(self, mode: bool = True) -> JointModel:
+        super().train(mode)
+        if self.cfg.freeze_image_tower and self.cfg.base != "tiny":
+            self.image_tower.eval()  # frozen BatchNorm statistics
+        return self
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        pre = tuple(self.frozen_prefixes())
+        return {k: v for k, v in self.state_dict().items() if not (pre and k.startswith(pre))}
