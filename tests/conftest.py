@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny random joint model (seconds to build) and its model directory."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+FLICKR = REPO.parent / "shared" / "data" / "flickr8k"
+
+
+@pytest.fixture(scope="session")
+def _tiny_model():
+    pytest.importorskip("torch")
+    from edge_xmr.config import preset
+    from edge_xmr.model import build
+
+    return build(preset("tiny")).eval()
+
+
+@pytest.fixture()
+def tiny_model(_tiny_model):
+    """A fresh deep copy of the session's tiny random JointModel."""
+    m = copy.deepcopy(_tiny_model)
+    m.tokenizer = _tiny_model.tokenizer
+    return m
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(_tiny_model, tmp_path_factory) -> Path:
+    """The tiny model saved as a model directory (config.json, tokenizer.json, model.safetensors)."""
+    from edge_xmr.model import save
+
+    return save(_tiny_model, tmp_path_factory.mktemp("tiny_model"))
