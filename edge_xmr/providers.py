@@ -1,18 +1,148 @@
 """onnxruntime sessions on the best local execution provider (torch-free).
 
-(minimal version; the runtime issue extends it with provider ranking and reporting)
+onnxruntime silently falls back to the CPU (with a warning only) when a requested provider is
+missing or fails to initialise. Here a requested provider that this onnxruntime build lacks is
+refused with a clear message, and ``active_provider(session)`` reports what really runs.
+
+Example::
+
+    >>> from edge_xmr.providers import choose_providers
+    >>> choose_providers(available=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    >>> choose_providers("cpu", available=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    ['CPUExecutionProvider']
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+CPU = "CPUExecutionProvider"
 
-def create_session(path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> Any:
+# best first: Apple Neural Engine/GPU, NVIDIA, Windows GPUs, Intel, Qualcomm NPU, Android NNAPI,
+# the XNNPACK CPU kernels of mobile builds, plain CPU (CUDA before TensorRT: TensorRT builds engines
+# for minutes on first use, so it is used only when asked for).
+PREFERENCE: tuple[str, ...] = (
+    "CoreMLExecutionProvider",
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+    "DmlExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "QNNExecutionProvider",
+    "NnapiExecutionProvider",
+    "XnnpackExecutionProvider",
+    CPU,
+)
+
+ALIASES: dict[str, str] = {
+    "coreml": "CoreMLExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "cpu": CPU,
+}
+
+# provider options used when a provider is chosen (others run with their defaults)
+_OPTIONS: dict[str, dict[str, str]] = {
+    "CoreMLExecutionProvider": {"ModelFormat": "MLProgram", "MLComputeUnits": "ALL"},
+}
+
+PROVIDERS_ENV = "EDGE_XMR_PROVIDERS"  # comma-separated override, e.g. "cpu" or "cuda,cpu"
+THREADS_ENV = "EDGE_XMR_THREADS"  # intra-op thread count
+
+
+class ProviderError(ValueError):
+    """A requested execution provider is unknown or not available in this onnxruntime build."""
+
+
+def available_providers() -> list[str]:
+    """Providers compiled into the installed onnxruntime (not a guarantee that they initialise)."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def resolve(name: str) -> str:
+    """A short alias ("cuda") or a full provider name -> the full name; unknown names raise."""
+    key = name.strip()
+    if key.lower() in ALIASES:
+        return ALIASES[key.lower()]
+    if key in PREFERENCE or key.endswith("ExecutionProvider"):
+        return key
+    raise ProviderError(f"unknown execution provider {name!r}; use one of {', '.join(sorted(ALIASES))}")
+
+
+def _requested(override: str | Sequence[str] | None) -> list[str]:
+    if override is None:
+        override = os.environ.get(PROVIDERS_ENV, "")
+    names = override.split(",") if isinstance(override, str) else list(override)
+    return [resolve(n) for n in names if n.strip()]
+
+
+def choose_providers(override: str | Sequence[str] | None = None,
+                     available: Sequence[str] | None = None) -> list[str]:
+    """The providers to ask onnxruntime for, best first, always ending with the CPU.
+
+    Args:
+        override: names or aliases to use instead of the automatic choice (a comma-separated string
+            or a list); ``None`` reads ``$EDGE_XMR_PROVIDERS`` and falls back to the ranking.
+        available: the providers of this build (default: asked from onnxruntime).
+    """
+    avail = list(available) if available is not None else available_providers()
+    wanted = _requested(override)
+    if not wanted:
+        return [p for p in PREFERENCE if p in avail and p != CPU] + [CPU]
+    missing = [p for p in wanted if p not in avail]
+    if missing:
+        raise ProviderError(
+            f"execution provider {', '.join(missing)} is not available in this onnxruntime build "
+            f"(available: {', '.join(avail)}); install the matching onnxruntime package "
+            "(onnxruntime-gpu, onnxruntime-directml, onnxruntime-openvino, ...) or choose another")
+    return wanted if CPU in wanted else wanted + [CPU]
+
+
+def thread_count(threads: int | None = None) -> int:
+    """Intra-op threads: the argument, else ``$EDGE_XMR_THREADS``, else 0 (onnxruntime's default:
+    one per physical core)."""
+    if threads is None:
+        env = os.environ.get(THREADS_ENV, "").strip()
+        threads = int(env) if env.isdigit() else 0
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    return threads
+
+
+def create_session(path: str | Path, providers: str | Sequence[str] | None = None,
+                   threads: int | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the best available (or the requested) provider.
+
+    Args:
+        path: the .onnx (or .ort) file.
+        providers: override of the provider choice (see ``choose_providers``).
+        threads: intra-op thread count (see ``thread_count``).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"])
+    so.intra_op_num_threads = thread_count(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    chosen = choose_providers(providers)
+    with_options = [(p, _OPTIONS[p]) if p in _OPTIONS else p for p in chosen]
+    return ort.InferenceSession(str(path), sess_options=so, providers=with_options)
+
+
+def active_provider(session: Any) -> str:
+    """The provider that really runs the session (the first one onnxruntime registered)."""
+    active = list(session.get_providers())
+    return str(active[0]) if active else CPU

@@ -1,7 +1,9 @@
 """JointModel: one shared-weight model in two roles (Geigle et al., "Retrieve Fast, Rerank Smart").
 
 - bi-encoder: text and image encoded apart, L2-normalised, cosine similarity;
-- cross-encoder: the SAME text blocks continue jointly over text tokens + a few image tokens.
+- cross-encoder: the SAME top text blocks run jointly over text tokens + a few image tokens (the image
+  tokens attend to the text and to each other; text keys/values come from the text pass, so one query
+  is encoded once and each candidate costs only its T image tokens).
   Its score is ``scale * cosine + residual``: it starts from the bi-encoder's similarity and the
   joint pass learns a correction (zero-initialised), so reranking starts where retrieval left off.
 
@@ -69,10 +71,10 @@ class CrossHead(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # weight of the bi-encoder cosine
 
     def lift(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.up(tokens) + self.pos  # (N, T, W)
+        return self.up(tokens) + self.pos  # (..., T, Dt) -> (..., T, W)
 
     def residual(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.out(F.gelu(self.fc(self.ln(pooled)))).squeeze(-1)  # (N,)
+        return self.out(F.gelu(self.fc(self.ln(pooled)))).squeeze(-1)  # (..., W) -> (...)
 
 
 class JointModel(nn.Module):
@@ -101,14 +103,15 @@ class JointModel(nn.Module):
         """Text alone through blocks [0, split) -> (B, L, W); shared by both roles."""
         return self.text.run(self.text.embed(ids), self.text.text_bias(mask), 0, self.split)
 
-    def text_embed_from_lower(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.text.run(x, self.text.text_bias(mask), self.split, self.cfg.text.layers)
-        pooled = self.text.pool(self.text.final(x), mask)  # (B, W)
-        return F.normalize(self.text_proj(pooled), dim=-1)  # (B, D)
+    def text_upper(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Blocks [split, layers) over text alone -> (embedding (B, D), per-block text states)."""
+        states = self.text.run_states(x, self.text.text_bias(mask), self.split)
+        pooled = self.text.pool(self.text.final(states[-1]), mask)  # (B, W)
+        return F.normalize(self.text_proj(pooled), dim=-1), states[:-1]  # (B, D)
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) ids + mask -> (B, D) normalised bi-encoder text embedding."""
-        return self.text_embed_from_lower(self.text_lower(ids, mask), mask)
+        return self.text_upper(self.text_lower(ids, mask), mask)[0]
 
     def image_outputs(self, g: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tower features -> (embedding (B, D) normalised, image tokens (B, T, Dt))."""
@@ -119,36 +122,30 @@ class JointModel(nn.Module):
         g, grid = self.image_tower(px)
         return self.image_outputs(g, grid)
 
-    def cross_logits(self, x_low: torch.Tensor, mask: torch.Tensor, t_emb: torch.Tensor,
+    def cross_logits(self, states: list[torch.Tensor], mask: torch.Tensor, t_emb: torch.Tensor,
                      tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
         """Cross-encoder scores of Q queries against K candidates each.
 
-        x_low: (Q, L, W) text after the shared lower blocks; mask: (Q, L); t_emb: (Q, D);
-        tokens: (Q, K, T, Dt); img_emb: (Q, K, D). Returns (Q, K).
+        states: text states entering blocks split.. (from ``text_upper``), each (Q, L, W);
+        mask: (Q, L); t_emb: (Q, D); tokens: (Q, K, T, Dt); img_emb: (Q, K, D). Returns (Q, K).
         """
-        Q, K = tokens.shape[:2]
-        L, W = x_low.shape[1:]
         cos = torch.einsum("qd,qkd->qk", t_emb, img_emb)  # (Q, K)
-        xt = x_low[:, None].expand(Q, K, L, W).reshape(Q * K, L, W)
-        m = mask[:, None].expand(Q, K, L).reshape(Q * K, L)
-        img = self.cross.lift(tokens.reshape(Q * K, *tokens.shape[2:]))  # (QK, T, W)
-        pooled = self.text.joint(xt, m, img, self.split)  # (QK, W)
-        res = self.cross.residual(pooled).view(Q, K)
+        img = self.cross.lift(tokens)  # (Q, K, T, W)
+        out = self.text.joint(states, mask, img, self.split)  # (Q, K, T, W)
+        res = self.cross.residual(out.mean(2))  # (Q, K)
         return self.cross.log_scale.exp() * cos + res
 
     def score_query(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
                     img_emb: torch.Tensor) -> torch.Tensor:
         """One query (1, L) against N candidates (tokens (N, T, Dt), embeddings (N, D)) -> (N,)."""
-        x = self.text_lower(ids, mask)  # (1, L, W)
-        t = self.text_embed_from_lower(x, mask)  # (1, D)
-        return self.cross_logits(x, mask, t, tokens[None], img_emb[None])[0]
+        t, states = self.text_upper(self.text_lower(ids, mask), mask)  # (1, D)
+        return self.cross_logits(states, mask, t, tokens[None], img_emb[None])[0]
 
     def score_aligned(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
                       img_emb: torch.Tensor) -> torch.Tensor:
         """N (text, image) pairs -> (N,) scores."""
-        x = self.text_lower(ids, mask)
-        t = self.text_embed_from_lower(x, mask)
-        return self.cross_logits(x, mask, t, tokens[:, None], img_emb[:, None])[:, 0]
+        t, states = self.text_upper(self.text_lower(ids, mask), mask)
+        return self.cross_logits(states, mask, t, tokens[:, None], img_emb[:, None])[:, 0]
 
     # ---- user-level API (strings and images in, numpy out) ------------------------------------
     def _tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +201,35 @@ class JointModel(nn.Module):
         return self.score_query(ids, mask, torch.as_tensor(tokens, dtype=torch.float32),
                                 torch.as_tensor(embeds, dtype=torch.float32)).numpy()
 
+    @torch.no_grad()
+    def score_batch(self, texts: Sequence[str], tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
+        """Scores (Q, K) of texts[q] against K candidates each (tokens (Q, K, T, Dt), embeds (Q, K, D)).
+
+        The text pass of each distinct text is cached (evaluation scores the same captions against
+        many images); the cache is cleared whenever the model is put in training mode.
+        """
+        cache = self.__dict__.setdefault("_text_cache", {})
+        new = sorted({t for t in texts if t not in cache})
+        for i in range(0, len(new), 256):
+            chunk = new[i:i + 256]
+            ids, mask = self._tokens(chunk)
+            t, states = self.text_upper(self.text_lower(ids, mask), mask)
+            for j, txt in enumerate(chunk):
+                n = int(mask[j].sum())
+                cache[txt] = (t[j], [s[j, :n] for s in states])
+        L = max(cache[t][1][0].shape[0] for t in texts)
+        W = self.cfg.text.width
+        mask = torch.zeros(len(texts), L, dtype=torch.long)
+        states = [torch.zeros(len(texts), L, W) for _ in range(self.cfg.cross_layers)]
+        for q, txt in enumerate(texts):
+            _, st = cache[txt]
+            mask[q, : st[0].shape[0]] = 1
+            for layer, s in enumerate(st):
+                states[layer][q, : s.shape[0]] = s
+        t_emb = torch.stack([cache[t][0] for t in texts])
+        return self.cross_logits(states, mask, t_emb, torch.as_tensor(np.ascontiguousarray(tokens), dtype=torch.float32),
+                                 torch.as_tensor(np.ascontiguousarray(embeds), dtype=torch.float32)).numpy()
+
     # ---- bookkeeping ---------------------------------------------------------------------------
     def bi_encoder_parameters(self) -> list[nn.Parameter]:
         mods = [self.text, self.image_tower, self.text_proj, self.image_head]
@@ -233,6 +259,7 @@ class JointModel(nn.Module):
 
     def train(self, mode: bool = True) -> JointModel:
         super().train(mode)
+        self.__dict__.pop("_text_cache", None)
         if self.cfg.freeze_image_tower and self.cfg.base != "tiny":
             self.image_tower.eval()  # frozen BatchNorm statistics
         return self

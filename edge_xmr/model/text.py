@@ -36,23 +36,51 @@ class Block(nn.Module):
             return x * torch.sigmoid(1.702 * x)
         return F.gelu(x)
 
-    def _attn(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, L, W = x.shape
-        H = self.cfg.heads
-        q = self.q(x).view(B, L, H, W // H).transpose(1, 2)  # (B, H, L, W/H)
-        k = self.k(x).view(B, L, H, W // H).transpose(1, 2)
-        v = self.v(x).view(B, L, H, W // H).transpose(1, 2)
-        att = (q @ k.transpose(-1, -2)) / math.sqrt(W // H) + bias  # (B, H, L, L)
-        y = att.softmax(-1) @ v  # (B, H, L, W/H)
-        return self.o(y.transpose(1, 2).reshape(B, L, W))  # (B, L, W)
+        return x.view(B, L, self.cfg.heads, W // self.cfg.heads).transpose(1, 2)  # (B, H, L, W/H)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        B, Lq, W = q.shape
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(W // self.cfg.heads) + bias  # (B, H, Lq, Lk)
+        y = att.softmax(-1) @ v  # (B, H, Lq, W/H)
+        return self.o(y.transpose(1, 2).reshape(B, Lq, W))  # (B, Lq, W)
+
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.act == "quick_gelu":
+            return x * torch.sigmoid(1.702 * x)
+        return F.gelu(x)
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.flavour == "bert":
+            return self.ln2(x + self.fc2(self._act(self.fc1(x))))
+        return x + self.fc2(self._act(self.fc1(self.ln2(x))))
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         # x: (B, L, W); bias: (B, 1, L, L) additive attention mask
-        if self.cfg.flavour == "bert":  # post-LN
-            x = self.ln1(x + self._attn(x, bias))
-            return self.ln2(x + self.fc2(self._act(self.fc1(x))))
-        x = x + self._attn(self.ln1(x), bias)  # pre-LN (CLIP)
-        return x + self.fc2(self._act(self.fc1(self.ln2(x))))
+        h = self.ln1(x) if self.cfg.flavour == "clip" else x  # pre-LN (CLIP) or post-LN (BERT)
+        a = self._attend(self.q(h), self.k(h), self.v(h), bias)
+        x = self.ln1(x + a) if self.cfg.flavour == "bert" else x + a
+        return self._ffn(x)
+
+    def text_kv(self, x_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of text states (B, L, W), computed once per query and reused per candidate."""
+        h = self.ln1(x_text) if self.cfg.flavour == "clip" else x_text
+        return self.k(h), self.v(h)
+
+    def forward_image(self, x: torch.Tensor, k_text: torch.Tensor, v_text: torch.Tensor,
+                      bias: torch.Tensor) -> torch.Tensor:
+        """Joint step for image tokens: they attend to [text; image] with this block's weights.
+
+        x: (N, T, W) image tokens; k_text, v_text: (N, L, W); bias: (N, 1, 1, L+T). Returns (N, T, W).
+        """
+        h = self.ln1(x) if self.cfg.flavour == "clip" else x
+        k = torch.cat([k_text, self.k(h)], dim=1)  # (N, L+T, W)
+        v = torch.cat([v_text, self.v(h)], dim=1)
+        a = self._attend(self.q(h), k, v, bias)  # (N, T, W)
+        x = self.ln1(x + a) if self.cfg.flavour == "bert" else x + a
+        return self._ffn(x)
 
 
 class TextTransformer(nn.Module):
@@ -109,25 +137,34 @@ class TextTransformer(nn.Module):
         x = self.run(self.embed(ids), self.text_bias(mask), 0, self.cfg.layers)
         return self.pool(self.final(x), mask)
 
-    def joint(self, x_text: torch.Tensor, mask: torch.Tensor, img: torch.Tensor, start: int) -> torch.Tensor:
-        """Continue blocks ``start..`` over [text; image] tokens.
+    def run_states(self, x: torch.Tensor, bias: torch.Tensor, start: int) -> list[torch.Tensor]:
+        """Blocks ``start..`` over text alone; returns each block's input and the last output."""
+        states = [x]
+        for blk in self.blocks[start:]:
+            states.append(blk(states[-1], bias))
+        return states
 
-        x_text: (N, L, W) text hidden states after block ``start - 1``; mask: (N, L);
-        img: (N, T, W) image tokens in the text model's width. Returns pooled (N, W) of the text part.
+    def joint(self, text_states: list[torch.Tensor], mask: torch.Tensor, img: torch.Tensor,
+              start: int) -> torch.Tensor:
+        """Cross-encoder pass: image tokens go through blocks ``start..`` attending to the text.
+
+        text_states: inputs of blocks start.. from the text-alone pass, each (Q, L, W);
+        mask: (Q, L); img: (Q, K, T, W) image tokens of K candidates per query.
+        Returns the image tokens' final states (Q, K, T, W). Text tokens do not see the image, so
+        their keys/values are computed once per query: the cost per candidate is T tokens.
         """
-        N, L, _ = x_text.shape
-        T = img.shape[1]
-        x = torch.cat([x_text, img], dim=1)  # (N, L+T, W)
-        full_mask = torch.cat([mask.to(torch.float32), torch.ones(N, T, device=mask.device)], dim=1)
-        bias = (1.0 - full_mask[:, None, None, :]) * NEG  # (N, 1, 1, L+T)
-        bias = bias.expand(N, 1, L + T, L + T)
-        if self.cfg.flavour == "clip":  # text stays causal among text tokens, sees all image tokens
-            causal = torch.triu(torch.full((L, L), NEG, device=mask.device), diagonal=1)
-            causal = F.pad(causal, (0, T, 0, T))  # (L+T, L+T)
-            bias = bias + causal
-        x = self.run(x, bias, start, self.cfg.layers)
-        x = self.final(x)[:, :L]  # (N, L, W)
-        return self.pool(x, mask)
+        Q, K, T, W = img.shape
+        L = mask.shape[1]
+        x = img.reshape(Q * K, T, W)
+        mbias = (1.0 - mask.to(torch.float32)) * NEG  # (Q, L)
+        bias = torch.cat([mbias, torch.zeros(Q, T, device=mask.device)], dim=1)  # (Q, L+T)
+        bias = bias[:, None].expand(Q, K, L + T).reshape(Q * K, 1, 1, L + T)
+        for j, blk in enumerate(self.blocks[start:]):
+            kt, vt = blk.text_kv(text_states[j])  # (Q, L, W) each
+            kt = kt[:, None].expand(Q, K, L, W).reshape(Q * K, L, W)
+            vt = vt[:, None].expand(Q, K, L, W).reshape(Q * K, L, W)
+            x = blk.forward_image(x, kt, vt, bias)
+        return self.final(x).view(Q, K, T, W)
 
 
 def load_bert(model: TextTransformer, sd: dict[str, torch.Tensor]) -> None:

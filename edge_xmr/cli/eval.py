@@ -1,0 +1,87 @@
+"""``edge-xmr eval``: Recall@1/5/10 of bi-encoder, rerank@k and cross-encoder on a caption folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate retrieval (bi-encoder, rerank@k, cross-encoder) on a caption folder")
+    p.add_argument("--model", required=True,
+                   help="model directory, 'default' (the embedded default model) or a bundle directory")
+    p.add_argument("--data", required=True, help="caption folder (images/, captions.tsv, splits/)")
+    p.add_argument("--split", default=None, help="split name (default: every captioned image)")
+    p.add_argument("--max-queries", type=int, default=None, help="deterministic sample of N queries per direction")
+    p.add_argument("--ce-subset", type=int, default=None,
+                   help="restrict the comparison to N images (cross-encoder over all is expensive)")
+    p.add_argument("--rerank", default="10,20,50", help="rerank depths (default 10,20,50)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--json", dest="json_out", default=None, help="write the results here")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all)")
+    p.set_defaults(func=run)
+
+
+def load_encoder(model: str, threads: int = 0):
+    """A model directory / 'default' (PyTorch) or a bundle directory (onnxruntime)."""
+    path = Path(model)
+    if (path / "manifest.json").is_file():
+        from ..bundle import Bundle
+
+        return Bundle.load(path, threads=threads or None)
+    try:
+        import torch
+    except ImportError:
+        raise UserError("evaluating a model directory needs torch: pip install torch==2.13.0 'edge-xmr[train]' "
+                        "(or pass an exported bundle directory)") from None
+    from ..model import ModelDirError, bases
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return bases.load(bases.resolve(model))
+    except ModelDirError as e:
+        raise UserError(str(e)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import DataError, read_captions
+    from ..evaluate import EvalSettings, evaluate
+    from ..preprocess import ImageError
+
+    for name, v in (("--max-queries", args.max_queries), ("--ce-subset", args.ce_subset)):
+        if v is not None and v < 1:
+            raise UserError(f"{name} must be >= 1")
+    try:
+        ks = tuple(int(k) for k in args.rerank.split(",") if k.strip())
+    except ValueError:
+        raise UserError(f"--rerank: expected comma-separated integers, got {args.rerank!r}") from None
+    try:
+        data = read_captions(args.data, args.split)
+    except DataError as e:
+        raise UserError(str(e)) from None
+    enc = load_encoder(args.model, args.threads)
+    settings = EvalSettings(rerank_ks=ks, max_queries=args.max_queries, ce_subset=args.ce_subset, seed=args.seed)
+    try:
+        res = evaluate(enc, data, settings, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    except ImageError as e:
+        raise UserError(str(e)) from None
+    res["model"] = str(args.model)
+    res["data"] = {"root": str(args.data), "split": args.split}
+    print(format_table(res))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def format_table(res: dict) -> str:
+    head = f"{'method':<16}" + "".join(f"{d + ' ' + k:>10}" for d in ("t2i", "i2t") for k in ("R@1", "R@5", "R@10"))
+    lines = [f"{res['n_images']} images, {res['n_captions']} captions, queries {res['n_queries']}", head + f"{'ms/query':>10}"]
+    for m, r in res["results"].items():
+        vals = "".join(f"{r[d][k]:>10.1f}" for d in ("t2i", "i2t") for k in ("R@1", "R@5", "R@10"))
+        lines.append(f"{m:<16}{vals}{res['latency_ms'].get(m, float('nan')):>10.2f}")
+    return "\n".join(lines)

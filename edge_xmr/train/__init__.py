@@ -1,0 +1,1 @@
+"""Training of the joint model (needs the ``[train]`` extra)."""

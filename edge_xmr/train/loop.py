@@ -1,0 +1,274 @@
+"""Joint training of the shared-weight model (both roles at once).
+
+- bi-encoder: symmetric InfoNCE over the batch (text->image and image->text);
+- cross-encoder: for each of the first ``ce_queries`` captions of a batch, a group of its photo
+  + hard negatives mined by the current bi-encoder (refreshed every epoch) + random negatives,
+  trained with a listwise softmax loss plus a binary match / no-match loss.
+The frozen image tower's features are cached once (flipped copies too, as augmentation).
+Checkpoints: ``OUT/last`` (model dir + ``train_state.pt``) every ``ckpt_every`` steps and at each
+epoch end; ``OUT`` itself holds the best model on dev (rerank@20 t2i R@1). A rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data import CaptionSet
+from ..model import bases
+from ..model.joint import JointModel
+from ..train_config import TrainConfig
+from .features import tower_grids
+
+
+class Trainer:
+    def __init__(self, model: JointModel, train: CaptionSet, dev: CaptionSet | None, out: Path,
+                 cfg: TrainConfig, log: Callable[[str], None] = lambda s: None, progress: bool = True):
+        self.model, self.train_set, self.dev, self.out, self.cfg = model, train, dev, out, cfg
+        self.log, self.progress = log, progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        tok = model.tokenizer
+        ids, mask = tok.encode(list(train.captions), model.cfg.max_text_len)
+        self.ids, self.mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        self.lengths = self.mask.sum(1)
+        self.img_caps = train.image_captions()
+        self.n_img = len(train.images)
+        self.step, self.epoch = 0, 0
+        self.best = -1.0
+        self.hard = None  # (n_img, hard_pool) mined negatives per image
+        self.last_text = torch.zeros(self.n_img, model.cfg.embed_dim)  # text embedding seen per image
+        self.history: list[dict] = []
+        text_p = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("text.")]
+        other = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("text.")]
+        self.opt = torch.optim.AdamW([{"params": text_p, "lr": cfg.lr_text}, {"params": other, "lr": cfg.lr_head}],
+                                     weight_decay=cfg.weight_decay)
+        self.base_lrs = [cfg.lr_text, cfg.lr_head]
+        self.steps_per_epoch = self.n_img // cfg.batch_size
+        self.total = self.steps_per_epoch * cfg.epochs
+
+    # ---- data ------------------------------------------------------------------------------------
+    def load_features(self) -> None:
+        paths = self.train_set.image_paths()
+        self.grids = [tower_grids(self.model, paths, flip=False, progress=self.progress, desc="train features"),
+                      tower_grids(self.model, paths, flip=True, progress=self.progress, desc="flipped features")]
+        if self.dev is not None:
+            self.dev_grid = tower_grids(self.model, self.dev.image_paths(), progress=self.progress,
+                                        desc="dev features")
+
+    def _grid(self, img: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+        order = np.argsort(img)  # memory-mapped arrays read fastest in order
+        g = np.empty((len(img), *self.grids[0].shape[1:]), np.float32)
+        for src in (0, 1):
+            sel = order if flip is None else order[flip[order] == src]
+            if flip is None and src == 1:
+                break
+            g[sel] = self.grids[src][img[sel]]
+        return torch.from_numpy(g)
+
+    # ---- schedule ---------------------------------------------------------------------------------
+    def _set_lr(self) -> None:
+        s = self.step
+        warm = min(1.0, (s + 1) / self.cfg.warmup_steps)
+        cos = 0.55 + 0.45 * math.cos(math.pi * min(1.0, s / max(1, self.total)))
+        for g, lr in zip(self.opt.param_groups, self.base_lrs):
+            g["lr"] = lr * warm * cos
+
+    # ---- mining -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def mine(self) -> None:
+        """Hard negatives per image: the photos the current bi-encoder ranks highest for the caption of
+        that image seen last (text embeddings from the training pass, image embeddings recomputed)."""
+        m = self.model
+        embs = []
+        for i in range(0, self.n_img, 512):
+            g = self._grid(np.arange(i, min(i + 512, self.n_img)))
+            embs.append(F.normalize(m.image_head(g.mean(1)), dim=-1))
+        iemb = torch.cat(embs)  # (n_img, D)
+        sims = self.last_text @ iemb.T  # (n_img, n_img)
+        sims.fill_diagonal_(-1e9)
+        self.hard = sims.topk(self.cfg.hard_pool, dim=1).indices.numpy().astype(np.int32)
+        # how often the mining caption's own photo is above its hardest negative (diagnostic)
+        pos = (self.last_text * iemb).sum(1)
+        self.mine_acc = float((pos > sims.max(1).values).float().mean())
+
+    # ---- one step --------------------------------------------------------------------------------
+    def train_step(self, img: np.ndarray) -> dict[str, float]:
+        m, cfg = self.model, self.cfg
+        rng = self.rng
+        cap = np.array([rng.choice(self.img_caps[i]) for i in img])
+        flip = rng.integers(0, 2, len(img))
+        L = int(self.lengths[cap].max())
+        ids, mask = self.ids[cap, :L], self.mask[cap, :L]
+        g = self._grid(img, flip)  # (B, P, C)
+        glob = F.dropout(g.mean(1), cfg.feature_dropout, training=True)
+        iemb = F.normalize(m.image_head(glob), dim=-1)  # (B, D)
+        with torch.no_grad() if m.split <= m.cfg.text.layers - m.cfg.trainable_text_layers else _null():
+            low = m.text_lower(ids, mask)
+        temb, states = m.text_upper(low, mask)  # (B, D), [(B, L, W)]
+        scale = m.logit_scale.clamp(max=math.log(100)).exp()
+        logits = scale * temb @ iemb.T  # (B, B)
+        target = torch.arange(len(img))
+        loss_bi = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        self.last_text[img] = temb.detach()
+        stats = {"bi": float(loss_bi)}
+        loss = loss_bi
+        if self.hard is not None and self.epoch >= cfg.ce_start_epoch and cfg.ce_queries > 0:
+            loss_ce, acc = self._ce_loss(img[: cfg.ce_queries], flip[: cfg.ce_queries], temb, states, mask)
+            loss = loss + cfg.ce_weight * loss_ce
+            stats.update(ce=float(loss_ce), group_acc=acc)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 5.0)
+        self.opt.step()
+        return stats
+
+    def _ce_loss(self, img: np.ndarray, flip: np.ndarray, temb: torch.Tensor, states: list[torch.Tensor],
+                 mask: torch.Tensor) -> tuple[torch.Tensor, float]:
+        m, cfg, rng = self.model, self.cfg, self.rng
+        Q = len(img)
+        K = 1 + cfg.hard_negatives + cfg.random_negatives
+        cand = np.empty((Q, K), np.int64)
+        for q, i in enumerate(img):
+            hard = rng.choice(self.hard[i], size=cfg.hard_negatives, replace=False)
+            rand = []
+            while len(rand) < cfg.random_negatives:
+                r = int(rng.integers(self.n_img))
+                if r != i and r not in hard:
+                    rand.append(r)
+            cand[q] = [i, *hard, *rand]
+        cflip = np.zeros((Q, K), np.int64)
+        cflip[:, 0] = flip  # the positive is seen as in the bi-encoder batch
+        g = self._grid(cand.reshape(-1), cflip.reshape(-1))  # (QK, P, C)
+        with torch.no_grad():
+            cemb = F.normalize(m.image_head(g.mean(1)), dim=-1).view(Q, K, -1)
+        tokens = m.token_pool(g).view(Q, K, *m.token_pool.queries.shape)  # (Q, K, T, Dt)
+        st = [s[:Q] if cfg.ce_text_grad else s[:Q].detach() for s in states]
+        logits = m.cross_logits(st, mask[:Q], temb[:Q].detach(), tokens, cemb)  # (Q, K)
+        listwise = F.cross_entropy(logits, torch.zeros(Q, dtype=torch.long))
+        labels = torch.zeros(Q, K)
+        labels[:, 0] = 1.0
+        bce = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=torch.tensor(float(K - 1)))
+        acc = float((logits.argmax(1) == 0).float().mean())
+        return listwise + cfg.bce_weight * bce, acc
+
+    # ---- evaluation / checkpoints -----------------------------------------------------------------
+    @torch.no_grad()
+    def quick_eval(self) -> dict[str, float]:
+        """Dev recall on a fixed sample of captions against all dev images (bi and rerank@20)."""
+        m = self.model
+        m.eval()
+        try:
+            iemb, itok = [], []
+            for i in range(0, len(self.dev_grid), 256):
+                g = torch.from_numpy(np.asarray(self.dev_grid[i:i + 256], np.float32))
+                e, t = m.image_outputs(g.mean(1), g)
+                iemb.append(e)
+                itok.append(t)
+            iemb_t, itok_t = torch.cat(iemb), torch.cat(itok)
+            rng = np.random.default_rng(123)
+            caps = np.sort(rng.choice(len(self.dev.captions), size=min(self.cfg.eval_queries,
+                                                                       len(self.dev.captions)), replace=False))
+            texts = [self.dev.captions[c] for c in caps]
+            target = torch.tensor([self.dev.caption_image[c] for c in caps])
+            temb = torch.from_numpy(m.embed_texts(texts))
+            order = (temb @ iemb_t.T).argsort(dim=1, descending=True)
+            bi_r1 = float((order[:, 0] == target).float().mean() * 100)
+            top = order[:, :20]
+            ce = m.score_batch(texts, itok_t[top].numpy(), iemb_t[top].numpy())
+            best = top[torch.arange(len(top)), torch.from_numpy(ce).argmax(1)]
+            rr_r1 = float((best == target).float().mean() * 100)
+            in20 = float((top == target[:, None]).any(1).float().mean() * 100)
+            return {"dev_bi_R@1": bi_r1, "dev_rerank20_R@1": rr_r1, "dev_in_top20": in20}
+        finally:
+            m.train()
+
+    def save_checkpoint(self) -> None:
+        last = self.out / "last"
+        bases.save(self.model, last)
+        state = {"opt": self.opt.state_dict(), "step": self.step, "epoch": self.epoch, "best": self.best,
+                 "hard": self.hard, "last_text": self.last_text, "history": self.history,
+                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 "train_config": asdict(self.cfg)}
+        tmp = last / "train_state.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, last / "train_state.pt")
+
+    def try_resume(self) -> bool:
+        f = self.out / "last" / "train_state.pt"
+        if not f.is_file():
+            return False
+        loaded = bases.load(self.out / "last")
+        self.model.load_state_dict(loaded.state_dict())
+        st = torch.load(f, map_location="cpu", weights_only=False)
+        self.opt.load_state_dict(st["opt"])
+        self.step, self.epoch, self.best = st["step"], st["epoch"], st["best"]
+        self.hard, self.last_text, self.history = st["hard"], st["last_text"], st["history"]
+        self.rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(st["torch_rng"])
+        return True
+
+    # ---- main loop --------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.load_features()
+        if self.try_resume():
+            self.log(f"resumed from {self.out / 'last'} at epoch {self.epoch} step {self.step}")
+        self.model.train()
+        t_start = time.time()
+        while self.epoch < cfg.epochs:
+            if self.epoch >= cfg.ce_start_epoch and (self.hard is None or self.step % self.steps_per_epoch == 0):
+                self.mine()
+                self.log(f"epoch {self.epoch}: mined hard negatives (caption above hardest negative "
+                         f"{100 * self.mine_acc:.1f}%)")
+            perm = np.random.default_rng(cfg.seed + self.epoch).permutation(self.n_img)
+            first = self.step - self.epoch * self.steps_per_epoch
+            bar = tqdm(range(first, self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                       unit="step", disable=not self.progress, initial=first, total=self.steps_per_epoch)
+            for b in bar:
+                self._set_lr()
+                st = self.train_step(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+                self.step += 1
+                bar.set_postfix({k: f"{v:.3f}" for k, v in st.items()})
+                if self.step % cfg.ckpt_every == 0:
+                    self.save_checkpoint()
+            self.epoch += 1
+            rec = {"epoch": self.epoch, "step": self.step, "minutes": (time.time() - t_start) / 60}
+            if self.dev is not None:
+                rec.update(self.quick_eval())
+                score = rec["dev_rerank20_R@1"] if self.epoch > cfg.ce_start_epoch else rec["dev_bi_R@1"] - 100
+                if score > self.best:
+                    self.best = score
+                    bases.save(self.model, self.out)
+                    rec["saved_best"] = True
+            else:
+                bases.save(self.model, self.out)
+            self.history.append(rec)
+            self.log(json.dumps(rec))
+            self.save_checkpoint()
+        (self.out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "history": self.history},
+                                                            indent=2))
+        return {"history": self.history, "best": self.best}
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None

@@ -1,0 +1,28 @@
+"""Training hyper-parameters (torch-free so the CLI can list them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5  # passes over the training images (one random caption per image per pass)
+    batch_size: int = 128  # pairs per contrastive batch (distinct images)
+    lr_text: float = 5e-5  # learning rate of the fine-tuned text blocks
+    lr_head: float = 1e-3  # learning rate of heads, token pooling and cross-encoder parameters
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 50  # linear warm-up steps
+    feature_dropout: float = 0.1  # dropout on the frozen image features (regularises the head)
+    ce_start_epoch: int = 1  # first epoch (0-based) with cross-encoder training (needs mined negatives)
+    ce_queries: int = 32  # captions per batch that get a cross-encoder group
+    hard_negatives: int = 6  # hard negatives per group, sampled from the bi-encoder's top ``hard_pool``
+    random_negatives: int = 1  # random negatives per group
+    hard_pool: int = 30  # depth of the mined candidate list
+    ce_weight: float = 1.0  # weight of the cross-encoder loss
+    bce_weight: float = 0.5  # weight of the binary match / no-match term inside it
+    ce_text_grad: bool = True  # let the cross-encoder loss update the shared text blocks
+    ckpt_every: int = 100  # steps between resumable checkpoints
+    eval_queries: int = 500  # dev captions used by the periodic evaluation
+    seed: int = 0  # random seed
+    threads: int = 0  # torch threads (0: all cores)
