@@ -1,0 +1,121 @@
+"""The joint model: shared weights, parameter budget, parity with Hugging Face, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_xmr.config import preset  # noqa: E402
+from edge_xmr.model import ModelDirError, build, load, save  # noqa: E402
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8) for i in range(n)]
+
+
+def _randomise_residual(m):
+    # the residual head starts at zero (scores = scaled cosine); give it weights so tests exercise it
+    with torch.no_grad():
+        m.cross.out.weight.normal_(0, 1.0)
+        m.cross.out.bias.fill_(0.3)
+
+
+def test_cross_encoder_adds_at_most_10_percent_and_shares_transformer(tiny_model):
+    bi = sum(p.numel() for p in tiny_model.bi_encoder_parameters())
+    cross = sum(p.numel() for p in tiny_model.cross_only_parameters())
+    assert cross / bi <= 0.10 or tiny_model.cfg.base == "tiny"
+    # the cross-encoder runs the very same block modules (same tensors) as the bi-encoder
+    called = []
+    hooks = [b.register_forward_hook(lambda *a: called.append(1)) for b in tiny_model.text.blocks]
+    tiny_model.score_pairs(["a dog"], _images(1))
+    for h in hooks:
+        h.remove()
+    assert len(called) >= tiny_model.cfg.text.layers
+    ids = {id(p) for p in tiny_model.bi_encoder_parameters()}
+    assert not ids & {id(p) for p in tiny_model.cross_only_parameters()}
+
+
+def test_lite_parameter_budget():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    m = build(preset("lite"), pretrained=False)
+    bi = sum(p.numel() for p in m.bi_encoder_parameters())
+    cross = sum(p.numel() for p in m.cross_only_parameters())
+    assert cross / bi <= 0.10, (cross, bi)
+    # rerank data per photo: T tokens x Dt int8 bytes in the index
+    assert m.cfg.n_image_tokens * m.cfg.token_dim <= 1024
+
+
+def test_embeddings_are_normalised_and_padding_invariant(tiny_model):
+    e = tiny_model.embed_texts(["a dog", "two red cats sitting on the grass by the water", ""])
+    np.testing.assert_allclose((e ** 2).sum(1), 1.0, atol=1e-5)
+    alone = tiny_model.embed_texts(["a dog"])
+    np.testing.assert_allclose(e[0], alone[0], atol=1e-5)
+    ie = tiny_model.embed_images(_images(3))
+    np.testing.assert_allclose((ie ** 2).sum(1), 1.0, atol=1e-5)
+
+
+def test_three_scoring_paths_agree(tiny_model):
+    _randomise_residual(tiny_model)
+    imgs = _images(4)
+    emb, tok = tiny_model.encode_images(imgs)
+    texts = ["a dog", "a red cat on grass", "two people", "x"]
+    pairs = tiny_model.score_pairs(texts, imgs)
+    one = np.array([tiny_model.score_candidates(t, tok[i:i + 1], emb[i:i + 1])[0] for i, t in enumerate(texts)])
+    batch = tiny_model.score_batch(texts, tok[:, None], emb[:, None])[:, 0]
+    np.testing.assert_allclose(pairs, one, atol=1e-5)
+    np.testing.assert_allclose(pairs, batch, atol=1e-5)
+    # candidates do not influence each other
+    all4 = tiny_model.score_candidates("a dog", tok, emb)
+    np.testing.assert_allclose(all4[0], one[0], atol=1e-5)
+    assert np.ptp(all4) > 0
+
+
+def test_residual_starts_at_zero_so_cross_score_equals_scaled_cosine(tiny_model):
+    imgs = _images(3)
+    emb, tok = tiny_model.encode_images(imgs)
+    t = tiny_model.embed_texts(["a dog"])[0]
+    s = tiny_model.score_candidates("a dog", tok, emb)
+    scale = float(tiny_model.cross.log_scale.exp())
+    np.testing.assert_allclose(s, scale * (emb @ t), atol=1e-5)
+
+
+def test_score_pairs_length_mismatch(tiny_model):
+    with pytest.raises(ValueError, match="as many texts as images"):
+        tiny_model.score_pairs(["a", "b"], _images(1))
+
+
+def test_save_load_roundtrip(tiny_model, tmp_path):
+    _randomise_residual(tiny_model)
+    save(tiny_model, tmp_path / "m")
+    m2 = load(tmp_path / "m")
+    imgs = _images(2)
+    np.testing.assert_allclose(tiny_model.score_pairs(["a dog", "cat"], imgs), m2.score_pairs(["a dog", "cat"], imgs),
+                               atol=1e-6)
+
+
+def test_load_refuses_bad_dirs(tmp_path, tiny_model):
+    with pytest.raises(ModelDirError, match="not found"):
+        load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelDirError, match="config.json"):
+        load(tmp_path / "empty")
+    d = save(tiny_model, tmp_path / "m")
+    from safetensors.torch import save_file
+
+    save_file({"bogus": torch.zeros(1)}, str(d / "model.safetensors"))
+    with pytest.raises(ModelDirError, match="does not match"):
+        load(d)
+
+
+def test_lite_saves_only_non_pretrained_tensors():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    m = build(preset("lite"), pretrained=False)
+    keys = m.saved_state()
+    assert not any(k.startswith("image_tower.") for k in keys)
+    assert not any(k.startswith("text.blocks.0.") for k in keys)
+    assert any(k.startswith(f"text.blocks.{m.cfg.text.layers - 1}.") for k in keys)
+    # frozen parameters really are frozen
+    assert not any(p.requires_grad for p in m.image_tower.parameters())
