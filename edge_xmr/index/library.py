@@ -1,0 +1,560 @@
+"""Library: one photo index file (SQLite + sqlite-vec) and the model bundle that fills and searches it.
+
+Example::
+
+    >>> from edge_xmr import Library
+    >>> lib = Library.open("photos.db", bundle="path/to/bundle")   # doctest: +SKIP
+    >>> lib.index("~/Pictures")                                     # doctest: +SKIP
+    IndexReport(scanned=1204, added=1204, ...)
+    >>> [h.path for h in lib.search("a dog on the beach", k=3)]     # doctest: +SKIP
+    ['/home/me/Pictures/2023/IMG_0412.jpg', ...]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import apsw
+import numpy as np
+import numpy.typing as npt
+
+from . import schema
+from .db import connect, file_bytes, read_transaction, write_transaction
+from .filters import DateLike, Filters, folder_key, key_range, path_range, wall_seconds_from_epoch, wall_to_iso
+from .stores import DEFAULT_STORE, Store, StoreKind, calibrate_scale, dequantize, quantize
+
+if TYPE_CHECKING:
+    from ..indexer import IndexOptions, IndexReport, Progress
+    from ..search import Hit, TextHit
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+class LibraryError(Exception):
+    """The index cannot do what was asked (no model loaded, unknown photo, unusable file)."""
+
+
+class ModelMismatchError(LibraryError):
+    """The index was built with another model than the bundle given to open it."""
+
+
+class EncoderBundle(Protocol):
+    """What the library needs from a loaded model bundle (``edge_xmr.bundle.Bundle``)."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def model_id(self) -> str: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> FloatArray: ...
+
+    def encode_images(self, images: Sequence[Any]) -> tuple[FloatArray, FloatArray]: ...
+
+    def score_candidates(self, text: str, tokens: FloatArray, embeds: FloatArray) -> FloatArray: ...
+
+
+@dataclass(frozen=True)
+class PhotoRecord:
+    path: str  # absolute path of the file
+    hash: bytes  # sha256 of the file's bytes
+    size: int  # file size in bytes
+    mtime_ns: int  # modification time, ns since the epoch
+    exif_time: int | None  # EXIF capture time in wall-clock seconds (None: the file has none)
+    width: int  # width in pixels after EXIF orientation
+    height: int  # height in pixels after EXIF orientation
+
+    @property
+    def taken(self) -> int:
+        """Capture time used by date filters: EXIF if present, else the file's mtime."""
+        return self.exif_time if self.exif_time is not None else wall_seconds_from_epoch(self.mtime_ns / 1e9)
+
+
+@dataclass(frozen=True)
+class LibraryInfo:
+    schema_version: int  # index schema version
+    model_name: str  # name of the model that embedded the photos
+    model_id: str  # sha256 identity of that model's bundle
+    dim: int  # embedding dimension D
+    metric: str  # similarity of embeddings ("cosine")
+    store: StoreKind  # how vec0 keeps embeddings (int8, float32, bit)
+    embedding_scale: float  # int8 scale of embeddings (0: not calibrated yet)
+    token_scale: float  # int8 scale of image tokens (0: not calibrated yet)
+    token_count: int  # image tokens per photo T
+    token_dim: int  # size of each image token Dt
+    created: str  # ISO time the index was created
+    bundle_path: str  # the bundle last used to open it (a hint for the CLI)
+
+    @staticmethod
+    def from_meta(meta: dict[str, str]) -> LibraryInfo:
+        return LibraryInfo(
+            schema_version=int(meta["schema_version"]), model_name=meta.get("model_name", ""),
+            model_id=meta.get("model_id", ""), dim=int(meta["embedding_dim"]), metric=meta.get("metric", "cosine"),
+            store=schema.store_from_meta(meta).kind, embedding_scale=float(meta.get("embedding_int8_scale") or 0),
+            token_scale=float(meta.get("token_int8_scale") or 0), token_count=int(meta["token_count"]),
+            token_dim=int(meta["token_dim"]), created=meta.get("created", ""), bundle_path=meta.get("bundle_path", ""))
+
+
+@dataclass(frozen=True)
+class Candidates:
+    ids: IntArray  # photo ids (n,), best first
+    embeds: FloatArray  # their stored embeddings, dequantised and unit-normalised (n, D)
+    scores: FloatArray  # cosine with the query (n,), descending
+
+
+@dataclass(frozen=True)
+class PhotoInfo:
+    id: int  # photo id (rowid in photos and vectors)
+    path: str  # absolute file path
+    taken: str  # capture time (EXIF, else mtime), ISO wall clock
+    width: int  # oriented width in pixels
+    height: int  # oriented height in pixels
+
+
+@dataclass(frozen=True)
+class Stats:
+    db_path: str  # the index file
+    photos: int  # photos indexed
+    folders: int  # folders holding them
+    skipped: int  # files that could not be indexed
+    skipped_files: tuple[tuple[str, str], ...]  # (path, reason) of the first skipped files
+    model_name: str  # model that embedded the photos
+    model_id: str  # its bundle identity
+    store: str  # int8, float32 or bit
+    dim: int  # embedding dimension
+    schema_version: int  # index schema version
+    db_bytes: int  # size on disk (with -wal and -shm)
+    bytes_per_photo: float  # db_bytes / photos
+    first_taken: str | None  # earliest capture time
+    last_taken: str | None  # latest capture time
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["skipped_files"] = [{"path": p, "reason": r} for p, r in self.skipped_files]
+        return d
+
+
+_EMPTY_IDS: IntArray = np.zeros((0,), np.int64)
+
+
+class Library:
+    """A photo index file, optionally with the model bundle used to fill and search it."""
+
+    def __init__(self, conn: apsw.Connection, path: Path, bundle: EncoderBundle | None):
+        self._conn = conn
+        self.path = path
+        self.bundle = bundle
+        self._info = LibraryInfo.from_meta(schema.read_meta(conn))
+        self.store = self._make_store()
+
+    # ---- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, db: str | os.PathLike[str] | None = None, bundle: EncoderBundle | str | os.PathLike[str] | None = None,
+             *, store: StoreKind = DEFAULT_STORE, create: bool = True, providers: str | Sequence[str] | None = None,
+             threads: int | None = None) -> Library:
+        """Open (or create) an index.
+
+        Args:
+            db: the index file (default: the platform's data folder, see ``edge_xmr.paths``).
+            bundle: a loaded bundle, or a bundle folder to load; ``None`` opens the index without a
+                model (stats and remove work; indexing and search need a model).
+            store: for a new index: how embeddings are stored (``int8``, ``float32`` or ``bit``).
+            create: create the file if missing.
+            providers, threads: onnxruntime settings when ``bundle`` is a folder.
+
+        Raises:
+            ModelMismatchError: the index was built with another model.
+            LibraryError: missing file (create=False) or no model to create a new index with.
+        """
+        from ..paths import default_db_path
+
+        path = Path(db).expanduser() if db is not None else default_db_path()
+        loaded, bundle_path = _load_bundle(bundle, providers, threads)
+        if not path.exists() and not create:
+            raise LibraryError(f"no index at {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path)
+        try:
+            if not schema.has_schema(conn):
+                if loaded is None:
+                    raise LibraryError(f"{path} is not an index yet; a model bundle is needed to create one")
+                schema.create(conn, Store(store, _manifest_dim(loaded), 1.0), _new_meta(loaded, store, bundle_path))
+            schema.migrate(conn)
+            lib = cls(conn, path, loaded)
+            lib._check_model(bundle_path)
+        except BaseException:
+            conn.close()
+            raise
+        return lib
+
+    def _check_model(self, bundle_path: str) -> None:
+        if self.bundle is None:
+            return
+        name, mid = _manifest_name(self.bundle), self.bundle.model_id
+        info = self._info
+        if mid != info.model_id:
+            raise ModelMismatchError(
+                f"{self.path} was indexed with model {info.model_name!r} (id {info.model_id[:12]}), but the "
+                f"loaded bundle is model {name!r} (id {mid[:12]}); open it with the bundle it was built with, "
+                "or index into a new database")
+        if bundle_path and bundle_path != info.bundle_path:
+            with write_transaction(self._conn):
+                schema.write_meta(self._conn, {"bundle_path": bundle_path})
+            self._reload_info()
+
+    def _reload_info(self) -> None:
+        self._info = LibraryInfo.from_meta(schema.read_meta(self._conn))
+        self.store = self._make_store()
+
+    def _make_store(self) -> Store:
+        return Store(self._info.store, self._info.dim, self._info.embedding_scale or 1.0)
+
+    @property
+    def info(self) -> LibraryInfo:
+        return self._info
+
+    @property
+    def connection(self) -> apsw.Connection:
+        return self._conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def require_bundle(self) -> EncoderBundle:
+        if self.bundle is None:
+            raise LibraryError("no model bundle loaded: open the library with bundle=...")
+        return self.bundle
+
+    # ---- public verbs --------------------------------------------------------------------------
+    def index(self, root: str | os.PathLike[str], progress: Callable[[Progress], None] | None = None,
+              options: IndexOptions | None = None) -> IndexReport:
+        """Index a folder tree incrementally (see ``edge_xmr.indexer.index_folder``)."""
+        from ..indexer import IndexOptions, index_folder
+
+        return index_folder(self, root, progress=progress, options=options or IndexOptions())
+
+    def add(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
+        """Index the given photo files (new or changed ones are embedded, others skipped)."""
+        from ..indexer import IndexOptions, index_files
+
+        return index_files(self, [os.path.abspath(p) for p in paths], options=IndexOptions())
+
+    def search(self, text: str, k: int = 10, rerank: int = 20, after: DateLike = None, before: DateLike = None,
+               folder: str | os.PathLike[str] | None = None) -> list[Hit]:
+        """Text -> the best ``k`` photos: KNN top ``rerank``, cross-encoder rerank (0: no rerank)."""
+        from ..search import search
+
+        return search(self, text, k=k, rerank=rerank, after=after, before=before, folder=folder)
+
+    def similar(self, photo: str | os.PathLike[str] | int, k: int = 10, after: DateLike = None,
+                before: DateLike = None, folder: str | os.PathLike[str] | None = None) -> list[Hit]:
+        """Photo (indexed path, id, or any image file) -> the most similar other photos."""
+        from ..search import similar
+
+        return similar(self, photo, k=k, after=after, before=before, folder=folder)
+
+    def rank_texts(self, photo: str | os.PathLike[str] | int, texts: Sequence[str]) -> list[TextHit]:
+        """Photo -> the texts ranked by the cross-encoder (with bi-encoder scores)."""
+        from ..search import rank_texts
+
+        return rank_texts(self, photo, texts)
+
+    def remove(self, path: str | os.PathLike[str]) -> int:
+        """Forget a photo, or every photo under a folder (files are not touched); returns the count."""
+        p = os.path.abspath(path)
+        with write_transaction(self._conn):
+            ids = [int(r[0]) for r in self._conn.execute("SELECT id FROM photos WHERE path = ?", (p,))]
+            lo, hi = path_range(p)
+            ids += [int(r[0]) for r in self._conn.execute(
+                "SELECT id FROM photos WHERE path >= ? AND path < ?", (lo, hi))]
+            self.delete_photos(ids)
+            self._conn.execute("DELETE FROM skipped WHERE path = ? OR (path >= ? AND path < ?)", (p, lo, hi))
+            self.prune_folders()
+        return len(ids)
+
+    def stats(self, max_skipped: int = 100) -> Stats:
+        c = self._conn
+        with read_transaction(c):
+            n = self.count()
+            folders = int(c.execute("SELECT count(*) FROM folders").fetchone()[0])
+            n_skip = int(c.execute("SELECT count(*) FROM skipped").fetchone()[0])
+            skipped = tuple((str(p), str(r)) for p, r in c.execute(
+                "SELECT path, reason FROM skipped ORDER BY path LIMIT ?", (max_skipped,)))
+            lo, hi = c.execute("SELECT min(taken), max(taken) FROM photos").fetchone()
+        size = file_bytes(self.path)
+        i = self._info
+        return Stats(db_path=str(self.path), photos=n, folders=folders, skipped=n_skip, skipped_files=skipped,
+                     model_name=i.model_name, model_id=i.model_id, store=i.store, dim=i.dim,
+                     schema_version=i.schema_version, db_bytes=size, bytes_per_photo=size / n if n else 0.0,
+                     first_taken=wall_to_iso(int(lo)) if lo is not None else None,
+                     last_taken=wall_to_iso(int(hi)) if hi is not None else None)
+
+    # ---- reading ------------------------------------------------------------------------------
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM photos").fetchone()[0])
+
+    def photo_id(self, path: str | os.PathLike[str]) -> int | None:
+        row = self._conn.execute("SELECT id FROM photos WHERE path = ?", (os.path.abspath(path),)).fetchone()
+        return int(row[0]) if row else None
+
+    def photo_info(self, ids: Sequence[int]) -> dict[int, PhotoInfo]:
+        out: dict[int, PhotoInfo] = {}
+        for chunk in _chunks([int(i) for i in ids]):
+            q = f"SELECT id, path, taken, width, height FROM photos WHERE id IN ({_marks(chunk)})"
+            for pid, path, taken, w, h in self._conn.execute(q, chunk):
+                out[int(pid)] = PhotoInfo(int(pid), str(path), wall_to_iso(int(taken)), int(w), int(h))
+        return out
+
+    def stored(self, ids: Sequence[int]) -> tuple[FloatArray, FloatArray]:
+        """Stored (dequantised) embeddings (n, D), unit norm, and image tokens (n, T, Dt) of photos."""
+        ids = [int(i) for i in ids]
+        return self.embeddings(ids), self.tokens(ids)
+
+    def embeddings(self, ids: Sequence[int]) -> FloatArray:
+        ids = [int(i) for i in ids]
+        if self.store.keeps_rescore_copy:
+            blobs = self._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
+        else:
+            blobs = self._blobs("SELECT rowid, embedding FROM vectors WHERE rowid IN ({})", ids)
+        return _stack([self.store.decode(blobs[i]) for i in ids], (0, self._info.dim))
+
+    def tokens(self, ids: Sequence[int]) -> FloatArray:
+        """Stored image tokens of photos, dequantised -> (n, T, Dt) float32."""
+        ids = [int(i) for i in ids]
+        blobs = self._blobs("SELECT id, tokens FROM rerank WHERE id IN ({})", ids)
+        T, Dt = self._info.token_count, self._info.token_dim
+        scale = self._info.token_scale or 1.0
+        return _stack([dequantize(np.frombuffer(blobs[i], np.int8), scale).reshape(T, Dt) for i in ids], (0, T, Dt))
+
+    def _blobs(self, sql: str, ids: list[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for chunk in _chunks(ids):
+            for rid, blob in self._conn.execute(sql.format(_marks(chunk)), chunk):
+                out[int(rid)] = bytes(blob)
+        missing = [i for i in ids if i not in out]
+        if missing:
+            raise LibraryError(f"photo ids not in the index: {missing[:5]}")
+        return out
+
+    def candidates(self, query: FloatArray, n: int, filters: Filters | None = None) -> Candidates:
+        """The ``n`` best photos for a unit query vector: vec0 KNN (filters inside the query) over
+        an over-fetched set, rescored exactly against the dequantised stored embeddings."""
+        filters = filters or Filters()
+        q = np.asarray(query, np.float32).reshape(-1)
+        where, params = ["embedding MATCH " + self.store.param_sql, "k = ?"], [self.store.knn_blob(q), 0]
+        params[1] = self.store.fetch_count(n)
+        if filters.after is not None:
+            where.append("taken >= ?")
+            params.append(filters.after)
+        if filters.before is not None:
+            where.append("taken < ?")
+            params.append(filters.before)
+        if filters.folder is not None:
+            fids = self.folder_ids(filters.folder)
+            if not fids:
+                return Candidates(_EMPTY_IDS, np.zeros((0, self._info.dim), np.float32), np.zeros((0,), np.float32))
+            where.append(f"folder IN ({','.join(str(f) for f in fids)})")
+        col = "NULL" if self.store.keeps_rescore_copy else "embedding"
+        rows = self._conn.execute(f"SELECT rowid, {col} FROM vectors WHERE {' AND '.join(where)}",
+                                  params).fetchall()
+        ids = [int(r[0]) for r in rows]
+        if self.store.keeps_rescore_copy:
+            embeds = self.embeddings(ids)
+        else:
+            embeds = _stack([self.store.decode(bytes(r[1])) for r in rows], (0, self._info.dim))
+        scores = embeds @ q
+        order = np.argsort(-scores, kind="stable")[:n]
+        return Candidates(np.asarray(ids, np.int64)[order], embeds[order], scores[order].astype(np.float32))
+
+    def folder_ids(self, key: str) -> list[int]:
+        lo, hi = key_range(key)
+        return [int(r[0]) for r in self._conn.execute("SELECT id FROM folders WHERE path >= ? AND path < ?", (lo, hi))]
+
+    # ---- reading for the indexer ---------------------------------------------------------------
+    def file_states(self, root: str) -> dict[str, tuple[int, int, int, bytes]]:
+        """path -> (id, size, mtime_ns, hash) of indexed photos under ``root``."""
+        lo, hi = path_range(root)
+        return {str(p): (int(i), int(s), int(m), bytes(h)) for i, p, s, m, h in self._conn.execute(
+            "SELECT id, path, size, mtime_ns, hash FROM photos WHERE path >= ? AND path < ?", (lo, hi))}
+
+    def skipped_states(self, root: str) -> dict[str, tuple[int, int]]:
+        """path -> (size, mtime_ns) of skipped files under ``root``."""
+        lo, hi = path_range(root)
+        return {str(p): (int(s), int(m)) for p, s, m in self._conn.execute(
+            "SELECT path, size, mtime_ns FROM skipped WHERE path >= ? AND path < ?", (lo, hi))}
+
+    def hash_owners(self) -> dict[bytes, int]:
+        """content hash -> a photo id holding it (for moved and copied files)."""
+        return {bytes(h): int(i) for h, i in self._conn.execute("SELECT hash, min(id) FROM photos GROUP BY hash")}
+
+    # ---- writing -------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One batch of writes, committed together (or not at all)."""
+        with write_transaction(self._conn):
+            yield
+
+    def add_photos(self, records: Sequence[PhotoRecord], embeds: FloatArray, tokens: FloatArray) -> list[int]:
+        """Insert (or replace, by path) photos with their float embeddings (n, D) and tokens (n, T, Dt)."""
+        embeds = np.asarray(embeds, np.float32)
+        tokens = np.asarray(tokens, np.float32)
+        if len(records) != len(embeds) or len(records) != len(tokens):
+            raise ValueError(f"{len(records)} records but {len(embeds)} embeddings and {len(tokens)} token sets")
+        self._check_shapes(embeds, tokens)
+        ids = []
+        with write_transaction(self._conn):
+            self._ensure_scales(embeds, tokens)
+            tscale = self._info.token_scale
+            for rec, e, t in zip(records, embeds, tokens):
+                rescore = self.store.rescore_blob(e) if self.store.keeps_rescore_copy else None
+                ids.append(self._insert(rec, self.store.knn_blob(e), quantize(t, tscale).tobytes(), rescore))
+        return ids
+
+    def copy_photo(self, record: PhotoRecord, source_id: int) -> int:
+        """Insert a photo whose content equals an indexed one's (a copied file): no re-embedding."""
+        c = self._conn
+        with write_transaction(c):
+            row = c.execute("SELECT tokens, embedding FROM rerank WHERE id = ?", (source_id,)).fetchone()
+            vec = c.execute("SELECT embedding FROM vectors WHERE rowid = ?", (source_id,)).fetchone()
+            if row is None or vec is None:
+                raise LibraryError(f"photo id {source_id} is not in the index")
+            return self._insert(record, bytes(vec[0]), bytes(row[0]), bytes(row[1]) if row[1] is not None else None)
+
+    def _insert(self, rec: PhotoRecord, knn: bytes, tokens: bytes, rescore: bytes | None) -> int:
+        c = self._conn
+        old = c.execute("SELECT id FROM photos WHERE path = ?", (rec.path,)).fetchone()
+        if old is not None:
+            self.delete_photos([int(old[0])])
+        fid = self._folder_id(rec.path)
+        c.execute("INSERT INTO photos(path, folder_id, hash, size, mtime_ns, exif_time, taken, width, height)"
+                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (rec.path, fid, rec.hash, rec.size, rec.mtime_ns, rec.exif_time, rec.taken, rec.width, rec.height))
+        pid = int(c.last_insert_rowid())
+        c.execute(f"INSERT INTO vectors(rowid, embedding, taken, folder) VALUES (?, {self.store.param_sql}, ?, ?)",
+                  (pid, knn, rec.taken, fid))
+        c.execute("INSERT INTO rerank(id, tokens, embedding) VALUES (?, ?, ?)", (pid, tokens, rescore))
+        c.execute("DELETE FROM skipped WHERE path = ?", (rec.path,))
+        return pid
+
+    def _folder_id(self, path: str) -> int:
+        key = folder_key(os.path.dirname(path))
+        self._conn.execute("INSERT INTO folders(path) VALUES (?) ON CONFLICT(path) DO NOTHING", (key,))
+        return int(self._conn.execute("SELECT id FROM folders WHERE path = ?", (key,)).fetchone()[0])
+
+    def move_photo(self, photo_id: int, record: PhotoRecord) -> None:
+        """A known photo found at a new path (moved or renamed): keep its vectors, update the rest."""
+        c = self._conn
+        with write_transaction(c):
+            fid = self._folder_id(record.path)
+            c.execute("DELETE FROM photos WHERE path = ? AND id != ?", (record.path, photo_id))
+            c.execute("UPDATE photos SET path = ?, folder_id = ?, size = ?, mtime_ns = ?, exif_time = ?, taken = ?,"
+                      " width = ?, height = ? WHERE id = ?",
+                      (record.path, fid, record.size, record.mtime_ns, record.exif_time, record.taken,
+                       record.width, record.height, photo_id))
+            c.execute("UPDATE vectors SET folder = ?, taken = ? WHERE rowid = ?", (fid, record.taken, photo_id))
+            c.execute("DELETE FROM skipped WHERE path = ?", (record.path,))
+
+    def touch_photo(self, photo_id: int, size: int, mtime_ns: int) -> None:
+        """Same content, new size/mtime stamp (e.g. the file was rewritten unchanged)."""
+        self._conn.execute("UPDATE photos SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, photo_id))
+
+    def delete_photos(self, ids: Sequence[int]) -> None:
+        c = self._conn
+        with write_transaction(c):
+            for pid in ids:
+                c.execute("DELETE FROM vectors WHERE rowid = ?", (int(pid),))
+                c.execute("DELETE FROM rerank WHERE id = ?", (int(pid),))
+                c.execute("DELETE FROM photos WHERE id = ?", (int(pid),))
+
+    def prune_folders(self) -> None:
+        self._conn.execute("DELETE FROM folders WHERE id NOT IN (SELECT DISTINCT folder_id FROM photos)")
+
+    def record_skipped(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
+        """Remember a file that could not be indexed (retried only once it changes)."""
+        c = self._conn
+        with write_transaction(c):
+            old = c.execute("SELECT id FROM photos WHERE path = ?", (path,)).fetchone()
+            if old is not None:
+                self.delete_photos([int(old[0])])
+            c.execute("INSERT INTO skipped(path, size, mtime_ns, reason, at) VALUES (?, ?, ?, ?, ?)"
+                      " ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
+                      " reason = excluded.reason, at = excluded.at", (path, size, mtime_ns, reason, int(time.time())))
+
+    def forget_skipped(self, paths: Sequence[str]) -> None:
+        self._conn.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
+
+    def _check_shapes(self, embeds: FloatArray, tokens: FloatArray) -> None:
+        i = self._info
+        if embeds.ndim != 2 or embeds.shape[1] != i.dim:
+            raise ValueError(f"embeddings must be (n, {i.dim}), got {embeds.shape}")
+        if tokens.ndim != 3 or tokens.shape[1:] != (i.token_count, i.token_dim):
+            raise ValueError(f"tokens must be (n, {i.token_count}, {i.token_dim}), got {tokens.shape}")
+
+    def _ensure_scales(self, embeds: FloatArray, tokens: FloatArray) -> None:
+        """Calibrate int8 scales on the first photos when the bundle's manifest has none."""
+        i = self._info
+        if (i.embedding_scale and i.token_scale) or not len(embeds):
+            return
+        schema.write_meta(self._conn, {
+            "embedding_int8_scale": repr(i.embedding_scale or calibrate_scale(embeds)),
+            "token_int8_scale": repr(i.token_scale or calibrate_scale(tokens))})
+        self._reload_info()
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _load_bundle(bundle: EncoderBundle | str | os.PathLike[str] | None, providers: str | Sequence[str] | None,
+                 threads: int | None) -> tuple[EncoderBundle | None, str]:
+    if bundle is None:
+        return None, ""
+    if isinstance(bundle, (str, os.PathLike)):
+        from ..bundle import Bundle
+
+        path = Path(bundle).expanduser().resolve()
+        return Bundle.load(path, providers=providers, threads=threads), str(path)
+    return bundle, str(getattr(bundle, "path", "") or "")
+
+
+def _manifest_name(bundle: EncoderBundle) -> str:
+    return str(bundle.manifest.get("model", {}).get("name", ""))
+
+
+def _manifest_dim(bundle: EncoderBundle) -> int:
+    return int(bundle.manifest["embedding"]["dim"])
+
+
+def _new_meta(bundle: EncoderBundle, store: StoreKind, bundle_path: str) -> dict[str, str]:
+    m = bundle.manifest
+    storage = m.get("storage") or {}
+    return {
+        "model_name": _manifest_name(bundle), "model_id": bundle.model_id,
+        "embedding_dim": str(_manifest_dim(bundle)), "metric": str(m.get("embedding", {}).get("metric", "cosine")),
+        "store": store, "embedding_int8_scale": repr(float(storage.get("embedding_int8_scale") or 0.0)),
+        "token_int8_scale": repr(float(storage.get("token_int8_scale") or 0.0)),
+        "token_count": str(int(m["image_tokens"]["count"])), "token_dim": str(int(m["image_tokens"]["dim"])),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "bundle_path": bundle_path,
+    }
+
+
+def _marks(items: Sequence[object]) -> str:
+    return ",".join("?" * len(items))
+
+
+def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]
+
+
+def _stack(rows: list[FloatArray], empty_shape: tuple[int, ...]) -> FloatArray:
+    return np.stack(rows).astype(np.float32) if rows else np.zeros(empty_shape, np.float32)

@@ -1,0 +1,135 @@
+"""Index schema (version 2), the meta table, and migrations from older versions.
+
+Tables (one SQLite file):
+
+- ``meta(key, value)``: schema_version, model_name, model_id (sha256 of the bundle's fp32 graphs +
+  tokenizer), embedding_dim, metric, store, embedding_int8_scale, token_int8_scale,
+  token_count, token_dim, created, bundle_path (a hint for later commands).
+- ``folders(id, path)``: every folder holding photos, as a POSIX-style key ending in "/".
+- ``photos``: path, folder_id, content hash (sha256), size, mtime_ns, exif_time (EXIF capture
+  time), taken (exif_time, else the file's mtime; what date filters use), width, height.
+- ``vectors`` (vec0): the bi-encoder embedding, rowid = photos.id, with metadata columns
+  ``taken`` and ``folder`` so that date and folder filters run inside the KNN query.
+- ``rerank(id, tokens, embedding)``: int8 image tokens (T x Dt) for the cross-encoder, and for
+  the bit store an int8 copy of the embedding for rescoring.
+- ``skipped(path, size, mtime_ns, reason, at)``: files that could not be indexed, and why.
+
+Version history: 1 had no folders table and no vec0 metadata columns (filters ran after the
+KNN, which silently returned too few results) and no size/mtime on skipped files.
+"""
+
+from __future__ import annotations
+
+import time
+
+import apsw
+
+from .db import write_transaction
+from .stores import STORE_KINDS, Store
+
+SCHEMA_VERSION = 2
+
+
+class SchemaError(RuntimeError):
+    """The index file cannot be used by this version of edge_xmr."""
+
+
+def create(conn: apsw.Connection, store: Store, meta: dict[str, str]) -> None:
+    """Create all tables of the current schema and write ``meta`` (in one transaction)."""
+    with write_transaction(conn):
+        conn.execute(
+            "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE folders(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);"
+            "CREATE TABLE photos(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE,"
+            " folder_id INTEGER NOT NULL, hash BLOB NOT NULL, size INTEGER NOT NULL,"
+            " mtime_ns INTEGER NOT NULL, exif_time INTEGER, taken INTEGER NOT NULL,"
+            " width INTEGER NOT NULL, height INTEGER NOT NULL);"
+            "CREATE INDEX photos_hash ON photos(hash);"
+            "CREATE TABLE rerank(id INTEGER PRIMARY KEY, tokens BLOB NOT NULL, embedding BLOB);"
+            "CREATE TABLE skipped(path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+            " mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);"
+        )
+        create_vectors(conn, store)
+        write_meta(conn, {**meta, "schema_version": str(SCHEMA_VERSION)})
+
+
+def create_vectors(conn: apsw.Connection, store: Store, name: str = "vectors") -> None:
+    conn.execute(f"CREATE VIRTUAL TABLE {name} USING vec0({store.column_sql},"
+                 " taken integer, folder integer)")
+
+
+def read_meta(conn: apsw.Connection) -> dict[str, str]:
+    return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+
+def write_meta(conn: apsw.Connection, values: dict[str, str]) -> None:
+    conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                     [(k, str(v)) for k, v in values.items()])
+
+
+def has_schema(conn: apsw.Connection) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    return row is not None
+
+
+def version(conn: apsw.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        raise SchemaError("not an edge_xmr index (no schema_version in meta)")
+    return int(row[0])
+
+
+def migrate(conn: apsw.Connection) -> int:
+    """Bring an older index up to ``SCHEMA_VERSION`` in place; returns the version found."""
+    found = version(conn)
+    if found > SCHEMA_VERSION:
+        raise SchemaError(f"index schema version {found} is newer than this edge_xmr supports "
+                          f"({SCHEMA_VERSION}); upgrade edge-xmr")
+    v = found
+    while v < SCHEMA_VERSION:
+        with write_transaction(conn):
+            _STEPS[v](conn)
+            write_meta(conn, {"schema_version": str(v + 1)})
+        v += 1
+    return found
+
+
+def store_from_meta(meta: dict[str, str]) -> Store:
+    """The Store described by an index's meta table."""
+    kind = meta.get("store", "int8")
+    if kind not in STORE_KINDS:
+        raise SchemaError(f"unknown store {kind!r} in the index meta table")
+    return Store(kind=kind, dim=int(meta["embedding_dim"]),  # type: ignore[arg-type]
+                 scale=float(meta.get("embedding_int8_scale") or 0.0))
+
+
+def _v1_to_v2(conn: apsw.Connection) -> None:
+    """folders table + photos.folder_id/taken; vec0 rebuilt with taken/folder metadata and L2;
+    rerank.embedding; skipped gets size/mtime_ns/at (so old failures are retried once)."""
+    meta = read_meta(conn)
+    store = store_from_meta(meta)
+    conn.execute(
+        "CREATE TABLE folders(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);"
+        "INSERT INTO folders(path) SELECT DISTINCT folder FROM photos ORDER BY folder;"
+        "ALTER TABLE photos ADD COLUMN folder_id INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE photos ADD COLUMN taken INTEGER NOT NULL DEFAULT 0;"
+        "UPDATE photos SET folder_id = (SELECT id FROM folders f WHERE f.path = photos.folder),"
+        " taken = coalesce(exif_time, mtime_ns / 1000000000);"
+        "ALTER TABLE photos DROP COLUMN folder;"
+        "CREATE INDEX IF NOT EXISTS photos_hash ON photos(hash);"
+        "ALTER TABLE rerank ADD COLUMN embedding BLOB;"
+        "ALTER TABLE skipped ADD COLUMN size INTEGER NOT NULL DEFAULT -1;"
+        "ALTER TABLE skipped ADD COLUMN mtime_ns INTEGER NOT NULL DEFAULT -1;"
+        "ALTER TABLE skipped ADD COLUMN at INTEGER NOT NULL DEFAULT 0;"
+    )
+    old = conn.execute("SELECT v.rowid, v.embedding, p.taken, p.folder_id FROM vectors v"
+                       " JOIN photos p ON p.id = v.rowid").fetchall()
+    conn.execute("DROP TABLE vectors")
+    create_vectors(conn, store)
+    conn.executemany(f"INSERT INTO vectors(rowid, embedding, taken, folder) VALUES (?, {store.param_sql}, ?, ?)",
+                     [(int(r), bytes(e), int(t), int(f)) for r, e, t, f in old])
+    conn.execute("UPDATE skipped SET at = ?", (int(time.time()),))
+    write_meta(conn, {"metric": "cosine"})
+
+
+_STEPS = {1: _v1_to_v2}

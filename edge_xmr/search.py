@@ -1,0 +1,160 @@
+"""Retrieve fast, rerank smart: KNN over the index, then the cross-encoder over the top candidates.
+
+Example::
+
+    >>> hits = lib.search("two dogs in the snow", k=5, rerank=20)   # doctest: +SKIP
+    >>> hits[0]                                                       # doctest: +SKIP
+    Hit(path='/home/me/Pictures/IMG_2211.jpg', bi_score=0.41, cross_score=9.7, photo_id=812, ...)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .index.filters import DateLike, make_filters
+from .index.library import Candidates, LibraryError
+from .index.stores import dequantize, normalize, quantize
+
+if TYPE_CHECKING:
+    from .index.library import Library
+
+FloatArray = npt.NDArray[np.float32]
+
+MAX_QUERY_CHARS = 2000  # longer queries are cut before tokenising (the model sees at most ~32 tokens)
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str  # the photo file
+    bi_score: float  # bi-encoder cosine between query and stored photo embedding
+    cross_score: float | None  # cross-encoder score (None: not reranked)
+    photo_id: int  # id in the index
+    taken: str  # capture time (EXIF, else file mtime), ISO wall clock
+    width: int  # oriented width in pixels
+    height: int  # oriented height in pixels
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TextHit:
+    text: str  # one of the given texts
+    bi_score: float  # bi-encoder cosine with the photo
+    cross_score: float  # cross-encoder score with the photo (the ranking key)
+    index: int  # position in the given list
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def clean_query(text: str) -> str:
+    """Queries of any size are accepted: non-strings are refused, huge ones are cut."""
+    if not isinstance(text, str):
+        raise TypeError(f"query must be a string, got {type(text).__name__}")
+    return text[:MAX_QUERY_CHARS]
+
+
+def search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: DateLike = None,
+           before: DateLike = None, folder: str | os.PathLike[str] | None = None) -> list[Hit]:
+    """Text -> photos: KNN top ``max(k, rerank)``, the first ``rerank`` reranked by the
+    cross-encoder (best first), then the rest by bi-encoder score; the best ``k`` returned."""
+    _check_k(k)
+    if rerank < 0:
+        raise ValueError(f"rerank must be >= 0, got {rerank}")
+    bundle = lib.require_bundle()
+    text = clean_query(text)
+    filters = make_filters(after, before, folder)
+    if lib.count() == 0:
+        return []
+    q = np.asarray(bundle.embed_texts([text]), np.float32)[0]
+    cands = lib.candidates(q, max(k, rerank), filters)
+    cross = _cross_scores(lib, text, cands, rerank)
+    order = list(np.argsort(-cross, kind="stable")) + list(range(len(cross), len(cands.ids)))
+    return _hits(lib, cands, cross, order[:k])
+
+
+def _cross_scores(lib: Library, text: str, cands: Candidates, rerank: int) -> FloatArray:
+    n = min(rerank, len(cands.ids))
+    if n == 0:
+        return np.zeros((0,), np.float32)
+    tokens = lib.tokens(cands.ids[:n].tolist())
+    scores = lib.require_bundle().score_candidates(text, tokens, cands.embeds[:n])
+    return np.asarray(scores, np.float32).reshape(n)
+
+
+def _hits(lib: Library, cands: Candidates, cross: FloatArray, order: Sequence[int]) -> list[Hit]:
+    ids = [int(cands.ids[i]) for i in order]
+    info = lib.photo_info(ids)
+    hits = []
+    for i, pid in zip(order, ids):
+        p = info.get(pid)
+        if p is None:  # removed by a concurrent writer between the two reads
+            continue
+        hits.append(Hit(path=p.path, bi_score=float(cands.scores[i]),
+                        cross_score=float(cross[i]) if i < len(cross) else None,
+                        photo_id=pid, taken=p.taken, width=p.width, height=p.height))
+    return hits
+
+
+def similar(lib: Library, photo: str | os.PathLike[str] | int, k: int = 10, after: DateLike = None,
+            before: DateLike = None, folder: str | os.PathLike[str] | None = None) -> list[Hit]:
+    """Image -> image: the ``k`` photos closest to ``photo`` by bi-encoder cosine (itself excluded)."""
+    _check_k(k)
+    pid, emb, _ = photo_vectors(lib, photo)
+    cands = lib.candidates(emb, k + 1, make_filters(after, before, folder))
+    keep = [i for i, c in enumerate(cands.ids) if int(c) != pid][:k]
+    return _hits(lib, cands, np.zeros((0,), np.float32), keep)
+
+
+def rank_texts(lib: Library, photo: str | os.PathLike[str] | int, texts: Sequence[str]) -> list[TextHit]:
+    """Image -> text: ``texts`` ranked by the cross-encoder against the photo's stored data."""
+    bundle = lib.require_bundle()
+    clean = [clean_query(t) for t in texts]
+    if not clean:
+        return []
+    _, emb, tok = photo_vectors(lib, photo)
+    bi = np.asarray(bundle.embed_texts(clean), np.float32) @ emb
+    cross = [float(np.asarray(bundle.score_candidates(t, tok[None], emb[None])).reshape(-1)[0]) for t in clean]
+    order = np.argsort(-np.asarray(cross), kind="stable")
+    return [TextHit(text=texts[i], bi_score=float(bi[i]), cross_score=cross[i], index=int(i)) for i in order]
+
+
+def photo_vectors(lib: Library, photo: str | os.PathLike[str] | int) -> tuple[int, FloatArray, FloatArray]:
+    """(photo id or -1, unit embedding (D,), tokens (T, Dt)): stored data for an indexed photo,
+    else the image file is encoded with the bundle (as stored: int8 round trip)."""
+    pid = photo if isinstance(photo, int) else lib.photo_id(photo)
+    if pid is not None:
+        emb, tok = lib.stored([pid])
+        if len(emb):
+            return pid, emb[0], tok[0]
+    if isinstance(photo, int):
+        raise LibraryError(f"no photo with id {photo} in the index")
+    from .preprocess import ImageError, load_image
+
+    bundle = lib.require_bundle()
+    try:
+        image = load_image(photo, int(bundle.manifest["preprocessing"]["size"]))
+    except (ImageError, OSError) as e:
+        raise LibraryError(str(e)) from None
+    emb, tok = bundle.encode_images([image])
+    e = np.asarray(emb, np.float32)[0]
+    if lib.store.kind != "float32" and lib.info.embedding_scale:
+        e = lib.store.decode(lib.store.rescore_blob(e))  # the int8 round trip stored photos went through
+    return -1, normalize(e), _round_trip_tokens(lib, np.asarray(tok, np.float32)[0])
+
+
+def _round_trip_tokens(lib: Library, tok: FloatArray) -> FloatArray:
+    scale = lib.info.token_scale
+    return dequantize(quantize(tok, scale), scale) if scale else tok
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")

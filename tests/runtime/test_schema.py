@@ -1,0 +1,101 @@
+"""Index file: meta table, model identity, schema migration from the committed v1 fixture."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes import FakeBundle
+
+from edge_xmr.index import SCHEMA_VERSION, Library, LibraryError, ModelMismatchError, SchemaError
+from edge_xmr.index.db import connect
+from edge_xmr.index.schema import read_meta
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "index_v1.db"
+
+
+def test_meta_records_model_and_quantisation(tmp_path, fake_bundle):
+    with Library.open(tmp_path / "i.db", fake_bundle) as lib:
+        meta = read_meta(lib.connection)
+    assert meta["schema_version"] == str(SCHEMA_VERSION)
+    assert meta["model_id"] == "fake-model-0001" and meta["model_name"] == "edge-xmr-fake"
+    assert meta["embedding_dim"] == "24" and meta["metric"] == "cosine" and meta["store"] == "int8"
+    assert float(meta["embedding_int8_scale"]) == pytest.approx(127 / 0.9)
+    assert float(meta["token_int8_scale"]) == pytest.approx(127 / 4.0)
+    assert (meta["token_count"], meta["token_dim"]) == ("4", "8")
+
+
+def test_wal_mode(tmp_path, fake_bundle):
+    with Library.open(tmp_path / "i.db", fake_bundle) as lib:
+        assert lib.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_other_model_is_refused_with_a_clear_message(tmp_path, fake_bundle):
+    Library.open(tmp_path / "i.db", fake_bundle).close()
+    other = FakeBundle(model_id="another-model-9999", name="edge-xmr-other")
+    with pytest.raises(ModelMismatchError) as e:
+        Library.open(tmp_path / "i.db", other)
+    msg = str(e.value)
+    assert "edge-xmr-fake" in msg and "edge-xmr-other" in msg and "new database" in msg
+
+
+def test_open_without_a_model_for_maintenance(tmp_path, fake_bundle):
+    Library.open(tmp_path / "i.db", fake_bundle).close()
+    with Library.open(tmp_path / "i.db") as lib:
+        assert lib.stats().photos == 0
+        with pytest.raises(LibraryError, match="no model bundle"):
+            lib.search("x")
+    with pytest.raises(LibraryError, match="model bundle is needed"):
+        Library.open(tmp_path / "new.db")
+    with pytest.raises(LibraryError, match="no index"):
+        Library.open(tmp_path / "missing.db", fake_bundle, create=False)
+
+
+def test_newer_schema_is_refused(tmp_path, fake_bundle):
+    Library.open(tmp_path / "i.db", fake_bundle).close()
+    conn = connect(tmp_path / "i.db")
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
+    with pytest.raises(SchemaError, match="newer"):
+        Library.open(tmp_path / "i.db", fake_bundle)
+
+
+def test_scales_calibrated_when_the_manifest_has_none(tmp_path):
+    from edge_xmr.index import PhotoRecord
+
+    bundle = FakeBundle(with_scales=False)
+    with Library.open(tmp_path / "i.db", bundle) as lib:
+        assert lib.info.embedding_scale == 0
+        e = np.eye(24, dtype=np.float32)[:3]
+        t = np.full((3, 4, 8), 2.0, np.float32)
+        recs = [PhotoRecord(f"/p/{i}.jpg", bytes([i]) * 32, 1, 1, None, 1, 1) for i in range(3)]
+        lib.add_photos(recs, e, t)
+        assert lib.info.embedding_scale == pytest.approx(127.0)
+        assert lib.info.token_scale == pytest.approx(127 / 2.0)
+        np.testing.assert_allclose(lib.tokens([1])[0], 2.0, atol=1e-2)
+
+
+def test_migrates_the_v1_fixture(tmp_path, fake_bundle):
+    db = tmp_path / "old.db"
+    shutil.copy(FIXTURE, db)
+    with Library.open(db, fake_bundle) as lib:
+        assert lib.info.schema_version == SCHEMA_VERSION
+        st = lib.stats()
+        assert (st.photos, st.folders, st.skipped) == (5, 3, 1)
+        # vectors and tokens survived, now with filter metadata inside vec0
+        assert lib.connection.execute("SELECT count(*) FROM vectors").fetchone()[0] == 5
+        emb, tok = lib.stored([1, 2, 3, 4, 5])
+        assert emb.shape == (5, 24) and tok.shape == (5, 4, 8)
+        hits = lib.search("anything", k=10, folder="/photos/2019")
+        assert sorted(h.path for h in hits) == ["/photos/2019/beach.jpg", "/photos/2019/trip/hill.jpg",
+                                                "/photos/2019/trip/lake.jpg"]
+        hits = lib.search("anything", k=10, after="2021-01-01")
+        assert sorted(h.path for h in hits) == ["/photos/2021/cat.png", "/photos/2021/dog.jpg"]
+        assert [h.taken for h in lib.search("x", k=10, folder="/photos/2021/dog.jpg".rsplit("/", 1)[0])
+                if h.path.endswith("dog.jpg")] == ["2021-06-01T10:00:00"]
+        # the stored photo is its own nearest neighbour
+        assert lib.similar(1, k=1)[0].photo_id != 1
+    with Library.open(db, fake_bundle) as lib:  # idempotent
+        assert lib.stats().photos == 5
