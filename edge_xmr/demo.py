@@ -1,0 +1,327 @@
+"""The demo's library part: the default bundle, sample photos, demo queries and per-stage search timings.
+
+- :func:`default_bundle` finds the default model's bundle, or exports it once from the embedded
+  default model (``edge_xmr/assets/default_model``) into a user cache folder keyed by the model's
+  hash. Exporting needs torch and the ``[train,export]`` extras; using a bundle never does.
+- :func:`sample_photos` copies public-domain photos that ship inside the scikit-image wheel
+  (no download) into the cache: a cat, a rocket launch, a cup of coffee, an astronaut, ...
+- :func:`timed_search` runs the same retrieve-and-rerank as ``Library.search`` stage by stage and
+  reports how long each stage took (embed the query, KNN in sqlite-vec, cross-encoder rerank).
+
+Example::
+
+    >>> from edge_xmr import demo
+    >>> from edge_xmr.index.library import Library
+    >>> lib = Library.open("demo.db", demo.default_bundle())        # doctest: +SKIP
+    >>> lib.index(demo.sample_photos())                              # doctest: +SKIP
+    >>> r = demo.timed_search(lib, "a cat", k=3)                     # doctest: +SKIP
+    >>> r.hits[0].path, r.times.total_ms                             # doctest: +SKIP
+    ('/home/me/.cache/edge-xmr/sample-photos/cat.png', 24.1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .index.filters import DateLike, make_filters
+from .paths import APP, default_bundle_dir
+
+if TYPE_CHECKING:
+    from .index.library import Library
+    from .search import Hit
+
+CACHE_ENV = "EDGE_XMR_CACHE"
+MODEL_FILES = ("config.json", "tokenizer.json", "model.safetensors")  # what identifies the default model
+INSTALL_EXPORT = "pip install torch==2.13.0 'edge-xmr[train,export]'"
+
+# (step, done, total): a coarse progress report of a long operation
+ProgressFn = Callable[[str, int, int], None]
+
+
+class DemoError(Exception):
+    """The demo cannot run as asked (no default model, missing extra, no sample photos)."""
+
+
+# ---- folders --------------------------------------------------------------------------------------
+def cache_dir(platform: str | None = None, env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
+    """The per-user cache folder of edge-xmr (``$EDGE_XMR_CACHE`` overrides it).
+
+    Linux: ``$XDG_CACHE_HOME/edge-xmr`` (``~/.cache/edge-xmr``); macOS: ``~/Library/Caches/edge-xmr``;
+    Windows: ``%LOCALAPPDATA%\\edge-xmr\\Cache``.
+    """
+    platform = platform or sys.platform
+    env = os.environ if env is None else env
+    home = home or Path.home()
+    if env.get(CACHE_ENV, "").strip():
+        return Path(env[CACHE_ENV].strip()).expanduser()
+    if platform == "darwin":
+        return home / "Library" / "Caches" / APP
+    if platform.startswith("win"):
+        return Path(env.get("LOCALAPPDATA") or str(home / "AppData" / "Local")) / APP / "Cache"
+    return Path(env.get("XDG_CACHE_HOME") or str(home / ".cache")) / APP
+
+
+def default_model_dir() -> Path:
+    """The embedded default model directory (same place as ``edge_xmr.model.bases.default_model_dir``,
+    without importing torch)."""
+    return Path(__file__).resolve().parent / "assets" / "default_model"
+
+
+# ---- the default bundle ---------------------------------------------------------------------------
+def model_hash(model_dir: str | os.PathLike[str]) -> str:
+    """sha256 over a model directory's identifying files (name and bytes of each)."""
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    for name in MODEL_FILES:
+        f = d / name
+        if not f.is_file():
+            continue
+        h.update(name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def default_bundle(cache: Path | None = None, model_dir: Path | None = None,
+                   progress: ProgressFn | None = None) -> Path:
+    """The default model's bundle folder, exported into the cache the first time.
+
+    Order: ``$EDGE_XMR_BUNDLE`` or a bundle packaged with edge_xmr (``edge_xmr.paths``), then
+    ``<cache>/bundles/<model hash>``; if that is missing, the embedded default model is exported
+    there (fp32 ONNX; needs torch, see ``INSTALL_EXPORT``).
+
+    Raises:
+        DemoError: no default model in this installation, or the export extras are missing.
+    """
+    if model_dir is None:
+        packaged = default_bundle_dir()
+        if packaged is not None and (packaged / "manifest.json").is_file():
+            return packaged
+        model_dir = default_model_dir()
+    if not is_model_dir(model_dir):
+        raise DemoError(f"no default model at {model_dir} (train one with 'edge-xmr train', "
+                        "or pass a bundle folder with --bundle)")
+    target = bundle_cache_path(model_dir, cache)
+    if (target / "manifest.json").is_file():
+        return target
+    return export_bundle_to(model_dir, target, progress)
+
+
+def bundle_cache_path(model_dir: Path, cache: Path | None = None) -> Path:
+    """Where the bundle of a model directory is kept: ``<cache>/bundles/<first 16 hex of its hash>``."""
+    return (cache or cache_dir()) / "bundles" / model_hash(model_dir)[:16]
+
+
+def require_export_extras() -> None:
+    missing = [m for m in ("torch", "onnx", "mobile_export") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DemoError(f"building the default bundle needs {', '.join(missing)}: {INSTALL_EXPORT}")
+
+
+def export_bundle_to(model_dir: Path, target: Path, progress: ProgressFn | None = None) -> Path:
+    """Export a model directory to a bundle at ``target`` (written beside it, then renamed into place)."""
+    require_export_extras()
+    say = progress or (lambda step, done, total: None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
+    try:
+        say("loading the default model", 0, 3)
+        from edge_xmr.model import bases  # torch: only here
+
+        from mobile_export import export_bundle
+
+        model = bases.load(model_dir)
+        say("exporting ONNX graphs (text, image, cross-encoder)", 1, 3)
+        export_bundle(model, tmp, formats=("onnx",), precisions=("fp32",))
+        say("checking the bundle", 2, 3)
+        _check_bundle(tmp)
+        if (target / "manifest.json").is_file():  # another process finished first
+            return target
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        say("bundle ready", 3, 3)
+        return target
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_bundle(path: Path) -> None:
+    if not (path / "manifest.json").is_file():
+        raise DemoError(f"the export wrote no manifest.json in {path}")
+
+
+# ---- sample photos --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplePhoto:
+    source: str  # file name inside skimage/data (shipped in the wheel)
+    name: str  # file name in the demo folder (says what the photo shows)
+    credit: str  # licence note from scikit-image's documentation
+
+
+SAMPLE_PHOTOS: tuple[SamplePhoto, ...] = (
+    SamplePhoto("chelsea.png", "cat.png", "Stefan van der Walt, CC0"),
+    SamplePhoto("rocket.jpg", "rocket_launch.jpg", "SpaceX, public domain"),
+    SamplePhoto("coffee.png", "coffee_cup.png", "Rachel Michetti, CC0"),
+    SamplePhoto("astronaut.png", "astronaut.png", "NASA, public domain"),
+    SamplePhoto("hubble_deep_field.jpg", "galaxies_hubble.jpg", "NASA, public domain"),
+    SamplePhoto("camera.png", "man_with_camera.png", "Lav Varshney, CC0"),
+    SamplePhoto("coins.png", "old_coins.png", "no known copyright restrictions"),
+    SamplePhoto("horse.png", "horse_silhouette.png", "Andreas Preuss, CC0"),
+    SamplePhoto("clock_motion.png", "clock.png", "Stefan van der Walt, public domain"),
+    SamplePhoto("brick.png", "brick_wall.png", "CC0Textures, CC0"),
+    SamplePhoto("grass.png", "grass.png", "CC0Textures, CC0"),
+    SamplePhoto("gravel.png", "gravel.png", "CC0Textures, CC0"),
+    SamplePhoto("retina.jpg", "retina.jpg", "Häggström, public domain"),
+    SamplePhoto("text.png", "handwritten_text.png", "public domain"),
+)
+
+
+def skimage_data_dir() -> Path:
+    """The ``skimage/data`` folder of the installed wheel, found without importing scikit-image."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise DemoError("the sample photos come with scikit-image: pip install 'edge-xmr[demo]' "
+                        "(or run the demo on your own folder with --photos DIR)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def sample_photos(dest: Path | None = None) -> Path:
+    """Copy the bundled sample photos into ``dest`` (default ``<cache>/sample-photos``); returns it.
+
+    Files already there with the same size are kept, so indexing it again finds nothing new.
+    """
+    src = skimage_data_dir()
+    dest = dest or cache_dir() / "sample-photos"
+    dest.mkdir(parents=True, exist_ok=True)
+    found = 0
+    for p in SAMPLE_PHOTOS:
+        s, d = src / p.source, dest / p.name
+        if not s.is_file():
+            continue
+        found += 1
+        if not d.is_file() or d.stat().st_size != s.stat().st_size:
+            tmp = d.with_suffix(d.suffix + ".tmp")
+            shutil.copyfile(s, tmp)
+            os.replace(tmp, d)
+    if not found:
+        raise DemoError(f"no sample photos in {src} (scikit-image installed without its data?)")
+    return dest
+
+
+# ---- queries --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DemoQuery:
+    text: str  # what the user types
+    expect: str | None = None  # the sample photo that should come first (None: any folder)
+
+
+SAMPLE_QUERIES: tuple[DemoQuery, ...] = (
+    DemoQuery("a cat", "cat.png"),
+    DemoQuery("a rocket launch", "rocket_launch.jpg"),
+    DemoQuery("a cup of coffee", "coffee_cup.png"),
+    DemoQuery("an astronaut", "astronaut.png"),
+    DemoQuery("a man with a camera", "man_with_camera.png"),
+)
+FOLDER_QUERIES: tuple[DemoQuery, ...] = (
+    DemoQuery("a dog running on the beach"),
+    DemoQuery("children playing in the snow"),
+    DemoQuery("a man riding a bicycle"),
+    DemoQuery("people sitting at a table"),
+)
+SAMPLE_IMAGE_QUERY = "cat.png"  # the photo whose neighbours the demo shows on the sample set
+
+
+def demo_db_path(photos: Path, model_id: str, cache: Path | None = None) -> Path:
+    """One index per (photo folder, model): ``<cache>/demo/<hash>.db``."""
+    key = hashlib.sha256(f"{Path(photos).resolve()}\0{model_id}".encode()).hexdigest()[:16]
+    return (cache or cache_dir()) / "demo" / f"{key}.db"
+
+
+# ---- timed search ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageTimes:
+    embed_ms: float  # tokenise + text encoder
+    knn_ms: float  # sqlite-vec KNN + exact rescoring of the candidates
+    rerank_ms: float  # read the candidates' image tokens + cross-encoder
+    total_ms: float  # the whole query, including reading the results' metadata
+    candidates: int  # photos the cross-encoder scored
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TimedSearch:
+    hits: list[Hit]  # best first, as ``Library.search`` returns them
+    times: StageTimes
+
+
+def timed_search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: DateLike = None,
+                 before: DateLike = None, folder: str | os.PathLike[str] | None = None) -> TimedSearch:
+    """``Library.search`` stage by stage (same results, same order) with the time of each stage."""
+    from .search import clean_query
+
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if rerank < 0:
+        raise ValueError(f"rerank must be >= 0, got {rerank}")
+    bundle = lib.require_bundle()
+    text = clean_query(text)
+    filters = make_filters(after, before, folder)
+    t0 = time.perf_counter()
+    if lib.count() == 0:
+        return TimedSearch([], StageTimes(0.0, 0.0, 0.0, _ms(t0), 0))
+    q = np.asarray(bundle.embed_texts([text]), np.float32)[0]
+    t1 = time.perf_counter()
+    cands = lib.candidates(q, max(k, rerank), filters)
+    t2 = time.perf_counter()
+    n = min(rerank, len(cands.ids))
+    cross = np.zeros((0,), np.float32)
+    if n:
+        tokens = lib.tokens(cands.ids[:n].tolist())
+        cross = np.asarray(bundle.score_candidates(text, tokens, cands.embeds[:n]), np.float32).reshape(n)
+    t3 = time.perf_counter()
+    order = [int(i) for i in np.argsort(-cross, kind="stable")] + list(range(n, len(cands.ids)))
+    hits = hits_for(lib, cands.ids, cands.scores, cross, order[:k])
+    times = StageTimes(embed_ms=1000 * (t1 - t0), knn_ms=1000 * (t2 - t1), rerank_ms=1000 * (t3 - t2),
+                       total_ms=_ms(t0), candidates=n)
+    return TimedSearch(hits, times)
+
+
+def hits_for(lib: Library, ids: Any, bi: Any, cross: Any, order: list[int]) -> list[Hit]:
+    """Hits for positions ``order`` of candidate arrays (ids, bi scores, cross scores of the first n)."""
+    from .search import Hit
+
+    chosen = [int(ids[i]) for i in order]
+    info = lib.photo_info(chosen)
+    out = []
+    for i, pid in zip(order, chosen):
+        p = info.get(pid)
+        if p is None:  # removed by a concurrent writer
+            continue
+        out.append(Hit(path=p.path, bi_score=float(bi[i]), cross_score=float(cross[i]) if i < len(cross) else None,
+                       photo_id=pid, taken=p.taken, width=p.width, height=p.height))
+    return out
+
+
+def _ms(t0: float) -> float:
+    return 1000 * (time.perf_counter() - t0)
