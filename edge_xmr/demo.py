@@ -26,7 +26,6 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -136,32 +135,27 @@ def require_export_extras() -> None:
 
 
 def export_bundle_to(model_dir: Path, target: Path, progress: ProgressFn | None = None) -> Path:
-    """Export a model directory to a bundle at ``target`` (written beside it, then renamed into place)."""
+    """Export a model directory to a checked fp32 ONNX bundle at ``target`` (``mobile_export`` builds
+    it in a hidden sibling folder and moves it into place only when every parity check passed).
+
+    The sample photos, when scikit-image is installed, calibrate the bundle's int8 storage scales.
+    """
     require_export_extras()
     say = progress or (lambda step, done, total: None)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
+    from mobile_export import export_bundle  # torch: only here
+
+    calib = None
     try:
-        say("loading the default model", 0, 3)
-        from edge_xmr.model import bases  # torch: only here
-
-        from mobile_export import export_bundle
-
-        model = bases.load(model_dir)
-        say("exporting ONNX graphs (text, image, cross-encoder)", 1, 3)
-        export_bundle(model, tmp, formats=("onnx",), precisions=("fp32",))
-        say("checking the bundle", 2, 3)
-        _check_bundle(tmp)
-        if (target / "manifest.json").is_file():  # another process finished first
-            return target
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        say("bundle ready", 3, 3)
-        return target
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        calib = sorted(str(p) for p in sample_photos().iterdir() if p.suffix in (".png", ".jpg"))
+    except DemoError:
+        pass  # synthetic calibration images (the export reports it)
+    say("exporting the default model to ONNX and checking parity", 0, 1)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    export_bundle(model_dir, target, formats=("onnx",), precisions=("fp32",), calib_images=calib,
+                  mobile=False, overwrite=True)
+    _check_bundle(target)
+    say("bundle ready", 1, 1)
+    return target
 
 
 def _check_bundle(path: Path) -> None:

@@ -1,0 +1,266 @@
+"""``edge-xmr demo`` (index sample photos, search them, show scores and stage timings) and
+``edge-xmr serve`` (the search gallery in the browser)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import UserError
+
+if TYPE_CHECKING:
+    from ..demo import DemoQuery, TimedSearch
+    from ..index.library import Library
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="index sample photos (or --photos DIR), run text and image queries, show timings")
+    d.add_argument("--photos", default=None, help="photo folder (default: sample photos that come with scikit-image)")
+    d.add_argument("--bundle", default=None, help="model bundle folder (default: the default model's bundle, "
+                                                  "exported into the cache on first use)")
+    d.add_argument("--db", default=None, help="index file (default: one per photo folder in the cache)")
+    d.add_argument("--query", "-q", action="append", default=None, help="text query (repeatable; default: a few)")
+    d.add_argument("-k", type=int, default=3, help="results shown per query (default 3)")
+    d.add_argument("--rerank", type=int, default=20, help="KNN candidates reranked by the cross-encoder (default 20)")
+    d.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    d.set_defaults(func=run_demo)
+
+    s = sub.add_parser("serve", help="search gallery in the browser (local page, 127.0.0.1 by default)")
+    s.add_argument("--db", default=None, help="index file (default: $EDGE_XMR_DB or the platform data folder)")
+    s.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--bundle", default=None, help="model bundle folder (default: the one the index was built with, "
+                                                  "else the default model's bundle)")
+    s.add_argument("--photos", default=None, help="index (or update) this folder in the background while serving")
+    s.add_argument("--thumbs", default=None, help="thumbnail cache folder (default: in the user cache folder)")
+    s.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    s.add_argument("--quiet", action="store_true", help="do not log requests")
+    s.set_defaults(func=run_serve)
+
+
+# ---- shared ---------------------------------------------------------------------------------------
+def _bar(desc: str, total: int | None = None, unit: str = "it") -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+
+
+def _default_bundle() -> Path:
+    """The default model's bundle, exported with a progress bar the first time."""
+    from ..demo import DemoError, default_bundle
+
+    bar = None
+
+    def progress(step: str, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            print("building the default model bundle (once; cached for later runs)", file=sys.stderr)
+            bar = _bar("bundle", total, "step")
+        bar.set_postfix_str(step)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        path = default_bundle(progress=progress)
+    except DemoError as e:
+        raise UserError(str(e)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return path
+
+
+def _load_bundle(path: str | Path, threads: int | None) -> Any:
+    from ..bundle import Bundle
+
+    p = Path(path).expanduser()
+    if not (p / "manifest.json").is_file():
+        raise UserError(f"not a model bundle (no manifest.json): {p}")
+    try:
+        return Bundle.load(p, threads=threads)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the bundle {p}: {e}") from None
+
+
+def _index(lib: Library, root: Path) -> None:
+    from ..index.library import LibraryError
+
+    bar = None
+
+    def progress(p: Any) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _bar("indexing", p.total, "photo")
+        bar.total = p.total
+        bar.n = p.done
+        bar.set_postfix(added=p.added, skipped=p.skipped, refresh=False)
+        bar.refresh()
+
+    try:
+        report = lib.index(root, progress=progress)
+    except LibraryError as e:
+        raise UserError(str(e)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"index: {lib.count()} photos ({report.added} added, {report.unchanged} unchanged, "
+          f"{report.skipped} skipped) in {report.seconds:.1f} s", file=sys.stderr)
+
+
+# ---- demo -----------------------------------------------------------------------------------------
+def run_demo(args: argparse.Namespace) -> int:
+    from ..demo import (FOLDER_QUERIES, SAMPLE_IMAGE_QUERY, SAMPLE_QUERIES, DemoError, DemoQuery, demo_db_path,
+                        sample_photos)
+    from ..index.library import Library, LibraryError
+
+    if args.k < 1 or args.rerank < 0:
+        raise UserError("-k must be >= 1 and --rerank >= 0")
+    t_start = time.perf_counter()
+    bundle_dir = Path(args.bundle) if args.bundle else _default_bundle()
+    bundle = _load_bundle(bundle_dir, args.threads)
+    if args.photos:
+        photos = Path(args.photos).expanduser()
+        if not photos.is_dir():
+            raise UserError(f"not a folder: {photos}")
+        queries = FOLDER_QUERIES
+    else:
+        try:
+            photos = sample_photos()
+        except DemoError as e:
+            raise UserError(str(e)) from None
+        queries = SAMPLE_QUERIES
+    if args.query:
+        queries = tuple(DemoQuery(q) for q in args.query)
+    db = Path(args.db).expanduser() if args.db else demo_db_path(photos, bundle.model_id)
+    print(f"model:  {bundle.manifest.get('model', {}).get('name', '?')} ({bundle_dir})\n"
+          f"photos: {photos}\nindex:  {db}", file=sys.stderr)
+    try:
+        lib = Library.open(db, bundle)
+    except LibraryError as e:
+        raise UserError(f"{e} (delete {db} or pass another --db)") from None
+    with lib:
+        _index(lib, photos)
+        if lib.count() == 0:
+            raise UserError(f"no photos could be indexed in {photos}")
+        _text_queries(lib, queries, args.k, args.rerank)
+        _image_query(lib, photos / SAMPLE_IMAGE_QUERY if not args.photos else None, args.k)
+    print(f"\ndone in {time.perf_counter() - t_start:.1f} s. Browse it: edge-xmr serve --db {_quote(db)}")
+    return 0
+
+
+def _text_queries(lib: Library, queries: tuple[DemoQuery, ...], k: int, rerank: int) -> None:
+    from ..demo import timed_search
+
+    timed_search(lib, "warm-up", k=1, rerank=min(rerank, 1))  # first onnxruntime runs allocate
+    good = checked = 0
+    for q in queries:
+        r = timed_search(lib, q.text, k=k, rerank=rerank)
+        print(f"\ntext → image: “{q.text}”\n  {_times(r)}")
+        for i, h in enumerate(r.hits, 1):
+            cross = "  –  " if h.cross_score is None else f"{h.cross_score:6.2f}"
+            print(f"  {i}. cross {cross}  bi {h.bi_score:.3f}  {os.path.basename(h.path)}")
+        if q.expect and r.hits:
+            checked += 1
+            ok = os.path.basename(r.hits[0].path) == q.expect
+            good += ok
+            print(f"  {'✓' if ok else '✗'} expected {q.expect} first")
+    if checked:
+        print(f"\n{good} of {checked} queries put the expected photo first")
+
+
+def _times(r: TimedSearch) -> str:
+    t = r.times
+    return (f"embed {t.embed_ms:.1f} ms · KNN {t.knn_ms:.1f} ms · rerank {t.rerank_ms:.1f} ms "
+            f"({t.candidates} candidates) · total {t.total_ms:.1f} ms")
+
+
+def _image_query(lib: Library, photo: Path | None, k: int) -> None:
+    if photo is None or lib.photo_id(photo) is None:
+        row = lib.connection.execute("SELECT path FROM photos ORDER BY id LIMIT 1").fetchone()
+        photo = Path(str(row[0]))
+    t0 = time.perf_counter()
+    hits = lib.similar(str(photo), k=k)
+    ms = 1000 * (time.perf_counter() - t0)
+    print(f"\nimage → image: photos like {photo.name}  ({ms:.1f} ms)")
+    for i, h in enumerate(hits, 1):
+        print(f"  {i}. bi {h.bi_score:.3f}  {os.path.basename(h.path)}")
+
+
+def _quote(p: Path) -> str:
+    s = str(p)
+    return f"'{s}'" if any(c in s for c in " '\"$`\\") else s
+
+
+# ---- serve ----------------------------------------------------------------------------------------
+def run_serve(args: argparse.Namespace) -> int:
+    from ..demo import cache_dir
+    from ..index.library import Library, LibraryError
+    from ..paths import default_db_path
+    from ..server import Gallery, LOOPBACK, make_server
+
+    db = Path(args.db).expanduser().resolve() if args.db else default_db_path()
+    photos = Path(args.photos).expanduser().resolve() if args.photos else None
+    if photos is not None and not photos.is_dir():
+        raise UserError(f"not a folder: {photos}")
+    if not db.is_file() and photos is None:
+        print(f"warning: no index at {db}; the page will say so (index a folder with --photos DIR)",
+              file=sys.stderr)
+    bundle = _serve_bundle(args, db, need=photos is not None)
+    if db.is_file() and bundle is not None:
+        try:
+            Library.open(db, bundle, create=False).close()  # refuse a model mismatch now, not per request
+        except LibraryError as e:
+            raise UserError(str(e)) from None
+    thumbs = Path(args.thumbs).expanduser() if args.thumbs else cache_dir() / "thumbs"
+    gallery = Gallery(db=db, bundle=bundle, thumbs=thumbs)
+    try:
+        server = make_server(gallery, args.host, args.port,
+                             log=None if args.quiet else lambda m: print(m, file=sys.stderr))
+    except OSError as e:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    if args.host not in LOOPBACK:
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can see your photos",
+              file=sys.stderr)
+    if photos is not None:
+        gallery.start_indexing(photos, lambda: Library.open(db, bundle))
+        print(f"indexing {photos} in the background", file=sys.stderr)
+    print(f"gallery of {db}\nopen {server.url}  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def _serve_bundle(args: argparse.Namespace, db: Path, need: bool) -> Any:
+    """--bundle, else the bundle the index names (if still there), else the default bundle."""
+    if args.bundle:
+        return _load_bundle(args.bundle, args.threads)
+    hint = _bundle_hint(db)
+    if hint is not None:
+        return _load_bundle(hint, args.threads)
+    try:
+        return _load_bundle(_default_bundle(), args.threads)
+    except UserError as e:
+        if need:
+            raise
+        print(f"warning: {e}; browsing only, search is off", file=sys.stderr)
+        return None
+
+
+def _bundle_hint(db: Path) -> Path | None:
+    if not db.is_file():
+        return None
+    from ..index.library import Library, LibraryError
+
+    try:
+        with Library.open(db, None, create=False) as lib:
+            hint = lib.info.bundle_path
+    except LibraryError:
+        return None
+    return Path(hint) if hint and (Path(hint) / "manifest.json").is_file() else None
+
