@@ -22,6 +22,8 @@ class TrainConfig:
     ce_weight: float = 1.0  # weight of the cross-encoder loss
     bce_weight: float = 0.5  # weight of the binary match / no-match term inside it
     ce_text_grad: bool = True  # let the cross-encoder loss update the shared text blocks
+    ce_epochs: int = 0  # then: epochs training only the cross-encoder's own parameters (shared blocks fixed)
+    ce_stage_queries: int = 96  # captions per step with a cross-encoder group in that stage
     ckpt_every: int = 100  # steps between resumable checkpoints
     eval_queries: int = 500  # dev captions used by the periodic evaluation
     seed: int = 0  # random seed

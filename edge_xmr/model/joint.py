@@ -59,7 +59,7 @@ class TokenPool(nn.Module):
 class CrossHead(nn.Module):
     """Cross-encoder-only parameters: lift stored tokens into the text width, read out a residual."""
 
-    def __init__(self, d_tok: int, n_tokens: int, width: int):
+    def __init__(self, d_tok: int, n_tokens: int, width: int, embed_dim: int):
         super().__init__()
         self.up = nn.Linear(d_tok, width)
         self.pos = nn.Parameter(torch.zeros(n_tokens, width))
@@ -68,13 +68,18 @@ class CrossHead(nn.Module):
         self.out = nn.Linear(width, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.proj = nn.Linear(width, embed_dim)  # text-conditioned image tokens -> embedding space
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # weight of the bi-encoder cosine
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(2.0)))  # weight of the joint-pass similarity
 
     def lift(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.up(tokens) + self.pos  # (..., T, Dt) -> (..., T, W)
 
-    def residual(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.out(F.gelu(self.fc(self.ln(pooled)))).squeeze(-1)  # (..., W) -> (...)
+    def residual(self, pooled: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        """pooled: (..., W) joint-pass image tokens, averaged; t_emb: (..., D) text embedding -> (...)."""
+        h = self.ln(pooled)
+        sim = (F.normalize(self.proj(h), dim=-1) * t_emb).sum(-1)  # (...)
+        return self.log_alpha.exp() * sim + self.out(F.gelu(self.fc(h))).squeeze(-1)
 
 
 class JointModel(nn.Module):
@@ -89,7 +94,7 @@ class JointModel(nn.Module):
         self.image_head = image_head if image_head is not None else ImageHead(
             cfg.image.global_channels, cfg.image_head_hidden, D)
         self.token_pool = TokenPool(cfg.image.grid_channels, cfg.n_image_tokens, cfg.token_dim)
-        self.cross = CrossHead(cfg.token_dim, cfg.n_image_tokens, W)
+        self.cross = CrossHead(cfg.token_dim, cfg.n_image_tokens, W, D)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.05)))
         self.tokenizer: Any = None  # edge_xmr.tokenizer.Tokenizer, set by the builder
 
@@ -132,7 +137,7 @@ class JointModel(nn.Module):
         cos = torch.einsum("qd,qkd->qk", t_emb, img_emb)  # (Q, K)
         img = self.cross.lift(tokens)  # (Q, K, T, W)
         out = self.text.joint(states, mask, img, self.split)  # (Q, K, T, W)
-        res = self.cross.residual(out.mean(2))  # (Q, K)
+        res = self.cross.residual(out.mean(2), t_emb[:, None].expand(-1, out.shape[1], -1))  # (Q, K)
         return self.cross.log_scale.exp() * cos + res
 
     def score_query(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,

@@ -50,6 +50,8 @@ class Trainer:
         self.hard = None  # (n_img, hard_pool) mined negatives per image
         self.last_text = torch.zeros(self.n_img, model.cfg.embed_dim)  # text embedding seen per image
         self.history: list[dict] = []
+        self._resumed: dict = {}
+        self.bi_group_acc = 0.0
         text_p = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("text.")]
         other = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("text.")]
         self.opt = torch.optim.AdamW([{"params": text_p, "lr": cfg.lr_text}, {"params": other, "lr": cfg.lr_head}],
@@ -127,7 +129,7 @@ class Trainer:
         if self.hard is not None and self.epoch >= cfg.ce_start_epoch and cfg.ce_queries > 0:
             loss_ce, acc = self._ce_loss(img[: cfg.ce_queries], flip[: cfg.ce_queries], temb, states, mask)
             loss = loss + cfg.ce_weight * loss_ce
-            stats.update(ce=float(loss_ce), group_acc=acc)
+            stats.update(ce=float(loss_ce), group_acc=acc, bi_group_acc=self.bi_group_acc)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 5.0)
@@ -161,7 +163,42 @@ class Trainer:
         labels[:, 0] = 1.0
         bce = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=torch.tensor(float(K - 1)))
         acc = float((logits.argmax(1) == 0).float().mean())
+        self.bi_group_acc = float((cemb.detach() @ temb[:Q].detach()[:, :, None]).squeeze(-1).argmax(1).eq(0)
+                                  .float().mean())
         return listwise + cfg.bce_weight * bce, acc
+
+    def ce_stage_step(self, img: np.ndarray) -> dict[str, float]:
+        """Cross-encoder-only step: the shared blocks and bi-encoder heads stay fixed."""
+        m, rng = self.model, self.rng
+        cap = np.array([rng.choice(self.img_caps[i]) for i in img])
+        flip = rng.integers(0, 2, len(img))
+        L = int(self.lengths[cap].max())
+        ids, mask = self.ids[cap, :L], self.mask[cap, :L]
+        with torch.no_grad():
+            temb, states = m.text_upper(m.text_lower(ids, mask), mask)
+        self.last_text[img] = temb
+        loss, acc = self._ce_loss(img, flip, temb, states, mask)
+        self.opt2.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.ce_params, 5.0)
+        self.opt2.step()
+        return {"ce": float(loss), "group_acc": acc, "bi_group_acc": self.bi_group_acc}
+
+    def _start_ce_stage(self) -> None:
+        cfg = self.cfg
+        self.ce_params = [p for p in self.model.cross_only_parameters()]
+        ids = {id(p) for p in self.ce_params}
+        for p in self.model.parameters():
+            p.requires_grad_(id(p) in ids)
+        self.opt2 = torch.optim.AdamW(self.ce_params, lr=cfg.lr_head, weight_decay=cfg.weight_decay)
+        self.ce_steps_per_epoch = self.n_img // cfg.ce_stage_queries
+        self.ce_total = self.ce_steps_per_epoch * cfg.ce_epochs
+
+    def _set_lr2(self, s: int) -> None:
+        warm = min(1.0, (s + 1) / self.cfg.warmup_steps)
+        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, self.ce_total))))
+        for g in self.opt2.param_groups:
+            g["lr"] = self.cfg.lr_head * warm * max(cos, 0.05)
 
     # ---- evaluation / checkpoints -----------------------------------------------------------------
     @torch.no_grad()
@@ -200,6 +237,7 @@ class Trainer:
         state = {"opt": self.opt.state_dict(), "step": self.step, "epoch": self.epoch, "best": self.best,
                  "hard": self.hard, "last_text": self.last_text, "history": self.history,
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 **({"opt2": self.opt2.state_dict()} if hasattr(self, "opt2") else {}),
                  "train_config": asdict(self.cfg)}
         tmp = last / "train_state.pt.tmp"
         torch.save(state, tmp)
@@ -212,7 +250,9 @@ class Trainer:
         loaded = bases.load(self.out / "last")
         self.model.load_state_dict(loaded.state_dict())
         st = torch.load(f, map_location="cpu", weights_only=False)
-        self.opt.load_state_dict(st["opt"])
+        self._resumed = st
+        if st["epoch"] < self.cfg.epochs:  # the joint stage's optimiser is needed only inside that stage
+            self.opt.load_state_dict(st["opt"])
         self.step, self.epoch, self.best = st["step"], st["epoch"], st["best"]
         self.hard, self.last_text, self.history = st["hard"], st["last_text"], st["history"]
         self.rng.bit_generator.state = st["rng"]
@@ -254,6 +294,39 @@ class Trainer:
                 score = rec["dev_rerank20_R@1"] if self.epoch > cfg.ce_start_epoch else rec["dev_bi_R@1"] - 100
                 if score > self.best:
                     self.best = score
+                    bases.save(self.model, self.out)
+                    rec["saved_best"] = True
+            else:
+                bases.save(self.model, self.out)
+            self.history.append(rec)
+            self.log(json.dumps(rec))
+            self.save_checkpoint()
+        if cfg.ce_epochs:
+            self._start_ce_stage()
+            if "opt2" in self._resumed:
+                self.opt2.load_state_dict(self._resumed["opt2"])
+        while cfg.epochs <= self.epoch < cfg.epochs + cfg.ce_epochs:
+            self.mine()
+            self.log(f"epoch {self.epoch}: cross-encoder stage, mined hard negatives")
+            perm = np.random.default_rng(cfg.seed + self.epoch).permutation(self.n_img)
+            base = cfg.epochs * self.steps_per_epoch + (self.epoch - cfg.epochs) * self.ce_steps_per_epoch
+            first = self.step - base
+            bar = tqdm(range(first, self.ce_steps_per_epoch), desc=f"cross-encoder epoch {self.epoch + 1}/"
+                       f"{cfg.epochs + cfg.ce_epochs}", unit="step", disable=not self.progress, initial=first,
+                       total=self.ce_steps_per_epoch)
+            for b in bar:
+                self._set_lr2(self.step - cfg.epochs * self.steps_per_epoch)
+                st = self.ce_stage_step(perm[b * cfg.ce_stage_queries:(b + 1) * cfg.ce_stage_queries])
+                self.step += 1
+                bar.set_postfix({k: f"{v:.3f}" for k, v in st.items()})
+                if self.step % cfg.ckpt_every == 0:
+                    self.save_checkpoint()
+            self.epoch += 1
+            rec = {"epoch": self.epoch, "step": self.step, "minutes": (time.time() - t_start) / 60, "stage": "ce"}
+            if self.dev is not None:
+                rec.update(self.quick_eval())
+                if rec["dev_rerank20_R@1"] > self.best:
+                    self.best = rec["dev_rerank20_R@1"]
                     bases.save(self.model, self.out)
                     rec["saved_best"] = True
             else:

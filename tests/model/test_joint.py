@@ -73,13 +73,15 @@ def test_three_scoring_paths_agree(tiny_model):
     assert np.ptp(all4) > 0
 
 
-def test_residual_starts_at_zero_so_cross_score_equals_scaled_cosine(tiny_model):
+def test_cross_score_starts_from_the_bi_encoder_cosine(tiny_model):
+    # score = scale * cosine + alpha * (joint-pass similarity in [-1, 1]) + MLP term (zero at init)
     imgs = _images(3)
     emb, tok = tiny_model.encode_images(imgs)
     t = tiny_model.embed_texts(["a dog"])[0]
     s = tiny_model.score_candidates("a dog", tok, emb)
-    scale = float(tiny_model.cross.log_scale.exp())
-    np.testing.assert_allclose(s, scale * (emb @ t), atol=1e-5)
+    scale = float(tiny_model.cross.log_scale.exp().detach())
+    alpha = float(tiny_model.cross.log_alpha.exp().detach())
+    assert np.all(np.abs(s - scale * (emb @ t)) <= alpha + 1e-5)
 
 
 def test_score_pairs_length_mismatch(tiny_model):
