@@ -145,8 +145,8 @@ def photo_vectors(lib: Library, photo: str | os.PathLike[str] | int) -> tuple[in
         raise LibraryError(str(e)) from None
     emb, tok = bundle.encode_images([image])
     e = np.asarray(emb, np.float32)[0]
-    if lib.store.kind != "float32" and lib.info.embedding_scale:
-        e = lib.store.decode(lib.store.rescore_blob(e))  # the int8 round trip stored photos went through
+    if lib.info.embedding_scale or lib.store.kind == "float32":
+        e = lib.store.decode(*lib.store.encode(e))  # the same round trip as stored photos
     return -1, normalize(e), _round_trip_tokens(lib, np.asarray(tok, np.float32)[0])
 
 

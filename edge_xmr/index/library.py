@@ -323,12 +323,13 @@ class Library:
         return self.embeddings(ids), self.tokens(ids)
 
     def embeddings(self, ids: Sequence[int]) -> FloatArray:
+        """Stored embeddings of photos as used for rescoring and reranking -> (n, D), unit norm."""
         ids = [int(i) for i in ids]
-        if self.store.keeps_rescore_copy:
-            blobs = self._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
-        else:
-            blobs = self._blobs("SELECT rowid, embedding FROM vectors WHERE rowid IN ({})", ids)
-        return _stack([self.store.decode(blobs[i]) for i in ids], (0, self._info.dim))
+        refine = self._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
+        knn: dict[int, bytes | None] = dict.fromkeys(ids)
+        if self.store.rescores_from_knn_vector:
+            knn.update(self._blobs("SELECT rowid, embedding FROM vectors WHERE rowid IN ({})", ids))
+        return _stack([self.store.decode(knn[i], refine[i]) for i in ids], (0, self._info.dim))
 
     def tokens(self, ids: Sequence[int]) -> FloatArray:
         """Stored image tokens of photos, dequantised -> (n, T, Dt) float32."""
@@ -336,13 +337,14 @@ class Library:
         blobs = self._blobs("SELECT id, tokens FROM rerank WHERE id IN ({})", ids)
         T, Dt = self._info.token_count, self._info.token_dim
         scale = self._info.token_scale or 1.0
-        return _stack([dequantize(np.frombuffer(blobs[i], np.int8), scale).reshape(T, Dt) for i in ids], (0, T, Dt))
+        return _stack([dequantize(np.frombuffer(blobs[i] or b"", np.int8), scale).reshape(T, Dt) for i in ids],
+                      (0, T, Dt))
 
-    def _blobs(self, sql: str, ids: list[int]) -> dict[int, bytes]:
-        out: dict[int, bytes] = {}
+    def _blobs(self, sql: str, ids: list[int]) -> dict[int, bytes | None]:
+        out: dict[int, bytes | None] = {}
         for chunk in _chunks(ids):
             for rid, blob in self._conn.execute(sql.format(_marks(chunk)), chunk):
-                out[int(rid)] = bytes(blob)
+                out[int(rid)] = bytes(blob) if blob is not None else None
         missing = [i for i in ids if i not in out]
         if missing:
             raise LibraryError(f"photo ids not in the index: {missing[:5]}")
@@ -353,8 +355,8 @@ class Library:
         an over-fetched set, rescored exactly against the dequantised stored embeddings."""
         filters = filters or Filters()
         q = np.asarray(query, np.float32).reshape(-1)
-        where, params = ["embedding MATCH " + self.store.param_sql, "k = ?"], [self.store.knn_blob(q), 0]
-        params[1] = self.store.fetch_count(n)
+        where = ["embedding MATCH " + self.store.param_sql, "k = ?"]
+        params: list[object] = [self.store.query_blob(q), self.store.fetch_count(n)]
         if filters.after is not None:
             where.append("taken >= ?")
             params.append(filters.after)
@@ -366,14 +368,13 @@ class Library:
             if not fids:
                 return Candidates(_EMPTY_IDS, np.zeros((0, self._info.dim), np.float32), np.zeros((0,), np.float32))
             where.append(f"folder IN ({','.join(str(f) for f in fids)})")
-        col = "NULL" if self.store.keeps_rescore_copy else "embedding"
+        col = "embedding" if self.store.rescores_from_knn_vector else "NULL"
         rows = self._conn.execute(f"SELECT rowid, {col} FROM vectors WHERE {' AND '.join(where)}",
                                   params).fetchall()
         ids = [int(r[0]) for r in rows]
-        if self.store.keeps_rescore_copy:
-            embeds = self.embeddings(ids)
-        else:
-            embeds = _stack([self.store.decode(bytes(r[1])) for r in rows], (0, self._info.dim))
+        refine = self._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
+        embeds = _stack([self.store.decode(bytes(v) if v is not None else None, refine[i]) for i, (_, v)
+                         in zip(ids, rows)], (0, self._info.dim))
         scores = embeds @ q
         order = np.argsort(-scores, kind="stable")[:n]
         return Candidates(np.asarray(ids, np.int64)[order], embeds[order], scores[order].astype(np.float32))
@@ -418,8 +419,8 @@ class Library:
             self._ensure_scales(embeds, tokens)
             tscale = self._info.token_scale
             for rec, e, t in zip(records, embeds, tokens):
-                rescore = self.store.rescore_blob(e) if self.store.keeps_rescore_copy else None
-                ids.append(self._insert(rec, self.store.knn_blob(e), quantize(t, tscale).tobytes(), rescore))
+                knn, refine = self.store.encode(e)
+                ids.append(self._insert(rec, knn, quantize(t, tscale).tobytes(), refine))
         return ids
 
     def copy_photo(self, record: PhotoRecord, source_id: int) -> int:
@@ -432,7 +433,7 @@ class Library:
                 raise LibraryError(f"photo id {source_id} is not in the index")
             return self._insert(record, bytes(vec[0]), bytes(row[0]), bytes(row[1]) if row[1] is not None else None)
 
-    def _insert(self, rec: PhotoRecord, knn: bytes, tokens: bytes, rescore: bytes | None) -> int:
+    def _insert(self, rec: PhotoRecord, knn: bytes, tokens: bytes, refine: bytes | None) -> int:
         c = self._conn
         old = c.execute("SELECT id FROM photos WHERE path = ?", (rec.path,)).fetchone()
         if old is not None:
@@ -444,7 +445,7 @@ class Library:
         pid = int(c.last_insert_rowid())
         c.execute(f"INSERT INTO vectors(rowid, embedding, taken, folder) VALUES (?, {self.store.param_sql}, ?, ?)",
                   (pid, knn, rec.taken, fid))
-        c.execute("INSERT INTO rerank(id, tokens, embedding) VALUES (?, ?, ?)", (pid, tokens, rescore))
+        c.execute("INSERT INTO rerank(id, tokens, embedding) VALUES (?, ?, ?)", (pid, tokens, refine))
         c.execute("DELETE FROM skipped WHERE path = ?", (rec.path,))
         return pid
 

@@ -10,8 +10,9 @@ Tables (one SQLite file):
   time), taken (exif_time, else the file's mtime; what date filters use), width, height.
 - ``vectors`` (vec0): the bi-encoder embedding, rowid = photos.id, with metadata columns
   ``taken`` and ``folder`` so that date and folder filters run inside the KNN query.
-- ``rerank(id, tokens, embedding)``: int8 image tokens (T x Dt) for the cross-encoder, and for
-  the bit store an int8 copy of the embedding for rescoring.
+- ``rerank(id, tokens, embedding)``: int8 image tokens (T x Dt) for the cross-encoder, and the
+  embedding refinement used for exact rescoring (int8 store: the 4-bit rounding residual of the
+  vec0 codes; bit store: int8 codes + residual; float32 store: NULL).
 - ``skipped(path, size, mtime_ns, reason, at)``: files that could not be indexed, and why.
 
 Version history: 1 had no folders table and no vec0 metadata columns (filters ran after the

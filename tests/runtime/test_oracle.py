@@ -103,3 +103,37 @@ def test_store_validation():
     with pytest.raises(ValueError, match="divisible by 8"):
         Store("bit", 12, 1.0)
     assert Store("bit", 16, 1.0).fetch_count(10_000) == 4096
+
+
+def test_residual_refinement_is_12_bit_precise():
+    from edge_xmr.index.stores import residual_nibbles, unpack_nibbles
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 256)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    store = Store("int8", 256, 127 / 0.3)
+    for v in x:
+        knn, refine = store.encode(v)
+        assert len(knn) == 256 and refine is not None and len(refine) == 128
+        assert np.abs(store.decode(knn, refine) - v).max() < 1.5 / (16 * store.scale) + 1e-4
+        assert np.abs(store.decode(knn, None) - v).max() < 1.0 / store.scale  # plain int8
+    bit = Store("bit", 256, 127 / 0.3)
+    knn, refine = bit.encode(x[0])
+    assert len(knn) == 32 and refine is not None and len(refine) == 384
+    np.testing.assert_allclose(bit.decode(None, refine), store.decode(*store.encode(x[0])))
+    r = np.array([-0.5, -0.25, 0.0, 0.4375], np.float32)
+    np.testing.assert_allclose(unpack_nibbles(residual_nibbles(r, np.zeros(4, np.int8), 1.0)), r)
+
+
+def test_int8_store_matches_exact_float_search(tmp_path):
+    lib = Library.open(tmp_path / "i.db", FakeBundle(dim=DIM))
+    emb, taken, folders = _fill(lib, 1025, seed=11)
+    rng = np.random.default_rng(5)
+    agree = []
+    for _ in range(50):
+        q = rng.standard_normal(DIM).astype(np.float32)
+        q /= np.linalg.norm(q)
+        want = _brute(emb, q, np.ones(len(emb), bool), 10)
+        agree.append(len(set(lib.candidates(q, 10).ids.tolist()) & set(want)) / 10)
+    assert np.mean(agree) >= 0.99
+    lib.close()

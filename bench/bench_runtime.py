@@ -1,0 +1,433 @@
+"""Runtime benchmark: query latency, recall of the vector stores, bytes per photo, indexing
+throughput on 12-MP JPEGs, and peak RSS while indexing. Prints tables, writes JSON.
+
+    python bench/bench_runtime.py --bundle DIR            # full run (about 10-15 min on 2 cores)
+    python bench/bench_runtime.py --bundle DIR --quick    # small sizes, a smoke test
+
+Without --bundle it uses the embedded default model's bundle, else exports an UNTRAINED ``lite``
+model (same architecture, so the same compute cost; needs the [train,export] extras).
+
+Data: Flickr8k photos (read in place, never copied) for the real-image sizes and the 12-MP
+JPEGs (upscaled into a temp folder with sensor-like noise); synthetic unit vectors for the large
+sizes. Queries: Flickr8k dev captions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+FLICKR = REPO.parent / "shared" / "data" / "flickr8k"
+WORK = Path(tempfile.gettempdir()) / "edge_xmr_bench"
+OUT = REPO / "bench" / "results" / "runtime.json"
+
+
+# ---- model -----------------------------------------------------------------------------------------
+def resolve_bundle(arg: str | None) -> tuple[Path, str]:
+    """(bundle folder, note on where it came from)."""
+    from edge_xmr.paths import default_bundle_dir
+
+    if arg:
+        return Path(arg), "given"
+    found = default_bundle_dir()
+    if found is not None:
+        return found, "embedded default model"
+    out = WORK / "untrained_lite_bundle"
+    if not (out / "manifest.json").is_file():
+        export_untrained(out)
+    return out, "UNTRAINED lite model (same compute cost as the trained one)"
+
+
+def export_untrained(out: Path) -> None:
+    code = ("import sys; from edge_xmr.config import preset; from edge_xmr.model import build, save; "
+            "import mobile_export; m = build(preset('lite')).eval(); d = save(m, sys.argv[1]); "
+            "mobile_export.export_bundle(d, sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(WORK / "untrained_lite_model"), str(out)], check=True, cwd=REPO)
+
+
+def load(bundle_dir: Path, threads: int | None) -> Any:
+    from edge_xmr.bundle import Bundle
+
+    return Bundle.load(bundle_dir, threads=threads)
+
+
+# ---- data ------------------------------------------------------------------------------------------
+def dev_captions(n: int) -> list[str]:
+    dev = set((FLICKR / "splits" / "dev.txt").read_text().split())
+    out: list[str] = []
+    for line in (FLICKR / "captions.tsv").read_text().splitlines()[1:]:
+        img, cap = line.split("\t", 1)
+        if img in dev:
+            out.append(cap)
+    return out[: n * 5: 5]
+
+
+def flickr_images() -> list[Path]:
+    return sorted((FLICKR / "images").glob("*.jpg"))
+
+
+def real_vectors(bundle: Any, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Bundle embeddings and tokens of the Flickr photos (cached in the temp folder per model)."""
+    cache = WORK / f"flickr_{bundle.model_id[:16]}_{len(paths)}.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return z["emb"], z["tok"]
+    from edge_xmr.preprocess import load_image
+
+    size = int(bundle.manifest["preprocessing"]["size"])
+    embs, toks = [], []
+    for i in range(0, len(paths), 64):
+        e, t = bundle.encode_images([load_image(p, size) for p in paths[i:i + 64]])
+        embs.append(e)
+        toks.append(t)
+    emb, tok = np.concatenate(embs), np.concatenate(toks)
+    WORK.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, emb=emb, tok=tok)
+    return emb, tok
+
+
+def synthetic(n: int, dim: int, t: int, dt: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((n, dim), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    tok = rng.standard_normal((n, t, dt), dtype=np.float32)
+    return emb, tok
+
+
+def records(n: int, seed: int) -> list[Any]:
+    """Photo rows with realistic path lengths, 200 folders, capture dates over 10 years."""
+    from edge_xmr.index import PhotoRecord
+
+    rng = np.random.default_rng(seed)
+    folders = [f"/home/someone/Pictures/{2014 + i // 20}/{2014 + i // 20}-{1 + i % 12:02d} trip {i}" for i in range(200)]
+    fid = rng.integers(0, len(folders), n)
+    taken = rng.integers(1_400_000_000, 1_720_000_000, n)
+    return [PhotoRecord(f"{folders[f]}/IMG_{i:08d}.jpg", rng.bytes(32), 3_500_000, int(t) * 10**9, int(t), 4032, 3024)
+            for i, (f, t) in enumerate(zip(fid, taken))]
+
+
+def build_db(path: Path, bundle: Any, store: str, emb: np.ndarray, tok: np.ndarray) -> float:
+    """A fresh index holding the vectors; returns insert rate (photos/s)."""
+    from edge_xmr.index import Library
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    recs = records(len(emb), seed=len(emb))
+    t0 = time.perf_counter()
+    with Library.open(path, bundle, store=store) as lib:  # type: ignore[arg-type]
+        for i in range(0, len(emb), 1000):
+            lib.add_photos(recs[i:i + 1000], emb[i:i + 1000], tok[i:i + 1000])
+        lib.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return len(emb) / (time.perf_counter() - t0)
+
+
+# ---- measurements ----------------------------------------------------------------------------------
+def timed(fn: Callable[[], Any], reps: Sequence[Any]) -> list[float]:
+    out = []
+    for _ in reps:
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(xs, q)), 2)
+
+
+def latency(db: Path, bundle: Any, emb: np.ndarray, queries: list[str], label: str) -> list[dict[str, Any]]:
+    """End-to-end search latency (rerank 20 and 0, with and without filters) vs numpy brute force."""
+    from edge_xmr.index import Library
+
+    rows = []
+    with Library.open(db, bundle) as lib:  # type: ignore[arg-type]
+        for q in queries[:3]:  # warm-up (page cache, onnxruntime arenas)
+            lib.search(q, k=10, rerank=20)
+        folder = "/home/someone/Pictures/2016"
+        for name, kw in [("rerank=20", {"rerank": 20}), ("rerank=0", {"rerank": 0}),
+                         ("rerank=20 +folder+date", {"rerank": 20, "folder": folder, "after": "2015-01-01"})]:
+            it = iter(queries)
+            ms = timed(lambda: lib.search(next(it), k=10, **kw), queries)
+            rows.append({"data": label, "n": len(emb), "store": lib.info.store, "query": name,
+                         "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90)})
+        # components
+        qv = bundle.embed_texts(queries)
+        it_t = iter(queries)
+        text_ms = timed(lambda: bundle.embed_texts([next(it_t)]), queries)
+        it_q = iter(qv)
+        knn_ms = timed(lambda: lib.candidates(next(it_q), 20), queries)
+        cands = [lib.candidates(v, 20) for v in qv]
+        it_c = iter(zip(queries, cands))
+
+        def cross() -> None:
+            text, c = next(it_c)
+            bundle.score_candidates(text, lib.tokens(c.ids.tolist()), c.embeds)
+
+        cross_ms = timed(cross, queries)
+        it_n = iter(qv)
+
+        def brute() -> None:
+            s = emb @ next(it_n)
+            top = np.argpartition(-s, 20)[:20]
+            top[np.argsort(-s[top])]
+
+        np_ms = timed(brute, queries)
+    for name, ms in [("text encoder", text_ms), ("KNN top-20 (vec0 + rescoring)", knn_ms),
+                     ("cross-encoder on 20 (+ token fetch)", cross_ms), ("numpy exact brute force top-20", np_ms)]:
+        rows.append({"data": label, "n": len(emb), "store": "-", "query": name, "p50_ms": pct(ms, 50),
+                     "p90_ms": pct(ms, 90)})
+    return rows
+
+
+def recall(db: Path, bundle: Any, emb: np.ndarray, qv: np.ndarray, label: str, store: str) -> dict[str, Any]:
+    """recall@10 of the store's search (KNN + rescoring) against exact float search."""
+    from edge_xmr.index import Library
+
+    hits = []
+    with Library.open(db, bundle) as lib:  # type: ignore[arg-type]
+        for q in qv:
+            exact = set((np.argsort(-(emb @ q))[:10] + 1).tolist())
+            got = set(lib.candidates(q, 10).ids.tolist())
+            hits.append(len(exact & got) / 10)
+    return {"data": label, "n": len(emb), "store": store, "recall@10": round(float(np.mean(hits)), 4),
+            "queries": len(qv)}
+
+
+def recall_plain_int8(emb: np.ndarray, qv: np.ndarray, scale: float, label: str) -> dict[str, Any]:
+    """Ablation: exact search over int8 codes alone (no 4-bit residual), numpy."""
+    from edge_xmr.index.stores import dequantize, normalize, quantize
+
+    deq = normalize(dequantize(quantize(emb, scale), scale))
+    hits = [len(set(np.argsort(-(emb @ q))[:10].tolist()) & set(np.argsort(-(deq @ q))[:10].tolist())) / 10
+            for q in qv]
+    return {"data": label, "n": len(emb), "store": "int8 codes only (ablation)",
+            "recall@10": round(float(np.mean(hits)), 4), "queries": len(qv)}
+
+
+def bytes_per_photo(db: Path, n: int, store: str, label: str) -> dict[str, Any]:
+    from edge_xmr.index.db import file_bytes
+
+    size = file_bytes(db)
+    return {"data": label, "n": n, "store": store, "db_mb": round(size / 1e6, 2), "bytes_per_photo": round(size / n)}
+
+
+def token_fidelity(bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: list[str]) -> dict[str, Any]:
+    """Cross-encoder scores on float tokens vs int8 tokens (global scale, and per-token scales)."""
+    from edge_xmr.index.stores import dequantize, normalize, quantize
+
+    s_emb = float(bundle.manifest.get("storage", {}).get("embedding_int8_scale") or 0)
+    s_tok = float(bundle.manifest.get("storage", {}).get("token_int8_scale") or 0)
+    if not (s_emb and s_tok):
+        return {"note": "bundle manifest has no storage scales"}
+    out: dict[str, list[float]] = {"global": [], "per_token": []}
+    rng = np.random.default_rng(0)
+    for q in queries[:20]:
+        idx = rng.choice(len(emb), 20, replace=False)
+        e, t = emb[idx], tok[idx]
+        e8 = normalize(dequantize(quantize(e, s_emb), s_emb))
+        ref = bundle.score_candidates(q, t, e)
+        g = bundle.score_candidates(q, dequantize(quantize(t, s_tok), s_tok), e8)
+        per = 127.0 / np.maximum(np.abs(t).max(axis=2, keepdims=True), 1e-6)
+        p = bundle.score_candidates(q, (np.clip(np.rint(t * per), -127, 127) / per).astype(np.float32), e8)
+        spread = float(np.std(ref)) or 1.0
+        out["global"].append(float(np.max(np.abs(g - ref))) / spread)
+        out["per_token"].append(float(np.max(np.abs(p - ref))) / spread)
+    return {"max_abs_diff_over_score_std_global_scale": round(float(np.max(out["global"])), 4),
+            "max_abs_diff_over_score_std_per_token_scale": round(float(np.max(out["per_token"])), 4)}
+
+
+# ---- indexing: 12-MP throughput and RSS (child processes) ------------------------------------------
+def make_12mp(n: int) -> Path:
+    from PIL import Image
+
+    folder = WORK / "jpeg12mp"
+    folder.mkdir(parents=True, exist_ok=True)
+    have = sorted(folder.glob("*.jpg"))
+    if len(have) >= n:
+        return folder
+    rng = np.random.default_rng(0)
+    for i, src in enumerate(flickr_images()[len(have):n]):
+        im = Image.open(src).convert("RGB").resize((4032, 3024), Image.BICUBIC)
+        a = np.asarray(im, np.int16) + rng.normal(0, 6, (3024, 4032, 3)).astype(np.int16)  # sensor-like grain
+        out = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x9003] = f"2023:{1 + i % 12:02d}:{1 + i % 28:02d} 12:00:00"
+        out.save(folder / f"IMG_{len(have) + i:04d}.jpg", quality=90, exif=exif.tobytes())
+    return folder
+
+
+def make_small_photos(n: int) -> Path:
+    """n tiny synthetic JPEGs in folders of 1000 (for the RSS runs)."""
+    from PIL import Image
+
+    folder = WORK / f"small_{n}"
+    marker = folder / ".complete"
+    if marker.exists():
+        return folder
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        d = folder / f"f{i // 1000:03d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize((64, 48)).save(d / f"p{i:06d}.jpg")
+    marker.write_text("ok")
+    return folder
+
+
+class StubEncoder:
+    """The real bundle (loaded: its memory counts) with a random-vector image encoder, so that RSS
+    runs over 100k photos take minutes instead of hours on 2 cores."""
+
+    def __init__(self, bundle: Any):
+        self._b = bundle
+        self.manifest = bundle.manifest
+        self.model_id = bundle.model_id
+        self.path = getattr(bundle, "path", "")
+        self._rng = np.random.default_rng(0)
+        self._shape = (int(bundle.manifest["image_tokens"]["count"]), int(bundle.manifest["image_tokens"]["dim"]))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self._b.embed_texts(texts)  # type: ignore[no-any-return]
+
+    def encode_images(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        e = self._rng.standard_normal((len(images), int(self.manifest["embedding"]["dim"])), dtype=np.float32)
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        return e, self._rng.standard_normal((len(images), *self._shape), dtype=np.float32)
+
+    def score_candidates(self, text: str, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
+        return self._b.score_candidates(text, tokens, embeds)  # type: ignore[no-any-return]
+
+
+def child_index(bundle_dir: str, folder: str, db: str, stub: bool, threads: int | None) -> None:
+    """Index ``folder`` into a fresh ``db``; print a JSON line with the rate and peak RSS."""
+    from edge_xmr.index import Library
+    from edge_xmr.indexer import IndexOptions, default_workers
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    bundle = load(Path(bundle_dir), threads)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    enc = StubEncoder(bundle) if stub else bundle
+    with Library.open(db, enc) as lib:  # type: ignore[arg-type]
+        r = lib.index(folder, options=IndexOptions(workers=default_workers()))
+        n = lib.count()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"photos": n, "seconds": r.seconds, "photos_per_s": round(n / r.seconds, 2),
+                      "peak_rss_mb": round(rss), "rss_after_model_load_mb": round(rss_loaded),
+                      "skipped": r.skipped, "encoder": "stub (random vectors)" if stub else "real bundle"}))
+
+
+def run_child(bundle_dir: Path, folder: Path, stub: bool, threads: int | None) -> dict[str, Any]:
+    db = WORK / "child_index.db"
+    args = [sys.executable, __file__, "--child", str(bundle_dir), str(folder), str(db), "1" if stub else "0",
+            str(threads or 0)]
+    p = subprocess.run(args, capture_output=True, text=True, check=False, cwd=REPO)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-3000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# ---- main ------------------------------------------------------------------------------------------
+def table(rows: list[dict[str, Any]], title: str) -> None:
+    if not rows:
+        return
+    cols = list(rows[0])
+    w = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(c.ljust(w[c]) for c in cols) + " |")
+    print("|" + "|".join("-" * (w[c] + 2) for c in cols) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c, "")).ljust(w[c]) for c in cols) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", default=None)
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="synthetic library sizes")
+    ap.add_argument("--jpegs", type=int, default=100, help="12-MP JPEGs for the throughput run")
+    ap.add_argument("--rss-sizes", type=int, nargs="*", default=None)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["latency", "recall", "throughput", "rss"])
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        child_index(a.child[0], a.child[1], a.child[2], a.child[3] == "1", int(a.child[4]) or None)
+        return
+    WORK.mkdir(parents=True, exist_ok=True)
+    sizes = a.sizes or ([2000, 10_000] if a.quick else [10_000, 100_000])
+    rss_sizes = a.rss_sizes or ([1000, 5000] if a.quick else [10_000, 100_000])
+    bundle_dir, origin = resolve_bundle(a.bundle)
+    bundle = load(bundle_dir, a.threads)
+    m = bundle.manifest
+    dim, T, Dt = int(m["embedding"]["dim"]), int(m["image_tokens"]["count"]), int(m["image_tokens"]["dim"])
+    res: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "bundle": {"path": str(bundle_dir), "origin": origin, "model": m["model"]["name"],
+                   "model_id": bundle.model_id[:16], "dim": dim, "tokens": [T, Dt]},
+        "latency": [], "recall": [], "bytes": [], "insert_rate": [], "throughput": {}, "rss": [],
+    }
+    queries = dev_captions(a.queries)
+    qv = bundle.embed_texts(queries)
+    print(f"bundle: {bundle_dir} ({origin}); {len(queries)} queries; load average {os.getloadavg()[0]:.2f}")
+
+    n_real = 1000 if a.quick else len(flickr_images())
+    emb_r, tok_r = real_vectors(bundle, flickr_images()[:n_real])
+    res["token_fidelity"] = token_fidelity(bundle, emb_r, tok_r, queries)
+    datasets = [(f"flickr8k real ({n_real})", emb_r, tok_r)]
+    datasets += [(f"synthetic {n}", *synthetic(n, dim, T, Dt, seed=n)) for n in sizes]
+    for label, emb, tok in datasets:
+        for store in ("int8", "float32", "bit"):
+            db = WORK / f"bench_{store}.db"
+            rate = build_db(db, bundle, store, emb, tok)
+            res["insert_rate"].append({"data": label, "store": store, "photos_per_s": round(rate)})
+            res["bytes"].append(bytes_per_photo(db, len(emb), store, label))
+            if "recall" not in a.skip:
+                res["recall"].append(recall(db, bundle, emb, qv, label, store))
+                if store == "int8":
+                    scale = float(m.get("storage", {}).get("embedding_int8_scale") or 0) or 127 / 0.3
+                    res["recall"].append(recall_plain_int8(emb, qv, scale, label))
+            if "latency" not in a.skip and store in ("int8", "bit"):
+                res["latency"] += latency(db, bundle, emb, queries, label)
+            print(f"  {label} {store}: done", flush=True)
+    if "throughput" not in a.skip:
+        folder = make_12mp(a.jpegs)
+        res["throughput"] = {"photos": "12-MP JPEGs (4032x3024, ~q90, EXIF)", **run_child(bundle_dir, folder, False,
+                                                                                         a.threads)}
+    if "rss" not in a.skip:
+        for n in rss_sizes:
+            res["rss"].append({"library": n, **run_child(bundle_dir, make_small_photos(n), True, a.threads)})
+    res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    table(res["latency"], "Query latency (ms, k=10)")
+    table(res["recall"], "recall@10 vs exact float search")
+    table(res["bytes"], "Size on disk")
+    table(res["insert_rate"], "DB insert rate (vectors precomputed)")
+    table([res["throughput"]] if res["throughput"] else [], "Indexing 12-MP JPEGs (real encoder)")
+    table(res["rss"], "Peak RSS while indexing")
+    print("\ntoken fidelity:", res["token_fidelity"])
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"\nwrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
