@@ -151,8 +151,11 @@ def export_bundle_to(model_dir: Path, target: Path, progress: ProgressFn | None 
         pass  # synthetic calibration images (the export reports it)
     say("exporting the default model to ONNX and checking parity", 0, 1)
     target.parent.mkdir(parents=True, exist_ok=True)
-    export_bundle(model_dir, target, formats=("onnx",), precisions=("fp32",), calib_images=calib,
-                  mobile=False, overwrite=True)
+    try:
+        export_bundle(model_dir, target, formats=("onnx",), precisions=("fp32",), calib_images=calib,
+                      mobile=False, overwrite=True)
+    except (ValueError, RuntimeError, OSError) as e:  # bad model dir, failed parity check, disk
+        raise DemoError(f"building the bundle of {model_dir} failed: {e}") from e
     _check_bundle(target)
     say("bundle ready", 1, 1)
     return target

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,13 +55,20 @@ def _default_bundle() -> Path:
     from ..demo import DemoError, default_bundle
 
     bar = None
+    stop = threading.Event()
+
+    def tick() -> None:  # keep the elapsed time moving during the long export step
+        while not stop.wait(0.5):
+            if bar is not None:
+                bar.refresh()
 
     def progress(step: str, done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
             print("building the default model bundle (once; cached for later runs)", file=sys.stderr)
             bar = _bar("bundle", total, "step")
-        bar.set_postfix_str(step)
+            threading.Thread(target=tick, daemon=True).start()
+        bar.set_postfix_str(step, refresh=False)
         bar.n = done
         bar.refresh()
 
@@ -69,17 +77,29 @@ def _default_bundle() -> Path:
     except DemoError as e:
         raise UserError(str(e)) from None
     finally:
+        stop.set()
         if bar is not None:
             bar.close()
     return path
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    import json
+
+    f = path / "manifest.json"
+    if not f.is_file():
+        raise UserError(f"not a model bundle (no manifest.json): {path}")
+    try:
+        return dict(json.loads(f.read_text(encoding="utf-8")))
+    except (ValueError, OSError) as e:
+        raise UserError(f"unreadable bundle manifest {f}: {e}") from None
 
 
 def _load_bundle(path: str | Path, threads: int | None) -> Any:
     from ..bundle import Bundle
 
     p = Path(path).expanduser()
-    if not (p / "manifest.json").is_file():
-        raise UserError(f"not a model bundle (no manifest.json): {p}")
+    _manifest(p)
     try:
         return Bundle.load(p, threads=threads)
     except (OSError, ValueError) as e:
@@ -120,10 +140,10 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.k < 1 or args.rerank < 0:
         raise UserError("-k must be >= 1 and --rerank >= 0")
     t_start = time.perf_counter()
-    bundle_dir = Path(args.bundle) if args.bundle else _default_bundle()
-    bundle = _load_bundle(bundle_dir, args.threads)
+    bundle_dir = Path(args.bundle).expanduser() if args.bundle else _default_bundle()
+    model = _manifest(bundle_dir).get("model", {})
     if args.photos:
-        photos = Path(args.photos).expanduser()
+        photos = Path(args.photos).expanduser().resolve()
         if not photos.is_dir():
             raise UserError(f"not a folder: {photos}")
         queries = FOLDER_QUERIES
@@ -135,13 +155,14 @@ def run_demo(args: argparse.Namespace) -> int:
         queries = SAMPLE_QUERIES
     if args.query:
         queries = tuple(DemoQuery(q) for q in args.query)
-    db = Path(args.db).expanduser() if args.db else demo_db_path(photos, bundle.model_id)
-    print(f"model:  {bundle.manifest.get('model', {}).get('name', '?')} ({bundle_dir})\n"
-          f"photos: {photos}\nindex:  {db}", file=sys.stderr)
+    db = Path(args.db).expanduser() if args.db else demo_db_path(photos, str(model.get("id", "")))
+    print(f"model:  {model.get('name', '?')} ({bundle_dir})\nphotos: {photos}\nindex:  {db}", file=sys.stderr)
     try:
-        lib = Library.open(db, bundle)
+        lib = Library.open(db, bundle_dir, threads=args.threads)  # the index remembers the bundle folder
     except LibraryError as e:
         raise UserError(f"{e} (delete {db} or pass another --db)") from None
+    except ValueError as e:  # BundleError: tampered or incomplete bundle
+        raise UserError(f"cannot load the bundle {bundle_dir}: {e}") from None
     with lib:
         _index(lib, photos)
         if lib.count() == 0:
