@@ -1,0 +1,268 @@
+"""Reference search for app developers: a bundle folder + onnxruntime + an index file, nothing else.
+
+This is the contract an iOS app (CoreML or onnxruntime + sqlite-vec) or an Android app
+(onnxruntime + sqlite-vec) implements, written out in plain Python so each step can be ported
+line by line. It does NOT import edge_xmr: only numpy, onnxruntime, tokenizers (the Hugging Face
+tokenizer that reads ``tokenizer.json``; swift-transformers / the tokenizers JNI bindings on
+mobile), Pillow (image decoding) and SQLite with the sqlite-vec extension.
+
+    python samples/mobile/reference.py BUNDLE INDEX.db "a dog on the beach" [-k 5] [--rerank 20]
+    python samples/mobile/reference.py BUNDLE INDEX.db --image photo.jpg
+
+Steps of a text query (see docs/mobile.md for every tensor and table):
+
+1. tokenise   ``tokenizer.json`` -> input_ids, attention_mask  (1, L) int64, L <= max_text_len
+2. embed      text_encoder -> text_embeds (1, D) float32, unit length
+3. KNN in SQL int8-quantise the query, ``vectors MATCH vec_int8(?) AND k = ?`` (over-fetch 2x)
+4. rescore    decode each candidate's stored embedding (int8 + 4-bit residual), cosine with the query
+5. rerank     cross_encoder(query ids, candidates' image tokens and embeddings) -> scores (n,)
+6. results    cross-encoder order for the reranked head, bi-encoder order after it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, ImageOps
+from tokenizers import Tokenizer
+
+OVERSAMPLE = {"int8": 2, "float32": 1, "bit": 16}  # KNN candidates fetched per wanted result
+
+
+# ---- the bundle ----------------------------------------------------------------------------------------
+class Model:
+    """The three ONNX graphs, the tokenizer and the preprocessing of one bundle folder."""
+
+    def __init__(self, bundle: str | Path, precision: str = "fp32"):
+        root = Path(bundle)
+        self.manifest: dict[str, Any] = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        m = self.manifest
+        self.max_len = int(m["max_text_len"])
+        self.pad_id = int(m["tokenizer"]["pad_id"])
+        self.tok = Tokenizer.from_file(str(root / m["tokenizer"]["file"]))
+        self.tok.no_padding()
+        self.tok.no_truncation()
+        self.pre = m["preprocessing"]
+        self.max_n = int(m["graphs"]["cross_encoder"].get("dim_ranges", {}).get("n", [1, 256])[1])
+        opts = ort.SessionOptions()
+        self.sessions = {g: ort.InferenceSession(str(root / m["graphs"][g]["variants"][f"onnx/{precision}"]["path"]),
+                                                 opts, providers=["CPUExecutionProvider"])
+                         for g in ("text_encoder", "image_encoder", "cross_encoder")}
+
+    # 1. tokenise
+    def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """One text -> input_ids, attention_mask (1, L) int64; too long: cut, keeping the final [SEP]."""
+        ids = list(self.tok.encode(text).ids)
+        if len(ids) > self.max_len:
+            ids = ids[: self.max_len - 1] + ids[-1:]
+        arr = np.asarray([ids], np.int64)
+        return arr, np.ones_like(arr)
+
+    # 2. embed a text
+    def embed_text(self, text: str) -> np.ndarray:
+        ids, mask = self.tokenize(text)
+        out = self.sessions["text_encoder"].run(["text_embeds"], {"input_ids": ids, "attention_mask": mask})[0]
+        return out[0].astype(np.float32)  # (D,), unit length
+
+    # embed a photo (the image->image query; indexing runs the same graph)
+    def pixels(self, path: str | Path) -> np.ndarray:
+        """Decode, apply EXIF orientation, RGB, squash to S x S (bicubic), [0, 1], (x - mean) / std, NCHW."""
+        s = int(self.pre["size"])
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im = im.convert("RGB").resize((s, s), Image.BICUBIC)
+        a = np.asarray(im, np.float32) / 255.0
+        a = (a - np.asarray(self.pre["mean"], np.float32)) / np.asarray(self.pre["std"], np.float32)
+        return a.transpose(2, 0, 1)[None]  # (1, 3, S, S)
+
+    def embed_image(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """-> image_embeds (D,) unit length, image_tokens (T, Dt)."""
+        e, t = self.sessions["image_encoder"].run(["image_embeds", "image_tokens"], {"pixel_values": self.pixels(path)})
+        return e[0], t[0]
+
+    # 5. rerank
+    def cross_scores(self, text: str, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
+        """One query against n >= 1 candidates (tokens (n, T, Dt), embeds (n, D)) -> scores (n,)."""
+        ids, mask = self.tokenize(text)
+        out = [self.sessions["cross_encoder"].run(["scores"], {
+            "input_ids": ids, "attention_mask": mask,
+            "image_tokens": tokens[i:i + self.max_n].astype(np.float32),
+            "image_embeds": embeds[i:i + self.max_n].astype(np.float32)})[0]
+            for i in range(0, len(tokens), self.max_n)]
+        return np.concatenate(out).astype(np.float32)
+
+
+# ---- the index file ------------------------------------------------------------------------------------
+def connect(db: str | Path) -> Any:
+    """SQLite with sqlite-vec loaded (stdlib sqlite3 when it can load extensions, else apsw)."""
+    import sqlite_vec
+
+    import sqlite3
+
+    conn: Any = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    if hasattr(conn, "enable_load_extension"):
+        conn.enable_load_extension(True)
+        sqlite_vec.load(conn)
+        conn.enable_load_extension(False)
+        return conn
+    import apsw  # this Python's sqlite3 cannot load extensions (e.g. some pyenv and macOS builds)
+
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    conn.enable_load_extension(True)
+    conn.load_extension(sqlite_vec.loadable_path())
+    return conn
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    store: str  # int8 | float32 | bit: how vectors.embedding is stored
+    dim: int  # D
+    emb_scale: float  # int8 scale of embeddings: q = clip(round(x * scale), -127, 127)
+    tok_scale: float  # int8 scale of image tokens
+    tokens: tuple[int, int]  # (T, Dt)
+    model_id: str  # must equal the bundle's manifest model.id
+
+
+def read_meta(conn: Any) -> IndexMeta:
+    m = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    return IndexMeta(store=m.get("store", "int8"), dim=int(m["embedding_dim"]),
+                     emb_scale=float(m["embedding_int8_scale"]), tok_scale=float(m["token_int8_scale"]),
+                     tokens=(int(m["token_count"]), int(m["token_dim"])), model_id=m["model_id"])
+
+
+def quantize(x: np.ndarray, scale: float) -> np.ndarray:
+    return np.clip(np.rint(x * scale), -127, 127).astype(np.int8)
+
+
+def query_blob(q: np.ndarray, meta: IndexMeta) -> tuple[str, bytes]:
+    """The SQL type function and the bytes that vec0's MATCH binds for a unit query vector."""
+    if meta.store == "float32":
+        return "vec_f32(?)", q.astype(np.float32).tobytes()
+    if meta.store == "bit":
+        return "vec_bit(?)", np.packbits(q > 0, bitorder="little").tobytes()
+    return "vec_int8(?)", quantize(q, meta.emb_scale).tobytes()
+
+
+def decode_embedding(knn: bytes | None, refine: bytes | None, meta: IndexMeta) -> np.ndarray:
+    """4. Stored blobs -> unit float vector (D,): int8 codes + 4-bit rounding residual / scale."""
+    if meta.store == "float32":
+        x = np.frombuffer(knn or b"", np.float32).astype(np.float32)
+        return x / max(float(np.linalg.norm(x)), 1e-12)
+    codes, res = (knn, refine) if meta.store == "int8" else (refine[: meta.dim], refine[meta.dim:])  # type: ignore[index]
+    x = np.frombuffer(codes or b"", np.int8).astype(np.float32)
+    if res:
+        b = np.frombuffer(res, np.uint8)
+        r = np.empty(b.size * 2, np.float32)
+        r[0::2] = (b & 15).astype(np.float32) - 8  # low nibble first
+        r[1::2] = (b >> 4).astype(np.float32) - 8
+        x = x + r / 16
+    x = x / np.float32(meta.emb_scale)
+    return x / max(float(np.linalg.norm(x)), 1e-12)
+
+
+@dataclass(frozen=True)
+class Result:
+    photo_id: int
+    path: str
+    taken: int  # capture time, "wall-clock seconds" (local time counted as UTC)
+    bi_score: float  # cosine of query and photo embedding
+    cross_score: float | None  # cross-encoder score (None: not reranked)
+
+
+def knn(conn: Any, meta: IndexMeta, q: np.ndarray, n: int, after: int | None = None,
+        before: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3 + 4. KNN in SQL (filters run inside vec0), then exact rescoring -> (ids, embeds, cosines), best first."""
+    fn, blob = query_blob(q, meta)
+    where, params = [f"embedding MATCH {fn}", "k = ?"], [blob, max(1, min(4096, n * OVERSAMPLE[meta.store]))]
+    if after is not None:
+        where.append("taken >= ?")
+        params.append(after)
+    if before is not None:
+        where.append("taken < ?")
+        params.append(before)
+    col = "NULL" if meta.store == "bit" else "embedding"
+    rows = list(conn.execute(f"SELECT rowid, {col} FROM vectors WHERE {' AND '.join(where)}", params))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, meta.dim), np.float32), np.zeros(0, np.float32)
+    ids = [int(r[0]) for r in rows]
+    refine = {int(i): e for i, e in conn.execute(
+        f"SELECT id, embedding FROM rerank WHERE id IN ({','.join('?' * len(ids))})", ids)}
+    embeds = np.stack([decode_embedding(bytes(v) if v is not None else None,
+                                        bytes(refine[i]) if refine.get(i) is not None else None, meta)
+                       for i, (_, v) in zip(ids, rows)])
+    scores = embeds @ q
+    order = np.argsort(-scores, kind="stable")[:n]
+    return np.asarray(ids, np.int64)[order], embeds[order], scores[order].astype(np.float32)
+
+
+def image_tokens(conn: Any, meta: IndexMeta, ids: np.ndarray) -> np.ndarray:
+    """int8 tokens of the candidates, dequantised -> (n, T, Dt) float32."""
+    ids_l = [int(i) for i in ids]
+    blobs = {int(i): bytes(t) for i, t in conn.execute(
+        f"SELECT id, tokens FROM rerank WHERE id IN ({','.join('?' * len(ids_l))})", ids_l)}
+    return np.stack([np.frombuffer(blobs[i], np.int8).astype(np.float32).reshape(meta.tokens) / meta.tok_scale
+                     for i in ids_l])
+
+
+def photos(conn: Any, ids: list[int]) -> dict[int, tuple[str, int]]:
+    return {int(i): (str(p), int(t)) for i, p, t in conn.execute(
+        f"SELECT id, path, taken FROM photos WHERE id IN ({','.join('?' * len(ids))})", ids)}
+
+
+def search(model: Model, conn: Any, text: str, k: int = 10, rerank: int = 20) -> list[Result]:
+    """Text -> the best k photos: KNN top max(k, rerank), the first ``rerank`` reranked."""
+    meta = read_meta(conn)
+    if meta.model_id != model.manifest["model"]["id"]:
+        raise SystemExit("this index was built with another model: its embeddings mean nothing to this bundle")
+    q = model.embed_text(text)
+    ids, embeds, bi = knn(conn, meta, q, max(k, rerank))
+    n = min(rerank, len(ids))
+    cross = model.cross_scores(text, image_tokens(conn, meta, ids[:n]), embeds[:n]) if n else np.zeros(0, np.float32)
+    order = [int(i) for i in np.argsort(-cross, kind="stable")] + list(range(n, len(ids)))
+    return _results(conn, ids, bi, cross, order[:k])
+
+
+def similar(model: Model, conn: Any, image: str | Path, k: int = 10) -> list[Result]:
+    """Image -> image: bi-encoder only (a photo file that need not be indexed)."""
+    meta = read_meta(conn)
+    e, _ = model.embed_image(image)
+    ids, _, bi = knn(conn, meta, e, k + 1)
+    own = {i for i, (p, _) in photos(conn, [int(x) for x in ids]).items() if Path(p) == Path(image).resolve()}
+    keep = [j for j, i in enumerate(ids) if int(i) not in own][:k]
+    return _results(conn, ids, bi, np.zeros(0, np.float32), keep)
+
+
+def _results(conn: Any, ids: np.ndarray, bi: np.ndarray, cross: np.ndarray, order: list[int]) -> list[Result]:
+    info = photos(conn, [int(ids[j]) for j in order]) if order else {}
+    return [Result(int(ids[j]), *info[int(ids[j])], float(bi[j]), float(cross[j]) if j < len(cross) else None)
+            for j in order if int(ids[j]) in info]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Reference search over an edge-xmr index (bundle + onnxruntime + SQL)")
+    ap.add_argument("bundle")
+    ap.add_argument("db")
+    ap.add_argument("text", nargs="?")
+    ap.add_argument("--image", default=None, help="image -> image query instead of text")
+    ap.add_argument("-k", type=int, default=5)
+    ap.add_argument("--rerank", type=int, default=20)
+    a = ap.parse_args(argv)
+    if (a.text is None) == (a.image is None):
+        ap.error("give a text query or --image FILE")
+    model, conn = Model(a.bundle), connect(a.db)
+    hits = similar(model, conn, a.image, a.k) if a.image else search(model, conn, a.text, a.k, a.rerank)
+    for i, h in enumerate(hits, 1):
+        cross = "" if h.cross_score is None else f"cross {h.cross_score:7.3f}  "
+        print(f"{i:2d}. {cross}bi {h.bi_score:.3f}  {h.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
