@@ -157,7 +157,7 @@ class Library:
     @classmethod
     def open(cls, db: str | os.PathLike[str] | None = None, bundle: EncoderBundle | str | os.PathLike[str] | None = None,
              *, store: StoreKind = DEFAULT_STORE, create: bool = True, providers: str | Sequence[str] | None = None,
-             threads: int | None = None) -> Library:
+             threads: int | None = None, precision: str = "fp32") -> Library:
         """Open (or create) an index.
 
         Args:
@@ -166,7 +166,8 @@ class Library:
                 model (stats and remove work; indexing and search need a model).
             store: for a new index: how embeddings are stored (``int8``, ``float32`` or ``bit``).
             create: create the file if missing.
-            providers, threads: onnxruntime settings when ``bundle`` is a folder.
+            providers, threads, precision: onnxruntime settings and graph precision ("fp32" or
+                "int8") when ``bundle`` is a folder.
 
         Raises:
             ModelMismatchError: the index was built with another model.
@@ -175,7 +176,7 @@ class Library:
         from ..paths import default_db_path
 
         path = Path(db).expanduser() if db is not None else default_db_path()
-        loaded, bundle_path = _load_bundle(bundle, providers, threads)
+        loaded, bundle_path = _load_bundle(bundle, providers, threads, precision)
         if not path.exists() and not create:
             raise LibraryError(f"no index at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -516,15 +517,16 @@ class Library:
 
 # ---- helpers ------------------------------------------------------------------------------------
 def _load_bundle(bundle: EncoderBundle | str | os.PathLike[str] | None, providers: str | Sequence[str] | None,
-                 threads: int | None) -> tuple[EncoderBundle | None, str]:
+                 threads: int | None, precision: str) -> tuple[EncoderBundle | None, str]:
     if bundle is None:
         return None, ""
     if isinstance(bundle, (str, os.PathLike)):
         from ..bundle import Bundle
 
         path = Path(bundle).expanduser().resolve()
-        return Bundle.load(path, providers=providers, threads=threads), str(path)
-    return bundle, str(getattr(bundle, "path", "") or "")
+        return Bundle.load(path, precision=precision, providers=providers, threads=threads), str(path)  # type: ignore[arg-type]
+    where = getattr(bundle, "root", None) or getattr(bundle, "path", None)
+    return bundle, str(Path(where).resolve()) if where else ""
 
 
 def _manifest_name(bundle: EncoderBundle) -> str:

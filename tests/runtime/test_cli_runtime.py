@@ -13,7 +13,7 @@ from edge_xmr.cli import runtime as cli_runtime
 
 @pytest.fixture()
 def env(tmp_path, photo_tree, monkeypatch):
-    monkeypatch.setattr(cli_runtime, "load_bundle", lambda path, provider, threads: FakeBundle())
+    monkeypatch.setattr(cli_runtime, "load_bundle", lambda path, provider, threads, precision="fp32": FakeBundle())
     bundle_dir = tmp_path / "bundle"
     bundle_dir.mkdir()
     monkeypatch.setenv("EDGE_XMR_BUNDLE", str(bundle_dir))
