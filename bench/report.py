@@ -1,0 +1,447 @@
+"""Regenerate every figure of BENCHMARKS.md (PNG) and BENCHMARKS.md itself from benchmark runs.
+
+    python bench/report.py --run          # run every benchmark, then draw (about 25-35 min on 2 cores)
+    python bench/report.py                # only redraw from the JSON files in bench/results/
+    python bench/report.py --run --only recall_depth demo
+
+Benchmarks (each writes one JSON file in bench/results/):
+
+- ``export``: bench/bench_export.py (export_lite.json): bundle sizes per variant; keeps the bundle
+  (ONNX fp32 + int8) in the cache for the next two
+- ``recall_depth``: bench/bench_recall_depth.py (recall_depth.json): Flickr8k dev recall vs rerank
+  depth, per variant (fp32, int8; ``--teacher DIR`` adds a teacher bundle)
+- ``runtime``: bench/bench_runtime.py (runtime.json): latency vs library size, stage times
+- ``demo``: ``edge-xmr demo`` in a fresh cache (demo.json): set-up + indexing + queries, wall time
+
+Every figure states the machine, the date and the command of the run it draws; numbers come only
+from those files. When run here, the command and date of each benchmark go to provenance.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+FIGURES = REPO / "bench" / "figures"
+DOC = REPO / "BENCHMARKS.md"
+PROVENANCE = RESULTS / "provenance.json"
+FLICKR_CITE = "Flickr8k: Hodosh, Young & Hockenmaier 2013, JAIR 47"
+STEPS = ("export", "recall_depth", "runtime", "demo")
+
+
+# ---- running the benchmarks ---------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} (Python {platform.python_version()})"
+
+
+def bench_bundle() -> Path:
+    from edge_xmr.demo import cache_dir
+
+    return cache_dir() / "bench" / "lite_bundle"
+
+
+def commands(quick: bool, teacher: str | None) -> dict[str, list[str]]:
+    py = sys.executable
+    b = bench_bundle()
+    variants = ["--variant", f"fp32={b}:fp32", "--variant", f"int8={b}:int8"]
+    if teacher:
+        variants += ["--variant", f"teacher fp32={teacher}:fp32"]
+    return {
+        "export": [py, "bench/bench_export.py", "--json", str(RESULTS / "export_lite.json"), "--keep", str(b)]
+        + (["--images", "32", "--no-speed"] if quick else []),
+        "recall_depth": [py, "bench/bench_recall_depth.py", *variants] + (["--queries", "50"] if quick else []),
+        "runtime": [py, "bench/bench_runtime.py", "--bundle", str(b)] + (["--quick"] if quick else []),
+        "demo": [py, "-m", "edge_xmr.cli", "demo"],
+    }
+
+
+def shown(cmd: list[str]) -> str:
+    return " ".join(["python", *cmd[1:]]).replace(str(Path.home()), "~")
+
+
+def run_step(name: str, cmd: list[str]) -> None:
+    shown_cmd = shown(cmd)
+    print(f"\n== {name}: {shown_cmd}", flush=True)
+    env = dict(os.environ)
+    tmp = None
+    if name == "demo":  # a fresh cache: set-up (bundle export) + indexing + queries, as on a new machine
+        tmp = tempfile.mkdtemp(prefix="edge_xmr_demo_")
+        env["EDGE_XMR_CACHE"] = tmp
+    t0 = time.time()
+    try:
+        p = subprocess.run(cmd, cwd=REPO, env=env, text=True, capture_output=name == "demo")
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    seconds = round(time.time() - t0, 1)
+    if p.returncode != 0:
+        if name == "demo":
+            print(p.stdout[-3000:], p.stderr[-3000:], sep="\n")
+        raise SystemExit(f"{name} failed (exit {p.returncode})")
+    if name == "demo":
+        print(p.stdout)
+        (RESULTS / "demo.json").write_text(json.dumps(parse_demo(p.stdout, seconds), indent=1) + "\n")
+    prov = json.loads(PROVENANCE.read_text()) if PROVENANCE.is_file() else {}
+    prov[name] = {"command": shown_cmd, "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)),
+                  "machine": machine(), "seconds": seconds}
+    PROVENANCE.write_text(json.dumps(prov, indent=1) + "\n")
+
+
+def parse_demo(out: str, seconds: float) -> dict[str, Any]:
+    """The demo's printed results -> per-query top hit, stage times and the expected-photo check."""
+    queries = []
+    for block in out.split("text → image: ")[1:]:
+        q = re.match(r"“(.*?)”", block)
+        t = re.search(r"embed ([\d.]+) ms · KNN ([\d.]+) ms · rerank ([\d.]+) ms \((\d+) candidates\) · total ([\d.]+)",
+                      block)
+        top = re.search(r"1\. cross +(-?[\d.]+) +bi (-?[\d.]+) +(\S+)", block)
+        ok = re.search(r"([✓✗]) expected (\S+) first", block)
+        queries.append({"query": q.group(1) if q else "", "top1": top.group(3) if top else None,
+                        "cross": float(top.group(1)) if top else None, "bi": float(top.group(2)) if top else None,
+                        "expected": ok.group(2) if ok else None, "correct": ok.group(1) == "✓" if ok else None,
+                        "embed_ms": float(t.group(1)) if t else None, "knn_ms": float(t.group(2)) if t else None,
+                        "rerank_ms": float(t.group(3)) if t else None, "candidates": int(t.group(4)) if t else None,
+                        "total_ms": float(t.group(5)) if t else None})
+    return {"wall_s_fresh_cache": seconds, "queries": queries}
+
+
+# ---- reading results ---------------------------------------------------------------------------
+def load(name: str) -> dict[str, Any] | None:
+    f = RESULTS / name
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def provenance(step: str, fallback_cmd: str, result: str) -> dict[str, str]:
+    prov = json.loads(PROVENANCE.read_text()) if PROVENANCE.is_file() else {}
+    if step in prov:
+        return prov[step]
+    f = RESULTS / result
+    date = time.strftime("%Y-%m-%d %H:%M", time.localtime(f.stat().st_mtime)) if f.is_file() else "?"
+    script = fallback_cmd.split()[1] if len(fallback_cmd.split()) > 1 else fallback_cmd
+    return {"command": f"python {script} (arguments not recorded: run outside bench/report.py)",
+            "date": f"{date} (file time)", "machine": machine()}
+
+
+def footer(fig: Any, prov: dict[str, str], extra: str = "") -> None:
+    text = f"{prov['machine']} · {prov['date']} · {prov['command']}"
+    if extra:
+        text += f"\n{extra}"
+    fig.text(0.01, 0.01, text, fontsize=6.5, color="#555", ha="left", va="bottom", wrap=True)
+
+
+def runtime_rows(rt: dict[str, Any]) -> list[dict[str, Any]]:
+    """Latency rows with the store of the pass each component row belongs to."""
+    rows, store = [], "?"
+    for r in rt.get("latency", []):
+        if r["store"] != "-":
+            store = r["store"]
+        rows.append({**r, "pass": store})
+    return rows
+
+
+# ---- figures -----------------------------------------------------------------------------------
+def fig_recall_depth(plt: Any, rd: dict[str, Any]) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    ks = rd["depths"]
+    for i, v in enumerate(rd["variants"]):
+        ax.plot(ks, [v["by_depth"][str(k)]["R@1"] for k in ks], "o-", color=f"C{i}", label=f"{v['name']}: R@1 after rerank@k")
+        ax.plot(ks, [v["by_depth"][str(k)]["in_top_k"] for k in ks], ":", color=f"C{i}", alpha=0.6,
+                label=f"{v['name']}: photo in bi-encoder top k (ceiling)")
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("rerank depth k (candidates scored by the cross-encoder; k = 1: bi-encoder only)")
+    ax.set_ylabel("text→image recall (%)")
+    ax.set_title(f"Recall@1 vs rerank depth — {rd['data']['name']}, {rd['data']['images']} photos, "
+                 f"{rd['data']['queries']} queries", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.subplots_adjust(bottom=0.24)
+    footer(fig, {"machine": _mach(rd), "date": rd["date"], "command": rd["command"]}, FLICKR_CITE)
+    return save(fig, "recall_vs_depth.png")
+
+
+def _mach(rd: dict[str, Any]) -> str:
+    m = rd.get("machine", {})
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, load {m.get('loadavg', ['?'])[0]}"
+
+
+def latency_series(rt: dict[str, Any], store: str = "int8") -> dict[str, list[tuple[int, float, float]]]:
+    names = {"rerank=20": "search, rerank top 20", "rerank=0": "search, no rerank",
+             "numpy exact brute force top-20": "numpy exact top-20 (in-memory float matrix, no text encoder)",
+             "KNN top-20 (vec0 + rescoring)": "sqlite-vec KNN top-20 + rescoring (no text encoder)"}
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for r in runtime_rows(rt):
+        if r["pass"] == store and r["query"] in names:
+            out.setdefault(names[r["query"]], []).append((int(r["n"]), float(r["p50_ms"]), float(r["p90_ms"])))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def fig_latency(plt: Any, rt: dict[str, Any], prov: dict[str, str]) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for i, (name, pts) in enumerate(latency_series(rt).items()):
+        n, p50, p90 = zip(*pts)
+        ax.plot(n, p50, "o-", color=f"C{i}", label=name)
+        ax.fill_between(n, p50, p90, color=f"C{i}", alpha=0.12)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("photos in the library")
+    ax.set_ylabel("ms per query (p50; band up to p90)")
+    ax.set_title("Query latency vs library size (int8 store, k = 10)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.subplots_adjust(bottom=0.24)
+    footer(fig, prov, f"Real vectors: {FLICKR_CITE}; larger sizes: synthetic unit vectors.")
+    return save(fig, "latency_vs_size.png")
+
+
+STAGES = (("text encoder", "embed the query"), ("KNN top-20 (vec0 + rescoring)", "KNN + rescoring"),
+          ("cross-encoder on 20 (+ token fetch)", "rerank 20 (+ token fetch)"))
+
+
+def stage_table(rt: dict[str, Any], store: str = "int8") -> list[dict[str, Any]]:
+    by: dict[tuple[str, int], dict[str, float]] = {}
+    for r in runtime_rows(rt):
+        if r["pass"] == store:
+            by.setdefault((r["data"], int(r["n"])), {})[r["query"]] = float(r["p50_ms"])
+    out = []
+    for (data, n), q in sorted(by.items(), key=lambda x: x[0][1]):
+        if all(s in q for s, _ in STAGES):
+            out.append({"data": data, "n": n, **{label: q[s] for s, label in STAGES},
+                        "whole search (rerank=20)": q.get("rerank=20")})
+    return out
+
+
+def fig_stages(plt: Any, rt: dict[str, Any], prov: dict[str, str]) -> Path:
+    rows = stage_table(rt)
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.55 * len(rows)))
+    for y, r in enumerate(rows):
+        left = 0.0
+        for i, (_, label) in enumerate(STAGES):
+            ax.barh(y, r[label], left=left, color=f"C{i}", label=label if y == 0 else None)
+            left += r[label]
+        if r["whole search (rerank=20)"]:
+            ax.plot([r["whole search (rerank=20)"]], [y], "k|", markersize=18,
+                    label="whole search (measured end to end)" if y == 0 else None)
+    ax.set_yticks(range(len(rows)), [r["data"] for r in rows], fontsize=8)
+    ax.set_xlabel("ms (p50 of each stage measured alone)")
+    ax.set_title("Where the time of one text query goes (int8 store, rerank 20, k = 10)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3, axis="x")
+    fig.subplots_adjust(bottom=0.3 if len(rows) < 3 else 0.22, left=0.17, right=0.7)
+    footer(fig, prov, f"Real vectors: {FLICKR_CITE}")
+    return save(fig, "query_stages.png")
+
+
+def fig_variants(plt: Any, ex: dict[str, Any] | None, rd: dict[str, Any] | None, prov_ex: dict[str, str]) -> Path:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
+    if ex and ex.get("report", {}).get("sizes"):
+        sizes = ex["report"]["sizes"]
+        names = list(sizes)
+        a1.bar(names, [sizes[n]["total"] for n in names], color="C0")
+        for i, n in enumerate(names):
+            a1.text(i, sizes[n]["total"], f"{sizes[n]['total']:.1f}", ha="center", va="bottom", fontsize=8)
+        a1.set_ylabel("bundle variant size (MB)")
+        a1.set_title(f"Size per variant ({ex.get('model', '?')})", fontsize=9)
+        a1.tick_params(axis="x", labelsize=7, rotation=20)
+    else:
+        a1.text(0.5, 0.5, "no export run yet", ha="center")
+    if rd:
+        vs = rd["variants"]
+        x = range(len(vs))
+        a2.bar([i - 0.2 for i in x], [v["bi_encoder"]["R@1"] for v in vs], 0.4, label="bi-encoder R@1", color="C1")
+        k = 20 if "20" in vs[0]["by_depth"] else max(int(d) for d in vs[0]["by_depth"])
+        a2.bar([i + 0.2 for i in x], [v["by_depth"][str(k)]["R@1"] for v in vs], 0.4, label=f"rerank@{k} R@1",
+               color="C2")
+        a2.set_xticks(list(x), [f"{v['name']}\n{v['size_mb']:.0f} MB" for v in vs], fontsize=7)
+        a2.set_ylabel("text→image R@1 (%)")
+        a2.set_title(f"Recall per variant ({rd['data']['name']}, {rd['data']['queries']} queries)", fontsize=9)
+        a2.legend(fontsize=7)
+    else:
+        a2.text(0.5, 0.5, "no recall run yet", ha="center")
+    fig.subplots_adjust(bottom=0.3)
+    lines = [f"sizes: {prov_ex['machine']} · {prov_ex['date']} · {prov_ex['command']}"]
+    if rd:
+        lines.append(f"recall: {_mach(rd)} · {rd['date']} · {rd['command']} · {FLICKR_CITE}")
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=6, color="#555", ha="left", va="bottom")
+    return save(fig, "variants.png")
+
+
+def save(fig: Any, name: str) -> Path:
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    path = FIGURES / name
+    fig.savefig(path, dpi=110)
+    fig.clf()
+    return path
+
+
+# ---- BENCHMARKS.md -----------------------------------------------------------------------------
+def md_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    def cell(x: Any) -> str:
+        return f"{x:.2f}" if isinstance(x, float) else ("–" if x is None else str(x))
+
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows])
+
+
+def src(prov: dict[str, str]) -> str:
+    return f"*Run:* `{prov['command']}` · {prov['date']} · {prov['machine']}"
+
+
+def write_doc(rd: dict[str, Any] | None, rt: dict[str, Any] | None, ex: dict[str, Any] | None,
+              demo: dict[str, Any] | None) -> None:
+    cmds = commands(False, None)
+    p_rt = provenance("runtime", shown(cmds["runtime"]), "runtime.json")
+    p_ex = provenance("export", shown(cmds["export"]), "export_lite.json")
+    p_demo = provenance("demo", "python -m edge_xmr.cli demo (fresh cache)", "demo.json")
+    parts = [HEADER.format(cmd="python bench/report.py --run")]
+
+    parts.append("## 1. Recall@1 vs rerank depth\n")
+    if rd:
+        parts.append(f"![recall vs depth](bench/figures/recall_vs_depth.png)\n\n*Run:* `{rd['command']}` · "
+                     f"{rd['date']} · {_mach(rd)}. Data: {rd['data']['name']} ({rd['data']['images']} photos, "
+                     f"{rd['data']['queries']} caption queries; {FLICKR_CITE}).\n")
+        rows = []
+        for v in rd["variants"]:
+            for k in rd["depths"]:
+                d = v["by_depth"][str(k)]
+                rows.append({"variant": v["name"], "k": k, "R@1": d["R@1"], "R@5": d["R@5"], "R@10": d["R@10"],
+                             "photo in top k": d["in_top_k"]})
+        parts.append(md_table(rows, ["variant", "k", "R@1", "R@5", "R@10", "photo in top k"]) + "\n")
+    else:
+        parts.append(NOT_RUN.format(cmd="python bench/report.py --run --only export recall_depth"))
+
+    parts.append("## 2. Query latency vs library size\n")
+    if rt:
+        parts.append(f"![latency vs size](bench/figures/latency_vs_size.png)\n\n{src(p_rt)}. Bundle: "
+                     f"{rt.get('bundle', {}).get('origin', '?')} ({rt.get('bundle', {}).get('model', '?')}).\n")
+        rows = [{"series": name, "photos": n, "p50 ms": p50, "p90 ms": p90}
+                for name, pts in latency_series(rt).items() for n, p50, p90 in pts]
+        parts.append(md_table(rows, ["series", "photos", "p50 ms", "p90 ms"]) + "\n")
+    else:
+        parts.append(NOT_RUN.format(cmd="python bench/report.py --run --only runtime"))
+
+    parts.append("## 3. Stage breakdown of one query\n")
+    if rt and stage_table(rt):
+        parts.append(f"![query stages](bench/figures/query_stages.png)\n\n{src(p_rt)}.\n")
+        parts.append(md_table(stage_table(rt), ["data", *[label for _, label in STAGES], "whole search (rerank=20)"])
+                     + "\n")
+    else:
+        parts.append(NOT_RUN.format(cmd="python bench/report.py --run --only runtime"))
+    if demo and demo.get("queries"):
+        parts.append(f"\n`edge-xmr demo` on the sample photos, fresh cache (bundle export + indexing + queries): "
+                     f"**{demo['wall_s_fresh_cache']:.0f} s** wall time. {src(p_demo)}.\n")
+        parts.append(md_table(demo["queries"], ["query", "top1", "expected", "correct", "cross", "bi", "embed_ms",
+                                                "knn_ms", "rerank_ms", "total_ms"]) + "\n")
+
+    parts.append("## 4. Bundle size and recall per variant\n")
+    if ex or rd:
+        parts.append("![variants](bench/figures/variants.png)\n")
+    if ex and ex.get("report", {}).get("sizes"):
+        parts.append(f"Sizes: {src(p_ex)}. Model: {ex.get('model', '?')}; export wall time {ex.get('export_wall_s')} s.\n")
+        rows = [{"variant": n, **{k: v for k, v in s.items()}} for n, s in ex["report"]["sizes"].items()]
+        cols = ["variant"] + sorted({k for r in rows for k in r if k not in ("variant", "total")}) + ["total"]
+        parts.append(md_table(rows, cols) + "\n\n(MB = 10^6 bytes; `shared_weights` is the weight file the graphs share.)\n")
+    if rd:
+        rows = [{"variant": v["name"], "bundle MB": v["size_mb"], "bi R@1": v["bi_encoder"]["R@1"],
+                 "bi R@5": v["bi_encoder"]["R@5"], "bi R@10": v["bi_encoder"]["R@10"],
+                 "rerank@20 R@1": v["by_depth"].get("20", {}).get("R@1"), "image ms": v["image_embed_ms"],
+                 "cross ms/candidate": v["cross_ms_per_candidate"]} for v in rd["variants"]]
+        parts.append(f"\nRecall: *Run:* `{rd['command']}` · {rd['date']} ({rd['data']['name']}; {FLICKR_CITE}).\n\n"
+                     + md_table(rows, list(rows[0])) + "\n")
+    if not (ex or rd):
+        parts.append(NOT_RUN.format(cmd="python bench/report.py --run --only export recall_depth"))
+    parts.append(PUBLISHED)
+    DOC.write_text("\n".join(parts))
+
+
+HEADER = """# Benchmarks
+
+Every number and figure on this page comes from a benchmark run on the machine named under it;
+`{cmd}` re-runs them all and regenerates this page and `bench/figures/*.png`
+(`python bench/report.py` alone redraws from `bench/results/*.json`). Figures quoted from papers
+are in the last section, labelled **published**, and never mixed with ours.
+"""
+
+NOT_RUN = "*Not run yet:* `{cmd}`.\n"
+
+PUBLISHED = """
+## Published figures (context only: not measured here, other data, other hardware)
+
+From the authors' papers, as collected in the project's field notes:
+
+- **Retrieve Fast, Rerank Smart** (Geigle et al., TACL 2022), joint model, COCO 5k text→image R@1:
+  bi-encoder 52.5, retrieve top-20 + rerank 54.7; rerank depth k = 10 / 20 / 50 gave 54.8 / 54.7 / 54.6
+  (*published*). Per query over 50k images: bi-encoder 16 ms, retrieve + rerank 74 ms, cross-encoder
+  over all ≈ 2 min (*published*, V100).
+- **CLIP ViT-B/32** zero-shot Flickr30k text→image R@1 58.8 (*published*); **MobileCLIP-S0** 67.7,
+  1.5 + 1.6 ms on an iPhone 12 Pro Max (*published*).
+- **Flickr8k** (Hodosh, Young, Hockenmaier 2013, JAIR 47): early-2010s models report text→image
+  R@1 around 10–13 (*published*).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RESULTS, FIGURES, DOC, PROVENANCE
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="store_true", help="run the benchmarks first")
+    ap.add_argument("--only", nargs="*", choices=STEPS, default=None, help="with --run: only these benchmarks")
+    ap.add_argument("--quick", action="store_true", help="with --run: small sizes (smoke test, not for the report)")
+    ap.add_argument("--teacher", default=None, help="with --run: a teacher bundle folder to compare")
+    ap.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)  # tests
+    ap.add_argument("--figures", type=Path, default=FIGURES, help=argparse.SUPPRESS)
+    ap.add_argument("--doc", type=Path, default=DOC, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    RESULTS, FIGURES, DOC, PROVENANCE = a.results, a.figures, a.doc, a.results / "provenance.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if a.run:
+        cmds = commands(a.quick, a.teacher)
+        for step in a.only or STEPS:
+            run_step(step, cmds[step])
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rd, rt, ex, demo = load("recall_depth.json"), load("runtime.json"), load("export_lite.json"), load("demo.json")
+    cmds = commands(False, None)
+    made = []
+    if rd:
+        made.append(fig_recall_depth(plt, rd))
+    if rt:
+        p_rt = provenance("runtime", shown(cmds["runtime"]), "runtime.json")
+        made.append(fig_latency(plt, rt, p_rt))
+        if stage_table(rt):
+            made.append(fig_stages(plt, rt, p_rt))
+    if ex or rd:
+        made.append(fig_variants(plt, ex, rd, provenance("export", shown(cmds["export"]),
+                                                          "export_lite.json")))
+    write_doc(rd, rt, ex, demo)
+    for p in made:
+        print(f"wrote {p}")
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
