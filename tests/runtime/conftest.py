@@ -51,11 +51,19 @@ def photo_tree(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_bundle_dir(request: pytest.FixtureRequest) -> Path:
-    """The exported tiny bundle (the exporter's ``tiny_bundle`` fixture), or skip if not built yet."""
+def real_bundle_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real exported bundle of the tiny model: the exporter's ``tiny_bundle`` fixture when it
+    exists, else exported here from ``tiny_model_dir``; skipped without torch/onnx."""
     try:
         value = request.getfixturevalue("tiny_bundle")
     except pytest.FixtureLookupError:
-        pytest.skip("tiny_bundle fixture not available yet")
-    path = getattr(value, "path", value)
-    return Path(path)
+        pytest.importorskip("torch")
+        pytest.importorskip("onnx")
+        mobile_export = pytest.importorskip("mobile_export")
+        if not hasattr(mobile_export, "export_bundle"):
+            pytest.skip("mobile_export.export_bundle not available")
+        value = tmp_path_factory.mktemp("runtime_bundle") / "bundle"
+        mobile_export.export_bundle(request.getfixturevalue("tiny_model_dir"), value, mobile=False, threads=1)
+    if isinstance(value, (str, Path)):
+        return Path(value)
+    return Path(getattr(value, "root", None) or value.path)  # a loaded Bundle
