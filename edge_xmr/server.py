@@ -162,6 +162,8 @@ class Gallery:
             lib = Library.open(self.db, self.bundle if need_model else None, create=False)
         except LibraryError as e:
             raise HttpError(503, str(e)) from None
+        except Exception as e:  # not an index file, a newer schema, a locked or corrupt file
+            raise HttpError(503, f"Cannot open the index {self.db.name}: {e}") from None
         try:
             yield lib
         finally:

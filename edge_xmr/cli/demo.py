@@ -231,11 +231,13 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"warning: no index at {db}; the page will say so (index a folder with --photos DIR)",
               file=sys.stderr)
     bundle = _serve_bundle(args, db, need=photos is not None)
-    if db.is_file() and bundle is not None:
-        try:
-            Library.open(db, bundle, create=False).close()  # refuse a model mismatch now, not per request
+    if db.is_file():
+        try:  # refuse a model mismatch or a file that is no index now, not on every request
+            Library.open(db, bundle, create=False).close()
         except LibraryError as e:
             raise UserError(str(e)) from None
+        except Exception as e:
+            raise UserError(f"cannot open the index {db}: {e}") from None
     thumbs = Path(args.thumbs).expanduser() if args.thumbs else cache_dir() / "thumbs"
     gallery = Gallery(db=db, bundle=bundle, thumbs=thumbs)
     try:
@@ -276,12 +278,12 @@ def _serve_bundle(args: argparse.Namespace, db: Path, need: bool) -> Any:
 def _bundle_hint(db: Path) -> Path | None:
     if not db.is_file():
         return None
-    from ..index.library import Library, LibraryError
+    from ..index.library import Library
 
     try:
         with Library.open(db, None, create=False) as lib:
             hint = lib.info.bundle_path
-    except LibraryError:
-        return None
+    except Exception as e:  # not an index, newer schema, corrupt file
+        raise UserError(f"cannot open the index {db}: {e}") from None
     return Path(hint) if hint and (Path(hint) / "manifest.json").is_file() else None
 

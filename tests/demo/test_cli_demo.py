@@ -118,3 +118,11 @@ def test_serve_refuses_a_port_in_use_and_warns_about_a_missing_index(provisioned
         s.close()
     err = capsys.readouterr().err
     assert rc == 2 and "cannot listen" in err and "no index" in err
+
+
+def test_serve_refuses_a_file_that_is_not_an_index(provisioned, tmp_path, capsys):
+    bad = tmp_path / "notes.db"
+    bad.write_bytes(b"not sqlite" * 50)
+    for extra in ([], ["--bundle", str(provisioned)]):
+        assert main(["serve", "--db", str(bad), "--port", "0", *extra]) == 2
+        assert "cannot open the index" in capsys.readouterr().err

@@ -209,3 +209,12 @@ def test_clean_query_and_parse_id():
         with pytest.raises(HttpError):
             parse_id(bad)
     assert parse_id("42") == 42
+
+
+def test_a_file_that_is_not_an_index_is_a_clear_503(tmp_path, colour_bundle):
+    bad = tmp_path / "notes.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    for srv in run_server(Gallery(db=bad, bundle=colour_bundle, thumbs=tmp_path / "t")):
+        status, r = search(srv, q="red")
+        assert status == 503 and "Cannot open the index" in r["error"]
+        assert get(srv, "/thumb/1")[0] == 503
