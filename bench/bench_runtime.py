@@ -66,6 +66,16 @@ def load(bundle_dir: Path, threads: int | None) -> Any:
     return Bundle.load(bundle_dir, threads=threads)
 
 
+def load_precision(bundle_dir: Path, threads: int | None, precision: str) -> Any:
+    """The bundle's graphs in another precision, or None if it has none."""
+    from edge_xmr.bundle import Bundle, BundleError
+
+    try:
+        return Bundle.load(bundle_dir, precision=precision, threads=threads)
+    except BundleError:
+        return None
+
+
 # ---- data ------------------------------------------------------------------------------------------
 def dev_captions(n: int) -> list[str]:
     dev = set((FLICKR / "splits" / "dev.txt").read_text().split())
@@ -150,7 +160,8 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)), 2)
 
 
-def latency(db: Path, bundle: Any, emb: np.ndarray, queries: list[str], label: str) -> list[dict[str, Any]]:
+def latency(db: Path, bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: list[str], label: str,
+            int8_bundle: Any = None) -> list[dict[str, Any]]:
     """End-to-end search latency (rerank 20 and 0, with and without filters) vs numpy brute force."""
     from edge_xmr.index import Library
 
@@ -165,6 +176,28 @@ def latency(db: Path, bundle: Any, emb: np.ndarray, queries: list[str], label: s
             ms = timed(lambda: lib.search(next(it), k=10, **kw), queries)
             rows.append({"data": label, "n": len(emb), "store": lib.info.store, "query": name,
                          "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90)})
+        if int8_bundle is not None:  # same index, text + cross-encoder graphs in int8
+            lib.bundle = int8_bundle
+            for q in queries[:3]:
+                lib.search(q, k=10, rerank=20)
+            it = iter(queries)
+            ms = timed(lambda: lib.search(next(it), k=10, rerank=20), queries)
+            rows.append({"data": label, "n": len(emb), "store": lib.info.store, "query": "rerank=20, int8 graphs",
+                         "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90)})
+            lib.bundle = bundle
+        it_e = iter(queries)
+
+        def numpy_search() -> None:  # the same pipeline over in-memory float arrays
+            text = next(it_e)
+            q = bundle.embed_texts([text])[0]
+            s = emb @ q
+            top = np.argpartition(-s, 20)[:20]
+            top = top[np.argsort(-s[top])]
+            bundle.score_candidates(text, tok[top], emb[top])
+
+        ms = timed(numpy_search, queries)
+        rows.append({"data": label, "n": len(emb), "store": "numpy float (RAM)", "query": "rerank=20",
+                     "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90)})
         # components
         qv = bundle.embed_texts(queries)
         it_t = iter(queries)
@@ -227,28 +260,34 @@ def bytes_per_photo(db: Path, n: int, store: str, label: str) -> dict[str, Any]:
 
 
 def token_fidelity(bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: list[str]) -> dict[str, Any]:
-    """Cross-encoder scores on float tokens vs int8 tokens (global scale, and per-token scales)."""
-    from edge_xmr.index.stores import dequantize, normalize, quantize
+    """Cross-encoder scores on the stored data (int8 tokens, int8 + residual embeddings) vs float;
+    and the token part alone with the manifest's global scale vs per-token scales."""
+    from edge_xmr.index.stores import Store, dequantize, quantize
 
     s_emb = float(bundle.manifest.get("storage", {}).get("embedding_int8_scale") or 0)
     s_tok = float(bundle.manifest.get("storage", {}).get("token_int8_scale") or 0)
     if not (s_emb and s_tok):
         return {"note": "bundle manifest has no storage scales"}
-    out: dict[str, list[float]] = {"global": [], "per_token": []}
+    store = Store("int8", emb.shape[1], s_emb)
+    diffs: dict[str, list[float]] = {"stored": [], "tokens_global": [], "tokens_per_token": []}
+    same_order: dict[str, list[bool]] = {k: [] for k in diffs}
     rng = np.random.default_rng(0)
     for q in queries[:20]:
         idx = rng.choice(len(emb), 20, replace=False)
         e, t = emb[idx], tok[idx]
-        e8 = normalize(dequantize(quantize(e, s_emb), s_emb))
-        ref = bundle.score_candidates(q, t, e)
-        g = bundle.score_candidates(q, dequantize(quantize(t, s_tok), s_tok), e8)
+        e_st = np.stack([store.decode(*store.encode(x)) for x in e])
+        t_g = dequantize(quantize(t, s_tok), s_tok)
         per = 127.0 / np.maximum(np.abs(t).max(axis=2, keepdims=True), 1e-6)
-        p = bundle.score_candidates(q, (np.clip(np.rint(t * per), -127, 127) / per).astype(np.float32), e8)
+        t_p = (np.clip(np.rint(t * per), -127, 127) / per).astype(np.float32)
+        ref = bundle.score_candidates(q, t, e)
         spread = float(np.std(ref)) or 1.0
-        out["global"].append(float(np.max(np.abs(g - ref))) / spread)
-        out["per_token"].append(float(np.max(np.abs(p - ref))) / spread)
-    return {"max_abs_diff_over_score_std_global_scale": round(float(np.max(out["global"])), 4),
-            "max_abs_diff_over_score_std_per_token_scale": round(float(np.max(out["per_token"])), 4)}
+        for name, (tt, ee) in {"stored": (t_g, e_st), "tokens_global": (t_g, e),
+                               "tokens_per_token": (t_p, e)}.items():
+            got = bundle.score_candidates(q, tt, ee)
+            diffs[name].append(float(np.max(np.abs(got - ref))) / spread)
+            same_order[name].append(bool(np.array_equal(np.argsort(-got)[:10], np.argsort(-ref)[:10])))
+    return {name: {"max_abs_diff_over_score_std": round(float(np.max(d)), 4),
+                   "same_top10_order": round(float(np.mean(same_order[name])), 3)} for name, d in diffs.items()}
 
 
 # ---- indexing: 12-MP throughput and RSS (child processes) ------------------------------------------
@@ -384,6 +423,7 @@ def main() -> None:
     rss_sizes = a.rss_sizes or ([1000, 5000] if a.quick else [10_000, 100_000])
     bundle_dir, origin = resolve_bundle(a.bundle)
     bundle = load(bundle_dir, a.threads)
+    int8_bundle = load_precision(bundle_dir, a.threads, "int8")
     m = bundle.manifest
     dim, T, Dt = int(m["embedding"]["dim"]), int(m["image_tokens"]["count"]), int(m["image_tokens"]["dim"])
     res: dict[str, Any] = {
@@ -414,7 +454,8 @@ def main() -> None:
                     scale = float(m.get("storage", {}).get("embedding_int8_scale") or 0) or 127 / 0.3
                     res["recall"].append(recall_plain_int8(emb, qv, scale, label))
             if "latency" not in a.skip and store in ("int8", "bit"):
-                res["latency"] += latency(db, bundle, emb, queries, label)
+                res["latency"] += latency(db, bundle, emb, tok, queries, label,
+                                          int8_bundle if store == "int8" else None)
             print(f"  {label} {store}: done", flush=True)
     if "throughput" not in a.skip:
         folder = make_12mp(a.jpegs)

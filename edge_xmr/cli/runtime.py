@@ -139,9 +139,21 @@ def _bundle_path(args: argparse.Namespace) -> Path:
         if hint and (Path(hint) / "manifest.json").is_file():
             return Path(hint)
     found = default_bundle_dir()
-    if found is None:
-        raise UserError("no model bundle: pass --bundle DIR (or set $EDGE_XMR_BUNDLE)")
-    return found
+    if found is not None:
+        return found
+    return _default_model_bundle()
+
+
+def _default_model_bundle() -> Path:
+    """The embedded default model's bundle (exported into the user cache on first use)."""
+    try:
+        from ..demo import DemoError, default_bundle
+    except ImportError:
+        raise UserError("no model bundle: pass --bundle DIR (or set $EDGE_XMR_BUNDLE)") from None
+    try:
+        return default_bundle()
+    except DemoError as e:
+        raise UserError(f"no model bundle: pass --bundle DIR ({e})") from None
 
 
 def _db_path(args: argparse.Namespace) -> Path:

@@ -16,6 +16,7 @@ def env(tmp_path, photo_tree, monkeypatch):
     monkeypatch.setattr(cli_runtime, "load_bundle", lambda path, provider, threads, precision="fp32": FakeBundle())
     bundle_dir = tmp_path / "bundle"
     bundle_dir.mkdir()
+    (bundle_dir / "manifest.json").write_text("{}")  # found as the default bundle; the loader is faked
     monkeypatch.setenv("EDGE_XMR_BUNDLE", str(bundle_dir))
     monkeypatch.setenv("EDGE_XMR_DB", str(tmp_path / "default.db"))
     return {"db": str(tmp_path / "lib.db"), "root": photo_tree}
@@ -88,3 +89,16 @@ def test_real_loader_refuses_a_folder_without_manifest(tmp_path):
 
     with pytest.raises(UserError, match="no manifest.json"):
         cli_runtime.load_bundle(tmp_path, None, None)
+
+
+def test_no_bundle_anywhere_is_a_user_error(tmp_path, monkeypatch, capsys, photo_tree):
+    from edge_xmr import demo
+
+    def no_model() -> None:
+        raise demo.DemoError("no default model at /x")
+
+    monkeypatch.delenv("EDGE_XMR_BUNDLE", raising=False)
+    monkeypatch.setattr("edge_xmr.paths.default_bundle_dir", lambda: None)
+    monkeypatch.setattr(demo, "default_bundle", no_model)
+    assert main(["index", str(photo_tree), "--db", str(tmp_path / "x.db")]) == 2
+    assert "no model bundle: pass --bundle DIR" in capsys.readouterr().err
