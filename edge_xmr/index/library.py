@@ -397,10 +397,6 @@ class Library:
         return {str(p): (int(s), int(m)) for p, s, m in self._conn.execute(
             "SELECT path, size, mtime_ns FROM skipped WHERE path >= ? AND path < ?", (lo, hi))}
 
-    def hash_owners(self) -> dict[bytes, int]:
-        """content hash -> a photo id holding it (for moved and copied files)."""
-        return {bytes(h): int(i) for h, i in self._conn.execute("SELECT hash, min(id) FROM photos GROUP BY hash")}
-
     # ---- writing -------------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -493,9 +489,6 @@ class Library:
             c.execute("INSERT INTO skipped(path, size, mtime_ns, reason, at) VALUES (?, ?, ?, ?, ?)"
                       " ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
                       " reason = excluded.reason, at = excluded.at", (path, size, mtime_ns, reason, int(time.time())))
-
-    def forget_skipped(self, paths: Sequence[str]) -> None:
-        self._conn.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
 
     def _check_shapes(self, embeds: FloatArray, tokens: FloatArray) -> None:
         i = self._info
