@@ -220,7 +220,7 @@ def sample_photos(dest: Path | None = None) -> Path:
         found += 1
         if not d.is_file() or d.stat().st_size != s.stat().st_size:
             tmp = d.with_suffix(d.suffix + ".tmp")
-            shutil.copyfile(s, tmp)
+            shutil.copy2(s, tmp)
             os.replace(tmp, d)
     if not found:
         raise DemoError(f"no sample photos in {src} (scikit-image installed without its data?)")

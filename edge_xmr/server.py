@@ -293,6 +293,27 @@ class Gallery:
         _write_atomic(cached, data)
         return data
 
+    def warm_up(self) -> threading.Thread:
+        """Run each graph once in a daemon thread: onnxruntime's first run allocates (hundreds of ms)."""
+
+        def work() -> None:
+            b = self.bundle
+            if b is None:
+                return
+            try:
+                m = b.manifest
+                t, dt, d = int(m["image_tokens"]["count"]), int(m["image_tokens"]["dim"]), int(m["embedding"]["dim"])
+                import numpy as np
+
+                b.embed_texts(["warm up"])
+                b.score_candidates("warm up", np.zeros((1, t, dt), np.float32), np.full((1, d), d ** -0.5, np.float32))
+            except Exception:  # noqa: S110 (only an optimisation: the first search will say what is wrong)
+                pass
+
+        th = threading.Thread(target=work, name="edge-xmr-warm-up", daemon=True)
+        th.start()
+        return th
+
     # ---- background indexing ----
     def start_indexing(self, root: Path, open_library: Callable[[], Library]) -> threading.Thread:
         """Index ``root`` in a daemon thread (its own connection); progress goes to ``indexing``."""

@@ -248,6 +248,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         print(f"warning: listening on {args.host}: anyone who can reach this machine can see your photos",
               file=sys.stderr)
+    gallery.warm_up()
     if photos is not None:
         gallery.start_indexing(photos, lambda: Library.open(db, bundle))
         print(f"indexing {photos} in the background", file=sys.stderr)

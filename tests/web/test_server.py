@@ -218,3 +218,12 @@ def test_a_file_that_is_not_an_index_is_a_clear_503(tmp_path, colour_bundle):
         status, r = search(srv, q="red")
         assert status == 503 and "Cannot open the index" in r["error"]
         assert get(srv, "/thumb/1")[0] == 503
+
+
+def test_warm_up_runs_the_graphs_once(gallery):
+    calls = []
+    b = gallery.bundle
+    orig = b.score_candidates
+    b.score_candidates = lambda *a: calls.append(a) or orig(*a)
+    gallery.warm_up().join(30)
+    assert len(calls) == 1 and calls[0][1].shape[0] == 1
