@@ -392,7 +392,7 @@ From the authors' papers, as collected in the project's field notes:
 - **Retrieve Fast, Rerank Smart** (Geigle et al., TACL 2022), joint model, COCO 5k text→image R@1:
   bi-encoder 52.5, retrieve top-20 + rerank 54.7; rerank depth k = 10 / 20 / 50 gave 54.8 / 54.7 / 54.6
   (*published*). Per query over 50k images: bi-encoder 16 ms, retrieve + rerank 74 ms, cross-encoder
-  over all ≈ 2 min (*published*, V100).
+  over all ≈ 2 min (*published*).
 - **CLIP ViT-B/32** zero-shot Flickr30k text→image R@1 58.8 (*published*); **MobileCLIP-S0** 67.7,
   1.5 + 1.6 ms on an iPhone 12 Pro Max (*published*).
 - **Flickr8k** (Hodosh, Young, Hockenmaier 2013, JAIR 47): early-2010s models report text→image
