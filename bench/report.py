@@ -153,7 +153,7 @@ def runtime_rows(rt: dict[str, Any]) -> list[dict[str, Any]]:
     """Latency rows with the store of the pass each component row belongs to."""
     rows, store = [], "?"
     for r in rt.get("latency", []):
-        if r["store"] != "-":
+        if r["store"] in ("int8", "float32", "bit"):
             store = r["store"]
         rows.append({**r, "pass": store})
     return rows
@@ -185,15 +185,25 @@ def _mach(rd: dict[str, Any]) -> str:
     return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, load {m.get('loadavg', ['?'])[0]}"
 
 
+LATENCY_SERIES = {  # (store column or "*", query) -> label
+    ("*", "rerank=20"): "search, rerank top 20 (sqlite-vec)",
+    ("*", "rerank=0"): "search, no rerank (sqlite-vec)",
+    ("*", "rerank=20, int8 graphs"): "search, rerank top 20, int8 graphs",
+    ("numpy float (RAM)", "rerank=20"): "exact numpy search + rerank top 20 (float matrix in RAM)",
+    ("-", "KNN top-20 (vec0 + rescoring)"): "sqlite-vec KNN top-20 only",
+    ("-", "numpy exact brute force top-20"): "exact numpy top-20 only",
+}
+
+
 def latency_series(rt: dict[str, Any], store: str = "int8") -> dict[str, list[tuple[int, float, float]]]:
-    names = {"rerank=20": "search, rerank top 20", "rerank=0": "search, no rerank",
-             "numpy exact brute force top-20": "numpy exact top-20 (in-memory float matrix, no text encoder)",
-             "KNN top-20 (vec0 + rescoring)": "sqlite-vec KNN top-20 + rescoring (no text encoder)"}
     out: dict[str, list[tuple[int, float, float]]] = {}
     for r in runtime_rows(rt):
-        if r["pass"] == store and r["query"] in names:
-            out.setdefault(names[r["query"]], []).append((int(r["n"]), float(r["p50_ms"]), float(r["p90_ms"])))
-    return {k: sorted(v) for k, v in out.items()}
+        if r["pass"] != store:
+            continue
+        key = (r["store"] if r["store"] in ("-", "numpy float (RAM)") else "*", r["query"])
+        if key in LATENCY_SERIES:
+            out.setdefault(LATENCY_SERIES[key], []).append((int(r["n"]), float(r["p50_ms"]), float(r["p90_ms"])))
+    return {k: sorted(v) for k, v in sorted(out.items(), key=lambda kv: list(LATENCY_SERIES.values()).index(kv[0]))}
 
 
 def fig_latency(plt: Any, rt: dict[str, Any], prov: dict[str, str]) -> Path:
@@ -221,7 +231,7 @@ STAGES = (("text encoder", "embed the query"), ("KNN top-20 (vec0 + rescoring)",
 def stage_table(rt: dict[str, Any], store: str = "int8") -> list[dict[str, Any]]:
     by: dict[tuple[str, int], dict[str, float]] = {}
     for r in runtime_rows(rt):
-        if r["pass"] == store:
+        if r["pass"] == store and r["store"] in (store, "-"):
             by.setdefault((r["data"], int(r["n"])), {})[r["query"]] = float(r["p50_ms"])
     out = []
     for (data, n), q in sorted(by.items(), key=lambda x: x[0][1]):

@@ -36,6 +36,8 @@ def _results(d: Path) -> None:
         for store in ("int8", "bit"):
             lat += [{"data": f"synthetic {n}", "n": n, "store": store, "query": q, "p50_ms": 5.0, "p90_ms": 6.0}
                     for q in ("rerank=20", "rerank=0")]
+            lat.append({"data": f"synthetic {n}", "n": n, "store": "numpy float (RAM)", "query": "rerank=20",
+                        "p50_ms": 99.0, "p90_ms": 100.0})
             lat += [{"data": f"synthetic {n}", "n": n, "store": "-", "query": q, "p50_ms": 1.0, "p90_ms": 2.0}
                     for q in ("text encoder", "KNN top-20 (vec0 + rescoring)", "cross-encoder on 20 (+ token fetch)",
                               "numpy exact brute force top-20")]
@@ -56,6 +58,11 @@ def test_report_draws_all_figures_and_the_page(tmp_path):
     figs = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
     assert figs == ["latency_vs_size.png", "query_stages.png", "recall_vs_depth.png", "variants.png"]
     doc = (tmp_path / "B.md").read_text()
+    rt = json.loads((tmp_path / "results" / "runtime.json").read_text())
+    series = rep.latency_series(rt)
+    assert series["exact numpy search + rerank top 20 (float matrix in RAM)"] == [(1000, 99.0, 100.0), (10000, 99.0, 100.0)]
+    assert series["search, rerank top 20 (sqlite-vec)"][0] == (1000, 5.0, 6.0)
+    assert all(r["whole search (rerank=20)"] == 5.0 for r in rep.stage_table(rt))
     for needle in ("Hodosh", "published", "arguments not recorded", "| fp32 | 20 |", "cat.png", "120 s"):
         assert needle in doc, needle
 
