@@ -38,3 +38,18 @@ def tiny_model_dir(_tiny_model, tmp_path_factory) -> Path:
     from edge_xmr.model import save
 
     return save(_tiny_model, tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(_tiny_model, tmp_path_factory) -> Path:
+    """A bundle exported from the tiny model: ONNX fp32 + int8 (and ORT-format copies), every export
+    check passed. The export report is next to it, in ``export_report.json`` (not part of the bundle)."""
+    import json
+
+    from mobile_export import export_bundle
+
+    root = tmp_path_factory.mktemp("tiny_bundle")
+    report = export_bundle(_tiny_model, root / "bundle", formats=("onnx",), precisions=("fp32", "int8"),
+                           fusion="off", threads=1)
+    (root / "export_report.json").write_text(json.dumps(report, default=str))
+    return root / "bundle"

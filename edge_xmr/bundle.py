@@ -1,0 +1,292 @@
+"""Load a model bundle (one folder, see docs/bundle.md) and run it: numpy + onnxruntime only, no torch.
+
+>>> b = Bundle.load("my_bundle", precision="int8")          # doctest: +SKIP
+>>> b.embed_texts(["a dog on the beach"]).shape             # doctest: +SKIP
+(1, 256)
+
+Loading checks the manifest's schema and the sha256 of every file it lists, and refuses a tampered
+or incomplete bundle with a :class:`BundleError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .preprocess import to_pixels
+from .providers import create_session
+from .tokenizer import Tokenizer
+
+FloatArray = npt.NDArray[np.float32]
+
+FORMAT_VERSION = 1  # manifest format this runtime reads
+INDEX_SCHEMA_VERSION = 1  # index schema the bundles written by this version expect
+MANIFEST = "manifest.json"
+GRAPH_NAMES = ("text_encoder", "image_encoder", "cross_encoder")
+PRECISIONS = ("fp32", "int8")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, incomplete, tampered with or of an unknown format."""
+
+
+def sha256_path(path: str | Path) -> str:
+    """sha256 of a file; of a directory (an ``.mlpackage``): over its sorted relative paths and
+    the sha256 of each file."""
+    path = Path(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_path(f)}\n".encode())
+        return h.hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def validate_manifest(m: Any) -> list[str]:
+    """Problems with a manifest's schema (empty list: valid)."""
+    if not isinstance(m, dict):
+        return ["manifest is not a JSON object"]
+    p: list[str] = []
+
+    def need(obj: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any:
+        if not isinstance(obj, dict) or key not in obj:
+            p.append(f"{where}.{key}: missing")
+            return None
+        if not isinstance(obj[key], typ) or (typ is int and isinstance(obj[key], bool)):
+            p.append(f"{where}.{key}: expected {getattr(typ, '__name__', typ)}, got {type(obj[key]).__name__}")
+            return None
+        return obj[key]
+
+    fv = need(m, "format_version", int, "manifest")
+    if fv is not None and fv != FORMAT_VERSION:
+        p.append(f"manifest.format_version: {fv} is not supported (this runtime reads {FORMAT_VERSION})")
+    need(m, "created", str, "manifest")
+    model = need(m, "model", dict, "manifest")
+    if model is not None:
+        for k in ("name", "base"):
+            need(model, k, str, "model")
+        need(model, "config", dict, "model")
+        mid = need(model, "id", str, "model")
+        if mid is not None and not _HEX64.match(mid):
+            p.append("model.id: not a sha256 hex digest")
+    files = need(m, "files", dict, "manifest")
+    if files is not None:
+        for f, h in files.items():
+            if not isinstance(h, str) or not _HEX64.match(h):
+                p.append(f"files[{f!r}]: not a sha256 hex digest")
+            if Path(f).is_absolute() or ".." in Path(f).parts:
+                p.append(f"files[{f!r}]: must be a relative path inside the bundle")
+    graphs = need(m, "graphs", dict, "manifest")
+    if graphs is not None:
+        for g in GRAPH_NAMES:
+            spec = need(graphs, g, dict, "graphs")
+            if spec is None:
+                continue
+            for io in ("inputs", "outputs"):
+                for i, t in enumerate(need(spec, io, list, f"graphs.{g}") or []):
+                    for k, typ in (("name", str), ("dtype", str), ("shape", list)):
+                        need(t, k, typ, f"graphs.{g}.{io}[{i}]")
+            need(spec, "opset", int, f"graphs.{g}")
+            need(spec, "dim_ranges", dict, f"graphs.{g}")
+            variants = need(spec, "variants", dict, f"graphs.{g}") or {}
+            if "onnx/fp32" not in variants:
+                p.append(f"graphs.{g}.variants: no 'onnx/fp32'")
+            for v, info in variants.items():
+                need(info, "format", str, f"graphs.{g}.variants[{v}]")
+                path = need(info, "path", str, f"graphs.{g}.variants[{v}]")
+                if path is not None and files is not None and path not in files:
+                    p.append(f"graphs.{g}.variants[{v}].path {path!r} is not listed in files")
+                need(info, "size_mb", (int, float), f"graphs.{g}.variants[{v}]")
+    need(m, "max_text_len", int, "manifest")
+    tok = need(m, "tokenizer", dict, "manifest")
+    if tok is not None:
+        tf = need(tok, "file", str, "tokenizer")
+        need(tok, "pad_id", int, "tokenizer")
+        if tf is not None and files is not None and tf not in files:
+            p.append(f"tokenizer.file {tf!r} is not listed in files")
+    pre = need(m, "preprocessing", dict, "manifest")
+    if pre is not None:
+        need(pre, "size", int, "preprocessing")
+        for k in ("resize", "channel_order", "layout", "interpolation"):
+            need(pre, k, str, "preprocessing")
+        for k in ("mean", "std", "value_range"):
+            v = need(pre, k, list, "preprocessing")
+            if v is not None and not all(isinstance(x, (int, float)) for x in v):
+                p.append(f"preprocessing.{k}: expected numbers")
+    emb = need(m, "embedding", dict, "manifest")
+    if emb is not None:
+        need(emb, "dim", int, "embedding")
+        need(emb, "metric", str, "embedding")
+        need(emb, "normalized", bool, "embedding")
+    it = need(m, "image_tokens", dict, "manifest")
+    if it is not None:
+        need(it, "count", int, "image_tokens")
+        need(it, "dim", int, "image_tokens")
+    need(m, "score", str, "manifest")
+    st = need(m, "storage", dict, "manifest")
+    if st is not None:
+        for k in ("embedding_int8_scale", "token_int8_scale"):
+            v = need(st, k, (int, float), "storage")
+            if v is not None and not v > 0:
+                p.append(f"storage.{k}: must be > 0")
+    need(m, "index_schema_version", int, "manifest")
+    need(m, "sizes", dict, "manifest")
+    return p
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """Parse and schema-check ``root/manifest.json`` (no hashing)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(f"{root}: bundle folder not found")
+    mf = root / MANIFEST
+    if not mf.is_file():
+        raise BundleError(f"{mf}: missing (not a bundle written by 'edge-xmr export')")
+    try:
+        m = json.loads(mf.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{mf}: unreadable ({e})") from None
+    problems = validate_manifest(m)
+    if problems:
+        raise BundleError(f"{mf}: invalid manifest: " + "; ".join(problems[:5]))
+    return m
+
+
+def verify_files(root: str | Path, manifest: dict[str, Any]) -> None:
+    """Check that every file the manifest lists exists and has its sha256."""
+    root = Path(root)
+    for rel, want in sorted(manifest["files"].items()):
+        f = root / rel
+        if not f.exists():
+            raise BundleError(f"{f}: missing from the bundle (incomplete copy?)")
+        if sha256_path(f) != want:
+            raise BundleError(f"{f}: sha256 does not match the manifest (file changed or corrupted)")
+
+
+class Bundle:
+    """A loaded bundle: the three ONNX graphs of one precision, the tokenizer and the manifest."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], precision: str,
+                 providers: list[str] | None = None, threads: int | None = None):
+        self.root = root
+        self.manifest = manifest
+        self.precision = precision
+        self.variant = f"onnx/{precision}"
+        self._providers = providers
+        self._threads = threads
+        self._sessions: dict[str, Any] = {}
+        tok = manifest["tokenizer"]
+        self.tokenizer = Tokenizer.from_file(root / tok["file"])
+        self.tokenizer.pad_id = int(tok["pad_id"])
+        self.max_text_len = int(manifest["max_text_len"])
+        self.dim = int(manifest["embedding"]["dim"])
+        self.n_tokens = int(manifest["image_tokens"]["count"])
+        self.token_dim = int(manifest["image_tokens"]["dim"])
+        self.max_candidates = int(manifest["graphs"]["cross_encoder"]["dim_ranges"]["n"][1])
+
+    @classmethod
+    def load(cls, path: str | Path, precision: str = "fp32", providers: list[str] | None = None,
+             threads: int | None = None, verify: bool = True) -> Bundle:
+        """Open a bundle folder; ``verify`` checks the sha256 of every listed file first."""
+        root = Path(path)
+        manifest = read_manifest(root)
+        available = sorted({v.split("/", 1)[1] for v in manifest["graphs"]["text_encoder"]["variants"]
+                            if v.startswith("onnx/")})
+        if precision not in available:
+            raise BundleError(f"{root}: no {precision!r} ONNX graphs in this bundle (has {available})")
+        for g in GRAPH_NAMES:
+            if f"onnx/{precision}" not in manifest["graphs"][g]["variants"]:
+                raise BundleError(f"{root}: graph {g} has no onnx/{precision} variant")
+        if verify:
+            verify_files(root, manifest)
+        return cls(root, manifest, precision, providers, threads)
+
+    @property
+    def model_id(self) -> str:
+        return str(self.manifest["model"]["id"])
+
+    @property
+    def storage(self) -> dict[str, Any]:
+        """int8 storage scales for the index: q = clip(round(x * scale), -127, 127)."""
+        return dict(self.manifest["storage"])
+
+    def session(self, graph: str) -> Any:
+        """The onnxruntime session of ``graph`` (created on first use)."""
+        if graph not in self._sessions:
+            rel = self.manifest["graphs"][graph]["variants"][self.variant]["path"]
+            self._sessions[graph] = create_session(self.root / rel, self._providers, self._threads)
+        return self._sessions[graph]
+
+    # ---- texts ---------------------------------------------------------------------------------
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> FloatArray:
+        """Texts -> (M, D) float32, L2-normalised."""
+        out = []
+        sess = self.session("text_encoder") if len(texts) else None
+        for i in range(0, len(texts), batch_size):
+            ids, mask = self.tokenizer.encode(list(texts[i:i + batch_size]), self.max_text_len)
+            out.append(sess.run(["text_embeds"], {"input_ids": ids, "attention_mask": mask})[0])
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+
+    # ---- images --------------------------------------------------------------------------------
+    def encode_images(self, images: Sequence[Any], batch_size: int = 16) -> tuple[FloatArray, FloatArray]:
+        """Images (paths, PIL images or HxWx3 uint8 arrays) -> (embeddings (N, D), tokens (N, T, Dt))."""
+        embs, toks = [], []
+        pre = self.manifest["preprocessing"]
+        for i in range(0, len(images), batch_size):
+            px = to_pixels(images[i:i + batch_size], pre)
+            e, t = self.session("image_encoder").run(["image_embeds", "image_tokens"], {"pixel_values": px})
+            embs.append(e)
+            toks.append(t)
+        if not embs:
+            return (np.zeros((0, self.dim), np.float32),
+                    np.zeros((0, self.n_tokens, self.token_dim), np.float32))
+        return np.concatenate(embs).astype(np.float32), np.concatenate(toks).astype(np.float32)
+
+    def embed_images(self, images: Sequence[Any], batch_size: int = 16) -> FloatArray:
+        """Images -> (N, D) float32, L2-normalised."""
+        return self.encode_images(images, batch_size)[0]
+
+    # ---- reranking -----------------------------------------------------------------------------
+    def score_candidates(self, text: str, tokens: npt.NDArray[Any], embeds: npt.NDArray[Any]) -> FloatArray:
+        """Cross-encoder scores (N,) of one text against N photos' stored data (higher = better).
+
+        tokens (N, T, Dt) and embeds (N, D) are float32, or int8 as stored in the index (they are
+        then dequantized with the manifest's storage scales). N = 0 returns an empty array.
+        """
+        tokens, embeds = self._float(tokens, "token"), self._float(embeds, "embedding")
+        if tokens.ndim != 3 or embeds.ndim != 2 or len(tokens) != len(embeds):
+            raise ValueError(f"score_candidates needs tokens (N, T, Dt) and embeds (N, D) with the same N, "
+                             f"got {tokens.shape} and {embeds.shape}")
+        if len(tokens) == 0:
+            return np.zeros((0,), np.float32)  # onnxruntime fails on n = 0: never call it
+        ids, mask = self.tokenizer.encode([text], self.max_text_len)
+        sess = self.session("cross_encoder")
+        out = [sess.run(["scores"], {"input_ids": ids, "attention_mask": mask,
+                                     "image_tokens": tokens[i:i + self.max_candidates],
+                                     "image_embeds": embeds[i:i + self.max_candidates]})[0]
+               for i in range(0, len(tokens), self.max_candidates)]
+        return np.concatenate(out).astype(np.float32)
+
+    # ---- int8 storage --------------------------------------------------------------------------
+    def quantize(self, x: npt.NDArray[Any], kind: str) -> npt.NDArray[np.int8]:
+        """float -> int8 with the storage scale of ``kind`` ("embedding" or "token")."""
+        scale = float(self.manifest["storage"][f"{kind}_int8_scale"])
+        return np.clip(np.round(np.asarray(x, np.float32) * scale), -127, 127).astype(np.int8)
+
+    def _float(self, x: npt.NDArray[Any], kind: str) -> FloatArray:
+        x = np.asarray(x)
+        if x.dtype == np.int8:
+            return (x.astype(np.float32) / float(self.manifest["storage"][f"{kind}_int8_scale"]))
+        return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,141 @@
+"""The torch-free runtime loader ``edge_xmr.bundle``: hashes, schema, tamper refusal, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_xmr.bundle import Bundle, BundleError, read_manifest, validate_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_loads_and_runs(tiny_bundle):
+    b = Bundle.load(tiny_bundle, precision="int8", threads=1)
+    assert b.precision == "int8" and len(b.model_id) == 64
+    e = b.embed_texts(["a dog on the beach", "two cats"])
+    assert e.shape == (2, 16) and e.dtype == np.float32
+    assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
+    img = np.zeros((40, 60, 3), np.uint8)
+    emb, tok = b.encode_images([img, img + 200])
+    assert emb.shape == (2, 16) and tok.shape == (2, 4, 8)
+    assert b.embed_images([img]).shape == (1, 16)
+    s = b.score_candidates("a dog", tok, emb)
+    assert s.shape == (2,) and s.dtype == np.float32
+    # int8 as stored in the index: dequantized with the manifest's storage scales
+    s8 = b.score_candidates("a dog", b.quantize(tok, "token"), b.quantize(emb, "embedding"))
+    assert np.abs(s8 - s).max() < 0.5
+
+
+def test_empty_inputs_never_call_onnxruntime(tiny_bundle):
+    b = Bundle.load(tiny_bundle)
+    assert b.embed_texts([]).shape == (0, 16)
+    assert b.encode_images([])[1].shape == (0, 4, 8)
+    assert b.score_candidates("x", np.zeros((0, 4, 8), np.float32), np.zeros((0, 16), np.float32)).shape == (0,)
+    assert "cross_encoder" not in b._sessions and "text_encoder" not in b._sessions
+
+
+def test_shape_mismatch_is_an_error(tiny_bundle):
+    b = Bundle.load(tiny_bundle)
+    with pytest.raises(ValueError, match="same N"):
+        b.score_candidates("x", np.zeros((2, 4, 8), np.float32), np.zeros((3, 16), np.float32))
+
+
+def test_unknown_precision(tiny_bundle):
+    with pytest.raises(BundleError, match="no 'fp16'"):
+        Bundle.load(tiny_bundle, precision="fp16")
+
+
+@pytest.mark.parametrize("rel", ["onnx/int8/shared_weights.bin", "tokenizer.json", "onnx/fp32/text_encoder.onnx",
+                                 "ort/fp32/cross_encoder.ort"])
+def test_corrupted_file_is_refused(bundle_copy, rel):
+    f = bundle_copy / rel
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 does not match") as e:
+        Bundle.load(bundle_copy)
+    assert rel.split("/")[-1] in str(e.value)
+
+
+def test_missing_file_is_refused(bundle_copy):
+    (bundle_copy / "onnx" / "int8" / "cross_encoder.onnx").unlink()
+    with pytest.raises(BundleError, match="cross_encoder.onnx: missing"):
+        Bundle.load(bundle_copy)
+
+
+def test_missing_or_broken_manifest(bundle_copy, tmp_path):
+    with pytest.raises(BundleError, match="not found"):
+        Bundle.load(tmp_path / "nope")
+    (bundle_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="unreadable"):
+        Bundle.load(bundle_copy)
+    (bundle_copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="manifest.json: missing"):
+        Bundle.load(bundle_copy)
+
+
+def test_manifest_schema_is_validated(tiny_bundle, bundle_copy):
+    good = _manifest(tiny_bundle)
+    assert validate_manifest(good) == []
+
+    def problems(edit) -> list[str]:
+        m = json.loads(json.dumps(good))
+        edit(m)
+        return validate_manifest(m)
+
+    assert any("format_version" in p for p in problems(lambda m: m.update(format_version=2)))
+    assert any("model.id" in p for p in problems(lambda m: m["model"].update(id="xyz")))
+    assert any("embedding.dim" in p for p in problems(lambda m: m["embedding"].update(dim="16")))
+    assert any("storage.token_int8_scale" in p for p in problems(lambda m: m["storage"].update(token_int8_scale=0)))
+    assert any("graphs.cross_encoder" in p for p in problems(lambda m: m["graphs"].pop("cross_encoder")))
+    assert any("not listed in files" in p for p in problems(
+        lambda m: m["files"].pop(m["graphs"]["text_encoder"]["variants"]["onnx/fp32"]["path"])))
+    assert any("relative path" in p for p in problems(lambda m: m["files"].update({"../x": "0" * 64})))
+    assert any("preprocessing.mean" in p for p in problems(lambda m: m["preprocessing"].update(mean="0.5")))
+    assert validate_manifest([]) == ["manifest is not a JSON object"]
+    bad = json.loads(json.dumps(good))
+    del bad["index_schema_version"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(bad))
+    with pytest.raises(BundleError, match="index_schema_version: missing"):
+        read_manifest(bundle_copy)
+
+
+def test_torch_free_subprocess_loads_the_bundle(tiny_bundle, tmp_path):
+    """The runtime in a process where importing torch or transformers fails."""
+    fake = tmp_path / "fake"
+    for mod in ("torch", "transformers"):
+        (fake / mod).mkdir(parents=True)
+        (fake / mod / "__init__.py").write_text(f"raise ImportError('{mod} is not available in the runtime')\n")
+    ref = Bundle.load(tiny_bundle).embed_texts(["a red car in the snow"])
+    np.save(tmp_path / "ref.npy", ref)
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from edge_xmr.bundle import Bundle
+        b = Bundle.load({str(tiny_bundle)!r}, precision="fp32")
+        e = b.embed_texts(["a red car in the snow"])
+        emb, tok = b.encode_images([np.full((32, 32, 3), 90, np.uint8)])
+        s = b.score_candidates("a red car", tok, emb)
+        assert np.abs(e - np.load({str(tmp_path / 'ref.npy')!r})).max() < 1e-6
+        assert "torch" not in sys.modules or sys.modules["torch"] is None
+        print("ok", b.model_id[:8], s.shape)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(REPO)])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ok")
+    # and the fake really blocks torch
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "not available" in blocked.stderr

@@ -1,0 +1,54 @@
+"""int8 quantization and transformer fusion of single graphs (tiny model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from mobile_export import parity
+from mobile_export.onnx_export import export_onnx
+from mobile_export.optimize import fuse_transformer, fusion_speedup
+from mobile_export.quantize_int8 import quantize_int8
+from mobile_export.specs import GRAPHS
+
+
+@pytest.fixture(scope="module")
+def tiny_graphs(_tiny_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("graphs")
+    return {g: export_onnx(_tiny_model, spec, d / f"{g}.onnx") for g, spec in GRAPHS.items()}
+
+
+def test_no_identity_renames_left(tiny_graphs):
+    m = onnx.load(str(tiny_graphs["cross_encoder"]))
+    inits = {t.name for t in m.graph.initializer}
+    assert not [n for n in m.graph.node if n.op_type == "Identity" and n.input[0] in inits]
+
+
+def test_dynamic_int8(tiny_graphs, tmp_path, _tiny_model):
+    r = quantize_int8(tiny_graphs["cross_encoder"], tmp_path / "c.onnx")
+    assert r["dynamic_ops"]["MatMulInteger"] > 0 and r["int8_gather"]
+    m = onnx.load(str(tmp_path / "c.onnx"))
+    assert not [n for n in m.graph.node if n.op_type == "MatMul"
+                and n.input[1] in {t.name for t in m.graph.initializer}]  # every weight MatMul quantized
+    d = parity.onnx_vs_onnx(GRAPHS["cross_encoder"], _tiny_model.cfg, tiny_graphs["cross_encoder"], tmp_path / "c.onnx")
+    assert d["min_cosine"] > 0.99
+
+
+def test_weight_only_is_batch_independent(tiny_graphs, tmp_path, _tiny_model):
+    r = quantize_int8(tiny_graphs["image_encoder"], tmp_path / "i.onnx", weight_only=".")
+    assert r["weight_only_matmul"] == 3 and not r["dynamic_ops"]
+    s = parity.session(tmp_path / "i.onnx")
+    px = GRAPHS["image_encoder"].dummy(_tiny_model.cfg, {"batch": 4}, np.random.default_rng(0))["pixel_values"]
+    batch = s.run(None, {"pixel_values": px})[0]
+    single = np.concatenate([s.run(None, {"pixel_values": px[i:i + 1]})[0] for i in range(4)])
+    assert np.abs(batch - single).max() < 1e-5
+
+
+def test_fusion_keeps_parity(tiny_graphs, tmp_path, _tiny_model):
+    ops = fuse_transformer(tiny_graphs["text_encoder"], tmp_path / "f.onnx", 4, 32)
+    assert ops.get("SkipLayerNormalization", 0) > 0
+    assert parity.torch_vs_onnx(_tiny_model, GRAPHS["text_encoder"], tmp_path / "f.onnx")["ok"]
+    feeds = GRAPHS["text_encoder"].dummy(_tiny_model.cfg, {"batch": 2, "length": 5}, np.random.default_rng(0))
+    s = fusion_speedup(tiny_graphs["text_encoder"], tmp_path / "f.onnx", feeds, reps=2)
+    assert s["ms_plain"] > 0 and s["ms_fused"] > 0 and s["speedup"] > 0
