@@ -147,83 +147,70 @@ def build_db(path: Path, bundle: Any, store: str, emb: np.ndarray, tok: np.ndarr
 
 
 # ---- measurements ----------------------------------------------------------------------------------
-def timed(fn: Callable[[], Any], reps: Sequence[Any]) -> list[float]:
-    out = []
-    for _ in reps:
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
 def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)), 2)
 
 
 def latency(db: Path, bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: list[str], label: str,
             int8_bundle: Any = None) -> list[dict[str, Any]]:
-    """End-to-end search latency (rerank 20 and 0, with and without filters) vs numpy brute force."""
+    """Search latency per variant, and per stage, vs an exact numpy brute force over in-memory
+    float arrays. Variants are interleaved query by query so that load changes on this shared
+    machine hit every variant alike."""
     from edge_xmr.index import Library
 
-    rows = []
+    folder = "/home/someone/Pictures/2016"
     with Library.open(db, bundle) as lib:  # type: ignore[arg-type]
-        for q in queries[:3]:  # warm-up (page cache, onnxruntime arenas)
-            lib.search(q, k=10, rerank=20)
-        folder = "/home/someone/Pictures/2016"
-        for name, kw in [("rerank=20", {"rerank": 20}), ("rerank=0", {"rerank": 0}),
-                         ("rerank=20 +folder+date", {"rerank": 20, "folder": folder, "after": "2015-01-01"})]:
-            it = iter(queries)
-            ms = timed(lambda: lib.search(next(it), k=10, **kw), queries)
-            rows.append({"data": label, "n": len(emb), "store": lib.info.store, "query": name,
-                         "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90)})
-        if int8_bundle is not None:  # same index, text + cross-encoder graphs in int8
-            lib.bundle = int8_bundle
-            for q in queries[:3]:
-                lib.search(q, k=10, rerank=20)
-            it = iter(queries)
-            ms = timed(lambda: lib.search(next(it), k=10, rerank=20), queries)
-            rows.append({"data": label, "n": len(emb), "store": lib.info.store, "query": "rerank=20, int8 graphs",
-                         "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90)})
-            lib.bundle = bundle
-        it_e = iter(queries)
+        int8_lib = Library.open(db, int8_bundle) if int8_bundle is not None else None  # type: ignore[arg-type]
 
-        def numpy_search() -> None:  # the same pipeline over in-memory float arrays
-            text = next(it_e)
+        def numpy_search(text: str) -> None:  # the same pipeline over in-memory float arrays
             q = bundle.embed_texts([text])[0]
             s = emb @ q
             top = np.argpartition(-s, 20)[:20]
             top = top[np.argsort(-s[top])]
             bundle.score_candidates(text, tok[top], emb[top])
 
-        ms = timed(numpy_search, queries)
-        rows.append({"data": label, "n": len(emb), "store": "numpy float (RAM)", "query": "rerank=20",
-                     "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90)})
-        # components
-        qv = bundle.embed_texts(queries)
-        it_t = iter(queries)
-        text_ms = timed(lambda: bundle.embed_texts([next(it_t)]), queries)
-        it_q = iter(qv)
-        knn_ms = timed(lambda: lib.candidates(next(it_q), 20), queries)
-        cands = [lib.candidates(v, 20) for v in qv]
-        it_c = iter(zip(queries, cands))
-
-        def cross() -> None:
-            text, c = next(it_c)
-            bundle.score_candidates(text, lib.tokens(c.ids.tolist()), c.embeds)
-
-        cross_ms = timed(cross, queries)
-        it_n = iter(qv)
-
-        def brute() -> None:
-            s = emb @ next(it_n)
+        def brute(q: np.ndarray) -> None:
+            s = emb @ q
             top = np.argpartition(-s, 20)[:20]
             top[np.argsort(-s[top])]
 
-        np_ms = timed(brute, queries)
-    for name, ms in [("text encoder", text_ms), ("KNN top-20 (vec0 + rescoring)", knn_ms),
-                     ("cross-encoder on 20 (+ token fetch)", cross_ms), ("numpy exact brute force top-20", np_ms)]:
-        rows.append({"data": label, "n": len(emb), "store": "-", "query": name, "p50_ms": pct(ms, 50),
-                     "p90_ms": pct(ms, 90)})
+        def cross(text: str, q: np.ndarray) -> None:
+            c = lib.candidates(q, 20)
+            t0 = time.perf_counter()
+            bundle.score_candidates(text, lib.tokens(c.ids.tolist()), c.embeds)
+            stage["cross-encoder on 20 (+ token fetch)"].append((time.perf_counter() - t0) * 1000)
+
+        variants: dict[str, Callable[[str, np.ndarray], Any]] = {
+            "search rerank=20": lambda t, q: lib.search(t, k=10, rerank=20),
+            "search rerank=0": lambda t, q: lib.search(t, k=10, rerank=0),
+            "search rerank=20 +folder+date": lambda t, q: lib.search(t, k=10, rerank=20, folder=folder,
+                                                                     after="2015-01-01"),
+            "numpy exact float + rerank=20": lambda t, q: numpy_search(t),
+            "stage: text encoder": lambda t, q: bundle.embed_texts([t]),
+            "stage: KNN top-20 (vec0 + rescoring)": lambda t, q: lib.candidates(q, 20),
+            "stage: numpy exact brute force top-20": lambda t, q: brute(q),
+        }
+        if int8_lib is not None:
+            variants["search rerank=20, int8 text+cross graphs"] = lambda t, q: int8_lib.search(t, k=10, rerank=20)
+        stage: dict[str, list[float]] = {"cross-encoder on 20 (+ token fetch)": []}
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        qv = bundle.embed_texts(queries)
+        for t, q in zip(queries[:3], qv):  # warm-up (page cache, onnxruntime arenas)
+            for fn in variants.values():
+                fn(t, q)
+        for i, (t, q) in enumerate(zip(queries, qv)):
+            names = list(variants)
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                t0 = time.perf_counter()
+                variants[name](t, q)
+                times[name].append((time.perf_counter() - t0) * 1000)
+            cross(t, q)
+        if int8_lib is not None:
+            int8_lib.close()
+    rows = []
+    for name, ms in {**times, **{f"stage: {k}": v for k, v in stage.items()}}.items():
+        rows.append({"data": label, "n": len(emb), "store": lib.info.store if name.startswith("search") else "-",
+                     "query": name, "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90)})
     return rows
 
 
@@ -241,15 +228,23 @@ def recall(db: Path, bundle: Any, emb: np.ndarray, qv: np.ndarray, label: str, s
             "queries": len(qv)}
 
 
-def recall_plain_int8(emb: np.ndarray, qv: np.ndarray, scale: float, label: str) -> dict[str, Any]:
-    """Ablation: exact search over int8 codes alone (no 4-bit residual), numpy."""
-    from edge_xmr.index.stores import dequantize, normalize, quantize
+def recall_ablations(emb: np.ndarray, qv: np.ndarray, manifest_scale: float, label: str) -> list[dict[str, Any]]:
+    """Why the int8 store is built as it is: exact (numpy) search over int8 codes alone at the
+    index's scale, and over codes + residual at the manifest's scale (no headroom: ~0.2% clip)."""
+    from edge_xmr.index.stores import EMBEDDING_HEADROOM, Store, dequantize, normalize, quantize
 
-    deq = normalize(dequantize(quantize(emb, scale), scale))
-    hits = [len(set(np.argsort(-(emb @ q))[:10].tolist()) & set(np.argsort(-(deq @ q))[:10].tolist())) / 10
-            for q in qv]
-    return {"data": label, "n": len(emb), "store": "int8 codes only (ablation)",
-            "recall@10": round(float(np.mean(hits)), 4), "queries": len(qv)}
+    exact = [set(np.argsort(-(emb @ q))[:10].tolist()) for q in qv]
+    s_index = manifest_scale * EMBEDDING_HEADROOM
+    st = Store("int8", emb.shape[1], manifest_scale)
+    variants = {"int8 codes only, no residual (ablation)": normalize(dequantize(quantize(emb, s_index), s_index)),
+                "int8 + residual at the manifest scale, no headroom (ablation)":
+                    np.stack([st.decode(*st.encode(x)) for x in emb])}
+    rows = []
+    for name, deq in variants.items():
+        hits = [len(e & set(np.argsort(-(deq @ q))[:10].tolist())) / 10 for e, q in zip(exact, qv)]
+        rows.append({"data": label, "n": len(emb), "store": name, "recall@10": round(float(np.mean(hits)), 4),
+                     "queries": len(qv)})
+    return rows
 
 
 def bytes_per_photo(db: Path, n: int, store: str, label: str) -> dict[str, Any]:
@@ -262,9 +257,9 @@ def bytes_per_photo(db: Path, n: int, store: str, label: str) -> dict[str, Any]:
 def token_fidelity(bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: list[str]) -> dict[str, Any]:
     """Cross-encoder scores on the stored data (int8 tokens, int8 + residual embeddings) vs float;
     and the token part alone with the manifest's global scale vs per-token scales."""
-    from edge_xmr.index.stores import Store, dequantize, quantize
+    from edge_xmr.index.stores import EMBEDDING_HEADROOM, Store, dequantize, quantize
 
-    s_emb = float(bundle.manifest.get("storage", {}).get("embedding_int8_scale") or 0)
+    s_emb = float(bundle.manifest.get("storage", {}).get("embedding_int8_scale") or 0) * EMBEDDING_HEADROOM
     s_tok = float(bundle.manifest.get("storage", {}).get("token_int8_scale") or 0)
     if not (s_emb and s_tok):
         return {"note": "bundle manifest has no storage scales"}
@@ -360,23 +355,36 @@ def child_index(bundle_dir: str, folder: str, db: str, stub: bool, threads: int 
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     bundle = load(Path(bundle_dir), threads)
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     enc = StubEncoder(bundle) if stub else bundle
+    bundle.embed_texts(["warm up"])
     if not stub:
         bundle.encode_images([np.zeros((8, 8, 3), np.uint8)])  # create the session before timing
+    rss_loaded = peak_rss_mb()
     u0 = resource.getrusage(resource.RUSAGE_SELF)
     with Library.open(db, enc) as lib:  # type: ignore[arg-type]
         r = lib.index(folder, options=IndexOptions(workers=default_workers()))
         n = lib.count()
     u1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
-    rss = u1.ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(json.dumps({"photos": n, "seconds": r.seconds, "photos_per_s": round(n / r.seconds, 2),
                       "cpu_ms_per_photo": round(1000 * cpu / max(n, 1), 1),
                       "cpu_bound_photos_per_s_2_cores": round(2 * n / cpu, 1) if cpu else None,
                       "peak_rss_mb": round(rss), "rss_after_model_load_mb": round(rss_loaded),
                       "skipped": r.skipped, "encoder": "stub (random vectors)" if stub else "real bundle",
                       "loadavg": round(os.getloadavg()[0], 2)}))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM: ru_maxrss survives exec on Linux and would
+    report the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def run_child(bundle_dir: Path, folder: Path, stub: bool, threads: int | None) -> dict[str, Any]:
@@ -450,9 +458,8 @@ def main() -> None:
             res["bytes"].append(bytes_per_photo(db, len(emb), store, label))
             if "recall" not in a.skip:
                 res["recall"].append(recall(db, bundle, emb, qv, label, store))
-                if store == "int8":
-                    scale = float(m.get("storage", {}).get("embedding_int8_scale") or 0) or 127 / 0.3
-                    res["recall"].append(recall_plain_int8(emb, qv, scale, label))
+                if store == "int8" and m.get("storage", {}).get("embedding_int8_scale"):
+                    res["recall"] += recall_ablations(emb, qv, float(m["storage"]["embedding_int8_scale"]), label)
             if "latency" not in a.skip and store in ("int8", "bit"):
                 res["latency"] += latency(db, bundle, emb, tok, queries, label,
                                           int8_bundle if store == "int8" else None)

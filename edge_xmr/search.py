@@ -71,7 +71,7 @@ def search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: DateLi
     bundle = lib.require_bundle()
     text = clean_query(text)
     filters = make_filters(after, before, folder)
-    if lib.count() == 0:
+    if lib.is_empty():
         return []
     q = np.asarray(bundle.embed_texts([text]), np.float32)[0]
     cands = lib.candidates(q, max(k, rerank), filters)

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from . import schema
 from .db import connect, file_bytes, read_transaction, write_transaction
 from .filters import DateLike, Filters, folder_key, key_range, path_range, wall_seconds_from_epoch, wall_to_iso
-from .stores import DEFAULT_STORE, Store, StoreKind, calibrate_scale, dequantize, quantize
+from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, Store, StoreKind, calibrate_scale, dequantize, quantize
 
 if TYPE_CHECKING:
     from ..indexer import IndexOptions, IndexReport, Progress
@@ -304,7 +304,12 @@ class Library:
 
     # ---- reading ------------------------------------------------------------------------------
     def count(self) -> int:
+        """Photos in the index (a full count: milliseconds at 100k photos)."""
         return int(self._conn.execute("SELECT count(*) FROM photos").fetchone()[0])
+
+    def is_empty(self) -> bool:
+        """True when no photo is indexed (constant time)."""
+        return self._conn.execute("SELECT 1 FROM photos LIMIT 1").fetchone() is None
 
     def photo_id(self, path: str | os.PathLike[str]) -> int | None:
         row = self._conn.execute("SELECT id FROM photos WHERE path = ?", (os.path.abspath(path),)).fetchone()
@@ -503,7 +508,7 @@ class Library:
         if (i.embedding_scale and i.token_scale) or not len(embeds):
             return
         schema.write_meta(self._conn, {
-            "embedding_int8_scale": repr(i.embedding_scale or calibrate_scale(embeds)),
+            "embedding_int8_scale": repr(i.embedding_scale or calibrate_scale(embeds, 1.0) * EMBEDDING_HEADROOM),
             "token_int8_scale": repr(i.token_scale or calibrate_scale(tokens))})
         self._reload_info()
 
@@ -536,7 +541,8 @@ def _new_meta(bundle: EncoderBundle, store: StoreKind, bundle_path: str) -> dict
     return {
         "model_name": _manifest_name(bundle), "model_id": bundle.model_id,
         "embedding_dim": str(_manifest_dim(bundle)), "metric": str(m.get("embedding", {}).get("metric", "cosine")),
-        "store": store, "embedding_int8_scale": repr(float(storage.get("embedding_int8_scale") or 0.0)),
+        "store": store,
+        "embedding_int8_scale": repr(float(storage.get("embedding_int8_scale") or 0.0) * EMBEDDING_HEADROOM),
         "token_int8_scale": repr(float(storage.get("token_int8_scale") or 0.0)),
         "token_count": str(int(m["image_tokens"]["count"])), "token_dim": str(int(m["image_tokens"]["dim"])),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "bundle_path": bundle_path,

@@ -32,6 +32,13 @@ MAX_K = 4096  # sqlite-vec's largest k
 
 _OVERSAMPLE: dict[str, int] = {"int8": 2, "float32": 1, "bit": 16}
 
+# The index's embedding scale is the bundle's calibrated scale times this headroom: the manifest
+# maps the 99.9th percentile of sample components to 127, so about 0.2% of components clip, and a
+# clipped component is an error the residual cannot repair (measured: recall@10 0.9835 -> 0.9995 on
+# Flickr8k text->image, 0.985 -> 0.997 on 100k random vectors). The 4-bit residual keeps rescoring
+# precision at 1 / (16 * scale) anyway.
+EMBEDDING_HEADROOM = 0.5
+
 
 def quantize(x: npt.ArrayLike, scale: float) -> npt.NDArray[np.int8]:
     """Symmetric int8: clip(round(x * scale), -127, 127)."""

@@ -22,7 +22,7 @@ def test_meta_records_model_and_quantisation(tmp_path, fake_bundle):
     assert meta["schema_version"] == str(SCHEMA_VERSION)
     assert meta["model_id"] == "fake-model-0001" and meta["model_name"] == "edge-xmr-fake"
     assert meta["embedding_dim"] == "24" and meta["metric"] == "cosine" and meta["store"] == "int8"
-    assert float(meta["embedding_int8_scale"]) == pytest.approx(127 / 0.9)
+    assert float(meta["embedding_int8_scale"]) == pytest.approx(127 / 0.9 * 0.5)  # manifest x headroom
     assert float(meta["token_int8_scale"]) == pytest.approx(127 / 4.0)
     assert (meta["token_count"], meta["token_dim"]) == ("4", "8")
 
@@ -72,7 +72,7 @@ def test_scales_calibrated_when_the_manifest_has_none(tmp_path):
         t = np.full((3, 4, 8), 2.0, np.float32)
         recs = [PhotoRecord(f"/p/{i}.jpg", bytes([i]) * 32, 1, 1, None, 1, 1) for i in range(3)]
         lib.add_photos(recs, e, t)
-        assert lib.info.embedding_scale == pytest.approx(127.0)
+        assert lib.info.embedding_scale == pytest.approx(127.0 * 0.5)
         assert lib.info.token_scale == pytest.approx(127 / 2.0)
         np.testing.assert_allclose(lib.tokens([1])[0], 2.0, atol=1e-2)
 
