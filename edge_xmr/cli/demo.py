@@ -167,19 +167,23 @@ def run_demo(args: argparse.Namespace) -> int:
         _index(lib, photos)
         if lib.count() == 0:
             raise UserError(f"no photos could be indexed in {photos}")
-        _text_queries(lib, queries, args.k, args.rerank)
-        _image_query(lib, photos / SAMPLE_IMAGE_QUERY if not args.photos else None, args.k)
+        first = _text_queries(lib, queries, args.k, args.rerank)
+        _image_query(lib, first if args.photos or args.query else photos / SAMPLE_IMAGE_QUERY, args.k)
     print(f"\ndone in {time.perf_counter() - t_start:.1f} s. Browse it: edge-xmr serve --db {_quote(db)}")
     return 0
 
 
-def _text_queries(lib: Library, queries: tuple[DemoQuery, ...], k: int, rerank: int) -> None:
+def _text_queries(lib: Library, queries: tuple[DemoQuery, ...], k: int, rerank: int) -> Path | None:
+    """Run and print the queries; returns the first query's best photo."""
     from ..demo import timed_search
 
     timed_search(lib, "warm-up", k=1, rerank=min(rerank, 1))  # first onnxruntime runs allocate
     good = checked = 0
+    first: Path | None = None
     for q in queries:
         r = timed_search(lib, q.text, k=k, rerank=rerank)
+        if first is None and r.hits:
+            first = Path(r.hits[0].path)
         print(f"\ntext → image: “{q.text}”\n  {_times(r)}")
         for i, h in enumerate(r.hits, 1):
             cross = "  –  " if h.cross_score is None else f"{h.cross_score:6.2f}"
@@ -191,6 +195,7 @@ def _text_queries(lib: Library, queries: tuple[DemoQuery, ...], k: int, rerank: 
             print(f"  {'✓' if ok else '✗'} expected {q.expect} first")
     if checked:
         print(f"\n{good} of {checked} queries put the expected photo first")
+    return first
 
 
 def _times(r: TimedSearch) -> str:
