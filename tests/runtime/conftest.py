@@ -51,19 +51,10 @@ def photo_tree(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_bundle_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real exported bundle of the tiny model: the exporter's ``tiny_bundle`` fixture when it
-    exists, else exported here from ``tiny_model_dir``; skipped without torch/onnx."""
+def real_bundle_dir(request: pytest.FixtureRequest) -> Path:
+    """The real exported bundle of the tiny model (the shared ``tiny_bundle`` fixture)."""
     try:
         value = request.getfixturevalue("tiny_bundle")
     except pytest.FixtureLookupError:
-        pytest.importorskip("torch")
-        pytest.importorskip("onnx")
-        mobile_export = pytest.importorskip("mobile_export")
-        if not hasattr(mobile_export, "export_bundle"):
-            pytest.skip("mobile_export.export_bundle not available")
-        value = tmp_path_factory.mktemp("runtime_bundle") / "bundle"
-        mobile_export.export_bundle(request.getfixturevalue("tiny_model_dir"), value, mobile=False, threads=1)
-    if isinstance(value, (str, Path)):
-        return Path(value)
-    return Path(getattr(value, "root", None) or value.path)  # a loaded Bundle
+        pytest.skip("tiny_bundle fixture not available")
+    return Path(getattr(value, "root", None) or value) if not isinstance(value, (str, Path)) else Path(value)
