@@ -27,7 +27,6 @@ from .tokenizer import Tokenizer
 FloatArray = npt.NDArray[np.float32]
 
 FORMAT_VERSION = 1  # manifest format this runtime reads
-INDEX_SCHEMA_VERSION = 1  # index schema the bundles written by this version expect
 MANIFEST = "manifest.json"
 GRAPH_NAMES = ("text_encoder", "image_encoder", "cross_encoder")
 PRECISIONS = ("fp32", "int8")

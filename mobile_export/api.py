@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -156,35 +157,53 @@ def export_bundle(model_or_dir: JointModel | str | Path, out_dir: str | Path,
         shutil.rmtree(stage, ignore_errors=True)
 
 
+@dataclass
+class _Run:
+    """State shared by the stages of one export."""
+
+    model: JointModel
+    stage: Path  # the bundle being written
+    work: Path  # scratch files
+    threads: int | None
+    seed: int
+    report: dict[str, Any]
+    plain: dict[str, Path] = field(default_factory=dict)  # graph -> unfused fp32 .onnx
+    graphs: dict[str, dict[str, Path]] = field(default_factory=dict)  # precision -> graph -> chosen .onnx
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # manifest variants
+    _t: float = field(default_factory=time.perf_counter)
+
+    @property
+    def cfg(self) -> Any:
+        return self.model.cfg
+
+    @property
+    def checks(self) -> dict[str, bool]:
+        return self.report["checks"]  # type: ignore[no-any-return]
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.report["time_s"][name] = round(now - self._t, 2)
+        self._t = now
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.stage).as_posix()
+
+
 def _export(model: JointModel, stage: Path, work: Path, formats: tuple[str, ...], precisions: tuple[str, ...],
             calib_images: Sequence[Any] | None, calib_texts: Sequence[str] | None, fusion: str,
             int8_weight_only: str | None, mobile: bool, coreml_target: str, threads: int | None,
             seed: int) -> dict[str, Any]:
-    from edge_xmr.bundle import Bundle
     from edge_xmr.preprocess import to_pixels
 
     from . import bundle as bw
-    from . import parity
-    from .onnx_export import export_onnx
-    from .optimize import fuse_transformer, fusion_speedup
-    from .quantize_int8 import quantize_int8
 
     cfg = model.cfg
-    timer: dict[str, float] = {}
-    checks: dict[str, bool] = {}
     report: dict[str, Any] = {"model": {"name": cfg.name, "base": cfg.base}, "formats": list(formats),
-                              "precisions": list(precisions), "time_s": timer, "checks": checks}
-    t = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        timer[name] = round(now - t, 2)
-        t = now
-
-    # sample data
+                              "precisions": list(precisions), "time_s": {}, "checks": {}}
+    run = _Run(model, stage, work, threads, seed, report)
     synthetic = calib_images is None
-    images = list(calib_images)[:MAX_SAMPLES] if calib_images is not None else synthetic_images(32, cfg.image.size, seed)
+    images = (list(calib_images)[:MAX_SAMPLES] if calib_images is not None
+              else synthetic_images(32, cfg.image.size, seed))
     texts = list(calib_texts)[:MAX_SAMPLES] if calib_texts else list(SAMPLE_TEXTS)
     if not images or not texts:
         raise ValueError("calib_images / calib_texts must not be empty")
@@ -194,137 +213,178 @@ def _export(model: JointModel, stage: Path, work: Path, formats: tuple[str, ...]
                          "images_source": "synthetic" if synthetic else "given"}
     model.tokenizer.save(stage / "tokenizer.json")
 
-    # 1. ONNX fp32 + parity vs PyTorch
-    plain = {g: export_onnx(model, spec, work / "fp32" / f"{g}.onnx", seed) for g, spec in GRAPHS.items()}
-    lap("onnx_export")
-    report["parity_fp32"] = {g: parity.torch_vs_onnx(model, spec, plain[g], threads=threads) for g, spec in GRAPHS.items()}
-    for g, r in report["parity_fp32"].items():
-        checks[f"fp32_parity:{g}"] = r["ok"]
-    lap("parity_fp32")
+    _onnx_fp32(run)
+    _fusion(run, fusion)
+    fp32_out = _int8(run, precisions, int8_weight_only, ids, mask, pixels)
+    report["storage"] = bw.storage_scales(fp32_out[1], fp32_out[2])
+    report["storage"]["calibration"] = f"{len(images)} {'synthetic' if synthetic else 'sample'} images"
+    _copy_onnx(run)
+    if mobile:
+        _mobile(run)
+    _share_weights(run)
+    if "coreml" in formats:
+        _coreml(run, tuple(COREML_FOR[p] for p in precisions), coreml_target)
+    manifest = bw.write_manifest(stage, cfg, model.tokenizer.pad_id, run.variants, report["storage"])
+    report["sizes"] = manifest["sizes"]
+    report["model"]["id"] = manifest["model"]["id"]
+    _runtime_check(run, images[:RUNTIME_SAMPLES], texts[:RUNTIME_SAMPLES])
+    return report
 
-    # 2. transformer fusions, kept where they help
-    chosen = dict(plain)
-    report["fusion"] = {}
+
+def _onnx_fp32(run: _Run) -> None:
+    """Export every graph to ONNX fp32 and compare it with PyTorch."""
+    from . import parity
+    from .onnx_export import export_onnx
+
+    run.plain = {g: export_onnx(run.model, spec, run.work / "fp32" / f"{g}.onnx", run.seed)
+                 for g, spec in GRAPHS.items()}
+    run.lap("onnx_export")
+    run.report["parity_fp32"] = {g: parity.torch_vs_onnx(run.model, spec, run.plain[g], threads=run.threads)
+                                 for g, spec in GRAPHS.items()}
+    for g, r in run.report["parity_fp32"].items():
+        run.checks[f"fp32_parity:{g}"] = r["ok"]
+    run.graphs["fp32"] = dict(run.plain)
+    run.lap("parity_fp32")
+
+
+def _fusion(run: _Run, fusion: str) -> None:
+    """onnxruntime transformer fusions on the graphs with text blocks, kept where measured faster."""
+    from . import parity
+    from .optimize import fuse_transformer, fusion_speedup
+
+    run.report["fusion"] = {}
     for g, spec in GRAPHS.items():
         if not spec.fuse or fusion == "off":
             continue
-        fused = work / "fused" / f"{g}.onnx"
-        ops = fuse_transformer(plain[g], fused, cfg.text.heads, cfg.text.width)
-        par = parity.torch_vs_onnx(model, spec, fused, threads=threads)
-        bench = spec.dummy(cfg, _bench_sizes(g, cfg), np.random.default_rng(seed))
-        speed = fusion_speedup(plain[g], fused, bench)
+        fused = run.work / "fused" / f"{g}.onnx"
+        ops = fuse_transformer(run.plain[g], fused, run.cfg.text.heads, run.cfg.text.width)
+        par = parity.torch_vs_onnx(run.model, spec, fused, threads=run.threads)
+        sizes = _bench_sizes(g, run.cfg)
+        speed = fusion_speedup(run.plain[g], fused, spec.dummy(run.cfg, sizes, np.random.default_rng(run.seed)))
         keep = par["ok"] and (fusion == "on" or speed["speedup"] >= MIN_FUSION_SPEEDUP)
-        report["fusion"][g] = {"fused_ops": ops, "max_abs_diff": par["max_abs_diff"], **speed,
-                               "bench_sizes": _bench_sizes(g, cfg), "kept": keep}
+        run.report["fusion"][g] = {"fused_ops": ops, "max_abs_diff": par["max_abs_diff"], **speed,
+                                   "bench_sizes": sizes, "kept": keep}
         if keep:
-            chosen[g] = fused
-            checks[f"fp32_parity_fused:{g}"] = par["ok"]
-    lap("fusion")
+            run.graphs["fp32"][g] = fused
+    run.lap("fusion")
 
-    # 3. int8 + parity vs fp32 on the samples
-    s32 = {g: parity.session(p, threads) for g, p in chosen.items()}
+
+def _int8(run: _Run, precisions: tuple[str, ...], weight_only: str | None, ids: np.ndarray, mask: np.ndarray,
+          pixels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Quantize (from the unfused fp32 graphs) and compare with fp32 on the samples; returns the fp32
+    outputs on the samples (text embeddings, image embeddings, image tokens)."""
+    from . import parity
+    from .quantize_int8 import quantize_int8
+
+    s32 = {g: parity.session(p, run.threads) for g, p in run.graphs["fp32"].items()}
     fp32_out = parity.encode_all(s32["text_encoder"], s32["image_encoder"], ids, mask, pixels)
-    variants: dict[str, dict[str, Path]] = {"fp32": chosen}
-    if "int8" in precisions:
-        q = {g: work / "int8" / f"{g}.onnx" for g in GRAPHS}
-        report["quantization"] = {
-            g: quantize_int8(plain[g], q[g], weight_only="|".join(
-                x for x in (spec.int8_weight_only, int8_weight_only) if x) or None)
-            for g, spec in GRAPHS.items()}
-        lap("quantize_int8")
-        report["parity_int8"] = parity.int8_vs_fp32(chosen, q, ids, mask, pixels, fp32_outputs=fp32_out,
-                                                       threads=threads)
-        checks["int8_cosine"] = report["parity_int8"]["ok"]
-        variants["int8"] = q
-        lap("parity_int8")
-    report["storage"] = bw.storage_scales(fp32_out[1], fp32_out[2])
-    report["storage"]["calibration"] = f"{len(images)} {'synthetic' if synthetic else 'sample'} images"
+    if "int8" not in precisions:
+        return fp32_out
+    q = {g: run.work / "int8" / f"{g}.onnx" for g in GRAPHS}
+    run.report["quantization"] = {
+        g: quantize_int8(run.plain[g], q[g], weight_only="|".join(x for x in (spec.int8_weight_only, weight_only)
+                                                                  if x) or None)
+        for g, spec in GRAPHS.items()}
+    run.lap("quantize_int8")
+    run.report["parity_int8"] = parity.int8_vs_fp32(run.graphs["fp32"], q, ids, mask, pixels, fp32_outputs=fp32_out,
+                                                    threads=run.threads)
+    run.checks["int8_cosine"] = run.report["parity_int8"]["ok"]
+    run.graphs["int8"] = q
+    run.lap("parity_int8")
+    return fp32_out
 
-    # 4. bundle ONNX files (self-contained), mobile checks + ORT format, then shared weight storage
-    manifest_variants: dict[str, dict[str, Any]] = {}
-    for p in ("fp32", "int8"):
-        if p in variants:
-            manifest_variants[f"onnx/{p}"] = {}
-            for g, src in variants[p].items():
-                dst = stage / "onnx" / p / f"{g}.onnx"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
-                manifest_variants[f"onnx/{p}"][g] = {"path": dst.relative_to(stage).as_posix(),
-                                                     "fused": chosen[g] != plain[g] if p == "fp32" else False}
-    if mobile:
-        report["mobile"] = {}
-        for p in variants:
-            report["mobile"][p] = {}
-            manifest_variants[f"ort/{p}"] = {}
-            ort_files = []
-            for g, spec in GRAPHS.items():
-                src = stage / "onnx" / p / f"{g}.onnx"
-                from .mobile import to_ort_format, usability
 
-                use = usability(src)
-                dst = to_ort_format(src, stage / "ort" / p / f"{g}.ort")
-                diff = parity.onnx_vs_onnx(spec, cfg, src, dst, threads=threads)
-                # int8 kernels differ between optimisation levels (fused vs unfused dynamic MatMul)
-                ok = diff["max_abs_diff"] <= spec.atol if p == "fp32" else diff["min_cosine"] >= ORT_INT8_MIN_COSINE
-                checks[f"ort_format:{p}:{g}"] = ok
-                report["mobile"][p][g] = {"usability": use, "ort_vs_onnx": diff}
-                manifest_variants[f"ort/{p}"][g] = {"path": dst.relative_to(stage).as_posix()}
-                ort_files.append(dst)
-            from .mobile import required_operators
-
-            required_operators(ort_files, stage / "ort" / p / "required_operators.config")
-        lap("mobile")
-    report["shared_weights"] = {}
-    for p in variants:
-        files = [stage / "onnx" / p / f"{g}.onnx" for g in GRAPHS]
-        report["shared_weights"][p] = bw.share_weights(files)
-        diff = max(parity.onnx_vs_onnx(GRAPHS[g], cfg, variants[p][g], f, threads=threads)["max_abs_diff"]
-                   for g, f in zip(GRAPHS, files))
-        checks[f"shared_weights:{p}"] = diff == 0.0
-    lap("share_weights")
-    for p in variants:
-        for g in GRAPHS:
+def _copy_onnx(run: _Run) -> None:
+    """Self-contained ONNX graphs into the bundle, with what the manifest says about each."""
+    for p, graphs in run.graphs.items():
+        run.variants[f"onnx/{p}"] = {}
+        for g, src in graphs.items():
+            dst = run.stage / "onnx" / p / f"{g}.onnx"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            info: dict[str, Any] = {"path": run.rel(dst)}
             if p == "fp32":
-                manifest_variants["onnx/fp32"][g]["parity_vs_torch_max_abs_diff"] = report["parity_fp32"][g]["max_abs_diff"]
-    if "int8" in variants:
-        for g in GRAPHS:
-            manifest_variants["onnx/int8"][g]["quantization"] = _describe(report["quantization"][g])
-        pi8 = report["parity_int8"]
-        manifest_variants["onnx/int8"]["text_encoder"]["cosine_vs_fp32"] = pi8["text_cosine"]
-        manifest_variants["onnx/int8"]["image_encoder"]["cosine_vs_fp32"] = pi8["image_cosine"]
-        manifest_variants["onnx/int8"]["cross_encoder"]["rerank_score_max_abs_diff"] = pi8["rerank_score_max_abs_diff"]
+                info["fused"] = src != run.plain[g]
+                info["parity_vs_torch_max_abs_diff"] = run.report["parity_fp32"][g]["max_abs_diff"]
+            else:
+                info["quantization"] = _describe(run.report["quantization"][g])
+            run.variants[f"onnx/{p}"][g] = info
+    if "int8" in run.graphs:
+        pi8, v = run.report["parity_int8"], run.variants["onnx/int8"]
+        v["text_encoder"]["cosine_vs_fp32"] = pi8["text_cosine"]
+        v["image_encoder"]["cosine_vs_fp32"] = pi8["image_cosine"]
+        v["cross_encoder"]["rerank_score_max_abs_diff"] = pi8["rerank_score_max_abs_diff"]
 
-    # 5. CoreML
-    if "coreml" in formats:
-        from .coreml_export import check_coreml, export_coreml
 
-        report["coreml"] = {}
-        wanted = tuple(COREML_FOR[p] for p in precisions)
+def _mobile(run: _Run) -> None:
+    """onnxruntime's mobile usability check per graph and ORT-format copies (checked against the .onnx)."""
+    from . import parity
+    from .mobile import required_operators, to_ort_format, usability
+
+    run.report["mobile"] = {}
+    for p in run.graphs:
+        run.report["mobile"][p] = {}
+        run.variants[f"ort/{p}"] = {}
         for g, spec in GRAPHS.items():
-            paths = export_coreml(model, spec, stage / "coreml", wanted, coreml_target, seed)
-            for v, path in paths.items():
-                rep = check_coreml(path, spec, cfg, v)
-                report["coreml"].setdefault(v, {})[g] = rep
-                checks[f"coreml:{v}:{g}"] = rep["ok"]
-                manifest_variants.setdefault(f"coreml/{v}", {})[g] = {
-                    "path": path.relative_to(stage).as_posix(), "target": coreml_target,
-                    "io_dtypes": "int32 ids/mask (CoreML has no int64), float32 elsewhere"}
-        lap("coreml")
+            src = run.stage / "onnx" / p / f"{g}.onnx"
+            use = usability(src)
+            dst = to_ort_format(src, run.stage / "ort" / p / f"{g}.ort")
+            diff = parity.onnx_vs_onnx(spec, run.cfg, src, dst, threads=run.threads)
+            # int8 kernels differ between optimisation levels (fused vs unfused dynamic MatMul)
+            ok = diff["max_abs_diff"] <= spec.atol if p == "fp32" else diff["min_cosine"] >= ORT_INT8_MIN_COSINE
+            run.checks[f"ort_format:{p}:{g}"] = ok
+            run.report["mobile"][p][g] = {"usability": use, "ort_vs_onnx": diff}
+            run.variants[f"ort/{p}"][g] = {"path": run.rel(dst)}
+        required_operators([run.stage / "ort" / p / f"{g}.ort" for g in GRAPHS],
+                           run.stage / "ort" / p / "required_operators.config")
+    run.lap("mobile")
 
-    # 6. manifest, then the torch-free runtime must reproduce PyTorch
-    manifest = bw.write_manifest(stage, cfg, model.tokenizer.pad_id, manifest_variants, report["storage"])
-    report["sizes"] = manifest["sizes"]
-    report["model"]["id"] = manifest["model"]["id"]
-    report["runtime"] = {}
-    ref = parity.torch_reference(model, images[:RUNTIME_SAMPLES], texts[:RUNTIME_SAMPLES])
-    for p in variants:
-        b = Bundle.load(stage, precision=p, threads=threads)
-        r = parity.runtime_vs_torch(model, b, images[:RUNTIME_SAMPLES], texts[:RUNTIME_SAMPLES], exact=p == "fp32",
-                                    reference=ref)
-        report["runtime"][p] = r
-        checks[f"runtime:{p}"] = r["ok"]
-    lap("runtime_check")
-    return report
+
+def _share_weights(run: _Run) -> None:
+    """Weights used by several graphs stored once; the graphs must still give identical outputs."""
+    from . import bundle as bw
+    from . import parity
+
+    run.report["shared_weights"] = {}
+    for p, graphs in run.graphs.items():
+        files = [run.stage / "onnx" / p / f"{g}.onnx" for g in GRAPHS]
+        run.report["shared_weights"][p] = bw.share_weights(files)
+        diff = max(parity.onnx_vs_onnx(GRAPHS[g], run.cfg, graphs[g], f, threads=run.threads)["max_abs_diff"]
+                   for g, f in zip(GRAPHS, files))
+        run.checks[f"shared_weights:{p}"] = diff == 0.0
+    run.lap("share_weights")
+
+
+def _coreml(run: _Run, wanted: tuple[str, ...], target: str) -> None:
+    """CoreML packages and the checks Linux can do on them."""
+    from .coreml_export import check_coreml, export_coreml
+
+    run.report["coreml"] = {}
+    for g, spec in GRAPHS.items():
+        for v, path in export_coreml(run.model, spec, run.stage / "coreml", wanted, target, run.seed).items():
+            rep = check_coreml(path, spec, run.cfg, v)
+            run.report["coreml"].setdefault(v, {})[g] = rep
+            run.checks[f"coreml:{v}:{g}"] = rep["ok"]
+            run.variants.setdefault(f"coreml/{v}", {})[g] = {
+                "path": run.rel(path), "target": target,
+                "io_dtypes": "int32 ids/mask (CoreML has no int64), float32 elsewhere"}
+    run.lap("coreml")
+
+
+def _runtime_check(run: _Run, images: list[Any], texts: list[str]) -> None:
+    """The finished bundle, loaded by the torch-free runtime, must reproduce the PyTorch rankings."""
+    from edge_xmr.bundle import Bundle
+
+    from . import parity
+
+    run.report["runtime"] = {}
+    ref = parity.torch_reference(run.model, images, texts)
+    for p in run.graphs:
+        b = Bundle.load(run.stage, precision=p, threads=run.threads)
+        r = parity.runtime_vs_torch(run.model, b, images, texts, exact=p == "fp32", reference=ref)
+        run.report["runtime"][p] = r
+        run.checks[f"runtime:{p}"] = r["ok"]
+    run.lap("runtime_check")
 
 
 def _describe(q: dict[str, Any]) -> str:

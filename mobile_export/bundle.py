@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edge_xmr.bundle import FORMAT_VERSION, INDEX_SCHEMA_VERSION, MANIFEST, sha256_path
+from edge_xmr.bundle import FORMAT_VERSION, MANIFEST, sha256_path
+from edge_xmr.index.schema import SCHEMA_VERSION as INDEX_SCHEMA_VERSION
 
 from .specs import GRAPHS
 
