@@ -202,7 +202,8 @@ class Gallery:
             after, before, folder = self._filters(lib, params)
             r = timed_search(lib, text, k=k, rerank=rerank, after=after, before=before, folder=folder)
             results = self._results(lib, r.hits)
-        return {"query": text, "results": results, "timings": r.times.to_dict(), **self._note(results)}
+        timings = {k: round(v, 2) if isinstance(v, float) else v for k, v in r.times.to_dict().items()}
+        return {"query": text, "results": results, "timings": timings, **self._note(results)}
 
     def similar(self, params: dict[str, str]) -> dict[str, Any]:
         from .index.library import LibraryError
@@ -220,7 +221,7 @@ class Gallery:
             ms = 1000 * (time.perf_counter() - t0)
             results = self._results(lib, hits)
         return {"source": {"id": pid, "name": os.path.basename(source)}, "results": results,
-                "timings": {"total_ms": ms}, **self._note(results)}
+                "timings": {"total_ms": round(ms, 2)}, **self._note(results)}
 
     def folders(self) -> dict[str, Any]:
         with self.library() as lib:
