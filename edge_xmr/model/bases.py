@@ -147,6 +147,10 @@ def load(model_dir: str | Path) -> JointModel:
         raise ModelDirError(f"{d / 'model.safetensors'}: does not match config "
                             f"(unknown {unknown[:3]}, missing {missing[:3]})")
     with torch.no_grad():
+        for k in ("cross.text_bank", "cross.image_bank"):
+            if k in state:
+                setattr(model.cross, k.split(".")[1], torch.zeros_like(state[k], dtype=torch.float32))
+        own = model.state_dict()
         for k, v in state.items():
             if own[k].shape != v.shape:
                 raise ModelDirError(f"{d / 'model.safetensors'}: {k} has shape {tuple(v.shape)}, "

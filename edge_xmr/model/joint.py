@@ -46,12 +46,16 @@ class TokenPool(nn.Module):
 
     def __init__(self, c_in: int, n_tokens: int, d_tok: int):
         super().__init__()
+        # per-channel standardisation of the grid (set from training features): backbone grids share a
+        # large common component that would otherwise make every photo's tokens look alike
+        self.register_buffer("feat_mean", torch.zeros(c_in))
+        self.register_buffer("feat_std", torch.ones(c_in))
         self.proj = nn.Linear(c_in, d_tok)
         self.queries = nn.Parameter(torch.randn(n_tokens, d_tok) * d_tok ** -0.5)
         self.ln = nn.LayerNorm(d_tok)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        k = self.proj(grid)  # (B, P, Dt)
+        k = self.proj((grid - self.feat_mean) / self.feat_std)  # (B, P, Dt)
         att = torch.einsum("td,bpd->btp", self.queries, k) / math.sqrt(k.shape[-1])  # (B, T, P)
         return self.ln(att.softmax(-1) @ k)  # (B, T, Dt)
 
@@ -62,18 +66,38 @@ class CrossHead(nn.Module):
     def __init__(self, d_tok: int, n_tokens: int, width: int, embed_dim: int):
         super().__init__()
         self.up = nn.Linear(d_tok, width)
-        self.pos = nn.Parameter(torch.zeros(n_tokens, width))
+        self.emb_up = nn.Linear(embed_dim, width)  # the photo's embedding joins as one more image token
+        self.pos = nn.Parameter(torch.zeros(n_tokens + 1, width))
         self.ln = nn.LayerNorm(width)
         self.fc = nn.Linear(width, width)
         self.out = nn.Linear(width, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.skip = nn.Linear(width, width)  # skip path from the joint pass's image-token input
         self.proj = nn.Linear(width, embed_dim)  # text-conditioned image tokens -> embedding space
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # weight of the bi-encoder cosine
+        # hubness correction (inverted softmax): a photo that is close to MANY training captions (or a
+        # text close to many training photos) is a "hub" and is pushed down. Banks are embeddings of a
+        # sample of training captions / photos, set after training; beta 0 disables a term.
+        self.register_buffer("text_bank", torch.zeros(0, embed_dim))  # (Kt, D)
+        self.register_buffer("image_bank", torch.zeros(0, embed_dim))  # (Ki, D)
+        self.register_buffer("hub", torch.tensor([0.0, 0.0, 20.0]))  # beta_image, beta_text, temperature
         self.log_alpha = nn.Parameter(torch.tensor(math.log(2.0)))  # weight of the joint-pass similarity
 
-    def lift(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.up(tokens) + self.pos  # (..., T, Dt) -> (..., T, W)
+    def lift(self, tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
+        """tokens (..., T, Dt), img_emb (..., D) -> image tokens in the text width (..., T+1, W)."""
+        x = torch.cat([self.up(tokens), self.emb_up(img_emb)[..., None, :]], dim=-2)
+        return x + self.pos
+
+    def hubness(self, t_emb: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
+        """t_emb (Q, D), img_emb (Q, K, D) -> (Q, K) correction beta_i*LSE(t*bank@img) + beta_t*LSE(t*bank@txt)."""
+        b_img, b_txt, temp = self.hub[0], self.hub[1], self.hub[2]
+        out = torch.zeros(img_emb.shape[:2], dtype=img_emb.dtype, device=img_emb.device)
+        if self.text_bank.shape[0]:
+            out = out + b_img * torch.logsumexp(temp * img_emb @ self.text_bank.T, dim=-1)  # (Q, K)
+        if self.image_bank.shape[0]:
+            out = out + b_txt * torch.logsumexp(temp * t_emb @ self.image_bank.T, dim=-1)[:, None]  # (Q, 1)
+        return out
 
     def residual(self, pooled: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """pooled: (..., W) joint-pass image tokens, averaged; t_emb: (..., D) text embedding -> (...)."""
@@ -135,10 +159,13 @@ class JointModel(nn.Module):
         mask: (Q, L); t_emb: (Q, D); tokens: (Q, K, T, Dt); img_emb: (Q, K, D). Returns (Q, K).
         """
         cos = torch.einsum("qd,qkd->qk", t_emb, img_emb)  # (Q, K)
-        img = self.cross.lift(tokens)  # (Q, K, T, W)
-        out = self.text.joint(states, mask, img, self.split)  # (Q, K, T, W)
-        res = self.cross.residual(out.mean(2), t_emb[:, None].expand(-1, out.shape[1], -1))  # (Q, K)
-        return self.cross.log_scale.exp() * cos + res
+        img = self.cross.lift(tokens, img_emb)  # (Q, K, T+1, W)
+        out = self.text.joint(states, mask, img, self.split)  # (Q, K, T+1, W)
+        # read out the joint pass plus a skip from its image-token input: the joint layers mix text into
+        # every image token, and the skip keeps what tells one photo from another
+        pooled = out.mean(2) + self.cross.skip(img.mean(2))  # (Q, K, W)
+        res = self.cross.residual(pooled, t_emb[:, None].expand(-1, out.shape[1], -1))  # (Q, K)
+        return self.cross.log_scale.exp() * cos + res - self.cross.hubness(t_emb, img_emb)
 
     def score_query(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
                     img_emb: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,12 @@ class Trainer:
         paths = self.train_set.image_paths()
         self.grids = [tower_grids(self.model, paths, flip=False, progress=self.progress, desc="train features"),
                       tower_grids(self.model, paths, flip=True, progress=self.progress, desc="flipped features")]
+        tp = self.model.token_pool
+        if float(tp.feat_std.sum()) == float(tp.feat_std.numel()) and float(tp.feat_mean.abs().sum()) == 0.0:
+            sample = np.asarray(self.grids[0][: min(1000, self.n_img)], np.float32).reshape(-1, tp.feat_mean.numel())
+            with torch.no_grad():
+                tp.feat_mean.copy_(torch.from_numpy(sample.mean(0)))
+                tp.feat_std.copy_(torch.from_numpy(sample.std(0) + 1e-3))
         if self.dev is not None:
             self.dev_grid = tower_grids(self.model, self.dev.image_paths(), progress=self.progress,
                                         desc="dev features")
@@ -200,6 +206,63 @@ class Trainer:
         for g in self.opt2.param_groups:
             g["lr"] = self.cfg.lr_head * warm * max(cos, 0.05)
 
+    # ---- hubness correction -----------------------------------------------------------------------
+    @torch.no_grad()
+    def calibrate_hubness(self) -> dict[str, float]:
+        """Fill the hubness banks from training data and choose the betas on dev (rerank@20 R@1)."""
+        m, cfg = self.model, self.cfg
+        m.eval()
+        rng = np.random.default_rng(cfg.seed)
+        n = min(cfg.hub_bank, len(self.train_set.captions))
+        caps = rng.choice(len(self.train_set.captions), n, replace=False)
+        text_bank = torch.from_numpy(m.embed_texts([self.train_set.captions[c] for c in caps]))
+        imgs = np.sort(rng.choice(self.n_img, min(cfg.hub_bank, self.n_img), replace=False))
+        g = self._grid(imgs)
+        image_bank = F.normalize(m.image_head(g.mean(1)), dim=-1)
+        m.cross.text_bank = text_bank
+        m.cross.image_bank = image_bank
+        temp = float(m.logit_scale.exp())
+        m.cross.hub.copy_(torch.tensor([0.0, 0.0, temp]))
+        if self.dev is None:
+            m.cross.hub.copy_(torch.tensor([0.5, 0.5, temp]))
+            return {"beta_image": 0.5, "beta_text": 0.5}
+        # dev: base cross scores (betas 0) over the bi-encoder's top-20, then add each correction
+        dg = torch.from_numpy(np.asarray(self.dev_grid, np.float32))
+        iemb, itok = m.image_outputs(dg.mean(1), dg)
+        q = np.sort(rng.choice(len(self.dev.captions), min(1000, len(self.dev.captions)), replace=False))
+        texts = [self.dev.captions[c] for c in q]
+        target = np.array([self.dev.caption_image[c] for c in q])
+        temb = torch.from_numpy(m.embed_texts(texts))
+        top = (temb @ iemb.T).argsort(dim=1, descending=True)[:, :20].numpy()
+        base = m.score_batch(texts, itok[top].numpy(), iemb[top].numpy())
+        hub_i = torch.logsumexp(temp * iemb @ text_bank.T, dim=-1).numpy()  # (I,)
+        best_i, best_r = 0.0, -1.0
+        for beta in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):
+            pick = top[np.arange(len(top)), (base - beta * hub_i[top]).argmax(1)]
+            r = float((pick == target).mean() * 100)
+            if r > best_r + 1e-9:
+                best_i, best_r = beta, r
+        # image -> text on dev: captions' hubness against the photo bank
+        all_t = torch.from_numpy(m.embed_texts(list(self.dev.captions)))
+        hub_t = torch.logsumexp(temp * all_t @ image_bank.T, dim=-1).numpy()  # (C,)
+        caps_of = self.dev.image_captions()
+        qi = np.sort(rng.choice(len(self.dev.images), min(300, len(self.dev.images)), replace=False))
+        order = (iemb[qi] @ all_t.T).argsort(dim=1, descending=True)[:, :20].numpy()
+        base_i = np.stack([m.score_batch([self.dev.captions[c] for c in order[r]],
+                                         itok[[i]].repeat(order.shape[1], 1, 1)[:, None].numpy(),
+                                         iemb[[i]].repeat(order.shape[1], 1)[:, None].numpy())[:, 0]
+                           for r, i in enumerate(qi)])
+        best_t, best_rt = 0.0, -1.0
+        for beta in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):
+            pick = order[np.arange(len(order)), (base_i - beta * hub_t[order]).argmax(1)]
+            r = float(np.mean([p in caps_of[i] for p, i in zip(pick, qi)]) * 100)
+            if r > best_rt + 1e-9:
+                best_t, best_rt = beta, r
+        m.cross.hub.copy_(torch.tensor([best_i, best_t, temp]))
+        m.train()
+        return {"beta_image": best_i, "dev_t2i_rerank20_R@1": best_r, "beta_text": best_t,
+                "dev_i2t_rerank20_R@1": best_rt}
+
     # ---- evaluation / checkpoints -----------------------------------------------------------------
     @torch.no_grad()
     def quick_eval(self) -> dict[str, float]:
@@ -334,6 +397,15 @@ class Trainer:
             self.history.append(rec)
             self.log(json.dumps(rec))
             self.save_checkpoint()
+        if cfg.hub_bank and not self._resumed.get("calibrated"):
+            if self.dev is not None and (self.out / "model.safetensors").is_file():
+                best = {k: v for k, v in bases.load(self.out).state_dict().items()
+                        if k not in ("cross.text_bank", "cross.image_bank", "cross.hub")}
+                self.model.load_state_dict(best, strict=False)
+            cal = self.calibrate_hubness()
+            self.log("hubness correction: " + json.dumps(cal))
+            self.history.append({"hubness": cal})
+            bases.save(self.model, self.out)
         (self.out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "history": self.history},
                                                             indent=2))
         return {"history": self.history, "best": self.best}
