@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="restrict the comparison to N images (cross-encoder over all is expensive)")
     p.add_argument("--rerank", default="10,20,50", help="rerank depths (default 10,20,50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--skip-cross-all", action="store_true",
+                   help="do not run the cross-encoder over all candidates (it scores every pair)")
     p.add_argument("--json", dest="json_out", default=None, help="write the results here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all)")
     p.set_defaults(func=run)
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     except DataError as e:
         raise UserError(str(e)) from None
     enc = load_encoder(args.model, args.threads)
-    settings = EvalSettings(rerank_ks=ks, max_queries=args.max_queries, ce_subset=args.ce_subset, seed=args.seed)
+    settings = EvalSettings(rerank_ks=ks, max_queries=args.max_queries, ce_subset=args.ce_subset, seed=args.seed,
+                            cross_all=not args.skip_cross_all)
     try:
         res = evaluate(enc, data, settings, progress=lambda s: print(s, file=sys.stderr, flush=True))
     except ImageError as e:
