@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Reproduces the embedded default model (edge_xmr/assets/default_model) from its training recipe.
+# Needs ../shared/data/flickr8k (research-use data, never copied into the repo) and the [train] extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/flickr8k}
+OUT=${OUT:-runs/default}
+export HF_HUB_OFFLINE=1
+edge-xmr train --data "$DATA" --split train --eval-split dev --base lite --out "$OUT" \
+  --epochs 4 --ce-queries 16 --ce-epochs 1
+python - "$OUT" <<'PY'
+import sys
+from edge_xmr.model import bases
+bases.save(bases.load(sys.argv[1]), bases.default_model_dir(), half=True)  # compact form
+PY
+rm -f edge_xmr/assets/default_model/tokenizer.json  # the base package ships it
+du -sh edge_xmr/assets/default_model
