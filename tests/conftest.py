@@ -18,10 +18,22 @@ FLICKR = REPO.parent / "shared" / "data" / "flickr8k"
 @pytest.fixture(scope="session")
 def _tiny_model():
     pytest.importorskip("torch")
+    import torch
+
     from edge_xmr.config import preset
     from edge_xmr.model import build
 
-    return build(preset("tiny")).eval()
+    m = build(preset("tiny")).eval()
+    # make every term of the cross-encoder score non-trivial, as after training: the MLP read-out
+    # (zero at init) and the hubness banks (empty until training fills them)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        m.cross.out.weight.copy_(torch.randn(m.cross.out.weight.shape, generator=g))
+        d = m.cfg.embed_dim
+        m.cross.text_bank = torch.nn.functional.normalize(torch.randn(24, d, generator=g), dim=-1)
+        m.cross.image_bank = torch.nn.functional.normalize(torch.randn(12, d, generator=g), dim=-1)
+        m.cross.hub.copy_(torch.tensor([0.5, 0.3, 10.0]))
+    return m
 
 
 @pytest.fixture()

@@ -73,8 +73,9 @@ def test_three_scoring_paths_agree(tiny_model):
     assert np.ptp(all4) > 0
 
 
-def test_cross_score_starts_from_the_bi_encoder_cosine(tiny_model):
+def test_cross_score_starts_from_the_bi_encoder_cosine():
     # score = scale * cosine + alpha * (joint-pass similarity in [-1, 1]) + MLP term (zero at init)
+    tiny_model = build(preset("tiny")).eval()
     imgs = _images(3)
     emb, tok = tiny_model.encode_images(imgs)
     t = tiny_model.embed_texts(["a dog"])[0]
@@ -91,6 +92,7 @@ def test_score_pairs_length_mismatch(tiny_model):
 
 def test_save_load_roundtrip(tiny_model, tmp_path):
     _randomise_residual(tiny_model)
+    assert tiny_model.cross.text_bank.shape[0] > 0 and float(tiny_model.cross.hub[0]) > 0
     save(tiny_model, tmp_path / "m")
     m2 = load(tmp_path / "m")
     imgs = _images(2)
@@ -140,3 +142,18 @@ def test_compact_save_int8_deltas_roundtrip(tmp_path):
     t = ["a black dog runs in the snow", "two kids play on a beach"]
     cos = (m.embed_texts(t) * m2.embed_texts(t)).sum(1)
     assert cos.min() > 0.9999
+
+
+def test_hubness_term_matches_its_definition(tiny_model):
+    imgs = _images(3)
+    emb, tok = tiny_model.encode_images(imgs)
+    t = torch.from_numpy(tiny_model.embed_texts(["a dog"]))
+    full = tiny_model.score_candidates("a dog", tok, emb)
+    c = tiny_model.cross
+    b_i, b_t, temp = (float(x) for x in c.hub)
+    e = torch.from_numpy(emb)
+    hub = b_i * torch.logsumexp(temp * e @ c.text_bank.T, -1) + b_t * torch.logsumexp(temp * t @ c.image_bank.T, -1)
+    with torch.no_grad():
+        c.hub.zero_()
+    plain = tiny_model.score_candidates("a dog", tok, emb)
+    np.testing.assert_allclose(full, plain - hub.numpy(), atol=1e-4)
