@@ -28,8 +28,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--calib-captions", type=Path,
                    help="sample captions: a text file with one per line, or a captions.tsv (image<TAB>caption)")
     p.add_argument("--max-samples", type=int, default=200, help="at most this many sample photos / captions")
-    p.add_argument("--fusion", choices=("auto", "on", "off"), default="auto",
-                   help="onnxruntime transformer fusions: auto keeps them where measured faster")
+    p.add_argument("--fusion", choices=("spec", "on", "off"), default="spec",
+                   help="onnxruntime transformer fusions: spec = measure them and ship what the graph "
+                        "specs say (measured slower on lite: plain graphs); on = ship fused; off = skip")
     p.add_argument("--int8-weight-only", metavar="REGEX",
                    help="MatMul/Gemm node names kept in float compute with int8 weights (e.g. 'fc2')")
     p.add_argument("--no-mobile", action="store_true", help="skip the mobile usability check and ORT format")

@@ -102,3 +102,14 @@ def test_ranking_helpers():
     assert parity.same_ranking(ref, np.array([0.9, 0.50002, 0.5, 0.1]), k=4, tol=1e-4)  # near-tie swap
     assert not parity.same_ranking(ref, np.array([0.1, 0.5, 0.6, 0.9]), k=4, tol=1e-4)
     assert parity.topk_overlap(ref[None], ref[None][:, ::-1], k=2) == [0]
+
+
+def test_fusion_on_ships_fused_graphs(_tiny_model, tmp_path):
+    r = export_bundle(_tiny_model, tmp_path / "b", fusion="on", mobile=False, threads=1)
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    for g in ("text_encoder", "cross_encoder"):
+        assert r["fusion"][g]["kept"] and r["checks"][f"fp32_parity_fused:{g}"]
+        assert r["fusion"][g]["fused_ops"].get("SkipLayerNormalization", 0) > 0 and r["fusion"][g]["speedup"] > 0
+        assert m["graphs"][g]["variants"]["onnx/fp32"]["fused"] is True
+    assert m["graphs"]["image_encoder"]["variants"]["onnx/fp32"]["fused"] is False
+    assert r["runtime"]["fp32"]["ok"]

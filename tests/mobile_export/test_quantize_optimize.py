@@ -50,5 +50,5 @@ def test_fusion_keeps_parity(tiny_graphs, tmp_path, _tiny_model):
     assert ops.get("SkipLayerNormalization", 0) > 0
     assert parity.torch_vs_onnx(_tiny_model, GRAPHS["text_encoder"], tmp_path / "f.onnx")["ok"]
     feeds = GRAPHS["text_encoder"].dummy(_tiny_model.cfg, {"batch": 2, "length": 5}, np.random.default_rng(0))
-    s = fusion_speedup(tiny_graphs["text_encoder"], tmp_path / "f.onnx", feeds, reps=2)
+    s = fusion_speedup(tiny_graphs["text_encoder"], tmp_path / "f.onnx", feeds, rounds=3)
     assert s["ms_plain"] > 0 and s["ms_fused"] > 0 and s["speedup"] > 0
