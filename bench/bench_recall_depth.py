@@ -51,8 +51,10 @@ def parse_variant(spec: str) -> tuple[str, Path, str]:
     name, _, rest = spec.partition("=")
     if not rest:
         raise SystemExit(f"--variant: expected NAME=BUNDLE_DIR[:fp32|int8], got {spec!r}")
-    path, _, prec = rest.rpartition(":") if rest.endswith((":fp32", ":int8")) else (rest, "", "fp32")
-    return name, Path(path), prec or "fp32"
+    path, sep, prec = rest.rpartition(":")
+    if not sep or not prec or "/" in prec or "\\" in prec:
+        path, prec = rest, "fp32"
+    return name, Path(path), prec
 
 
 def default_variants() -> list[tuple[str, Path, str]]:
@@ -106,7 +108,7 @@ def run_variant(name: str, path: Path, precision: str, data: Any, queries: np.nd
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variant", action="append", default=None, help="NAME=BUNDLE_DIR[:fp32|int8] (repeatable)")
+    ap.add_argument("--variant", action="append", default=None, help="NAME=BUNDLE_DIR[:PRECISION] (repeatable; precision default fp32)")
     ap.add_argument("--data", type=Path, default=FLICKR, help="caption folder (default: Flickr8k)")
     ap.add_argument("--split", default="dev")
     ap.add_argument("--queries", type=int, default=500, help="captions sampled as queries (seed 0)")

@@ -9,7 +9,8 @@ Benchmarks (each writes one JSON file in bench/results/):
 - ``export``: bench/bench_export.py (export_lite.json): bundle sizes per variant; keeps the bundle
   (ONNX fp32 + int8) in the cache for the next two
 - ``recall_depth``: bench/bench_recall_depth.py (recall_depth.json): Flickr8k dev recall vs rerank
-  depth, per variant (fp32, int8; ``--teacher DIR`` adds a teacher bundle)
+  depth, per variant (lite = the default model as teacher: fp32, int8; ``--student DIR`` adds a
+  distilled student bundle)
 - ``runtime``: bench/bench_runtime.py (runtime.json): latency vs library size, stage times
 - ``demo``: ``edge-xmr demo`` in a fresh cache (demo.json): set-up + indexing + queries, wall time
 
@@ -60,12 +61,22 @@ def bench_bundle() -> Path:
     return cache_dir() / "bench" / "lite_bundle"
 
 
-def commands(quick: bool, teacher: str | None) -> dict[str, list[str]]:
+def onnx_precisions(bundle: Path) -> list[str]:
+    """The ONNX precisions a bundle holds (fp32 when its manifest is not there yet)."""
+    try:
+        m = json.loads((bundle / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return ["fp32"]
+    return sorted({v.split("/", 1)[1] for v in m["graphs"]["text_encoder"]["variants"] if v.startswith("onnx/")})
+
+
+def commands(quick: bool, student: str | None) -> dict[str, list[str]]:
     py = sys.executable
     b = bench_bundle()
-    variants = ["--variant", f"fp32={b}:fp32", "--variant", f"int8={b}:int8"]
-    if teacher:
-        variants += ["--variant", f"teacher fp32={teacher}:fp32"]
+    variants = []
+    for name, path in [("lite", b)] + ([("student", Path(student))] if student else []):
+        for prec in onnx_precisions(path):
+            variants += ["--variant", f"{name} {prec}={path}:{prec}"]
     return {
         "export": [py, "bench/bench_export.py", "--json", str(RESULTS / "export_lite.json"), "--keep", str(b)]
         + (["--images", "32", "--no-speed"] if quick else []),
@@ -416,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", action="store_true", help="run the benchmarks first")
     ap.add_argument("--only", nargs="*", choices=STEPS, default=None, help="with --run: only these benchmarks")
     ap.add_argument("--quick", action="store_true", help="with --run: small sizes (smoke test, not for the report)")
-    ap.add_argument("--teacher", default=None, help="with --run: a teacher bundle folder to compare")
+    ap.add_argument("--student", default=None, help="with --run: a distilled student's bundle folder to compare "
+                                                     "with the default (teacher) model")
     ap.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)  # tests
     ap.add_argument("--figures", type=Path, default=FIGURES, help=argparse.SUPPRESS)
     ap.add_argument("--doc", type=Path, default=DOC, help=argparse.SUPPRESS)
@@ -424,9 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS, FIGURES, DOC, PROVENANCE = a.results, a.figures, a.doc, a.results / "provenance.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     if a.run:
-        cmds = commands(a.quick, a.teacher)
         for step in a.only or STEPS:
-            run_step(step, cmds[step])
+            run_step(step, commands(a.quick, a.student)[step])  # after "export": the bundle's precisions
 
     import matplotlib
 
