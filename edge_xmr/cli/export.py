@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,14 @@ def _captions(path: Path, n: int) -> list[str]:
     return lines[:n]
 
 
+def _quiet_third_party_logs() -> None:
+    """Drop known-irrelevant warnings: coremltools' Linux/version notices, and onnxruntime's advice
+    to pre-process before quantizing (it concerns static quantization, not the dynamic one used)."""
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    logging.getLogger().addFilter(
+        lambda r: not str(r.msg).startswith("Please consider to run pre-processing before quantization"))
+
+
 def run(args: argparse.Namespace) -> int:
     from mobile_export.api import FORMATS, PRECISIONS
 
@@ -97,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_xmr.model import ModelDirError
     from mobile_export import ExportError, export_bundle
 
+    _quiet_third_party_logs()
     try:
         report = export_bundle(model_dir, args.out, formats=formats, precisions=precisions, calib_images=images,
                                calib_texts=captions, fusion=args.fusion, int8_weight_only=args.int8_weight_only,
