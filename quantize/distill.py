@@ -328,7 +328,10 @@ def distill(teacher: str | Path | JointModel, train: CaptionSet, dev: CaptionSet
     t = teacher if isinstance(teacher, JointModel) else bases.load(bases.resolve(teacher))
     out = Path(out)
     if (out / "last" / STATE).is_file():
+        from .vocab import load_tokenizer
+
         student = bases.load(out / "last")
+        student.tokenizer = load_tokenizer(out / "last")
     else:
         student = make_student(t, spec, list(train.captions))
     return Distiller(t, student, train, dev, out, cfg, spec, log=log, progress=progress).fit()
@@ -341,9 +344,11 @@ def export_student(student_dir: str | Path, bundle: str | Path, calib_data: Capt
     from edge_xmr.model import bases
     from mobile_export import export_bundle
 
-    from .vocab import compact_model
+    from .vocab import compact_model, load_tokenizer
 
-    model = compact_model(bases.load(bases.resolve(student_dir)))
+    src = bases.load(bases.resolve(student_dir))
+    src.tokenizer = load_tokenizer(bases.resolve(student_dir))
+    model = compact_model(src)
     images = texts = None
     if calib_data is not None:
         idx = np.random.default_rng(0).permutation(len(calib_data.images))[:n_calib]

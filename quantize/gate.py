@@ -228,6 +228,10 @@ def _fmt(x: Any, nd: int = 1) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
 
+def _signed(x: float) -> str:
+    return f"{x + 0.0:+.1f}"  # + 0.0 turns -0.0 into 0.0
+
+
 def render_markdown(rep: GateReport) -> str:
     """The report as GitHub-flavoured markdown, for a pull-request comment."""
     mark = "✅ passed" if rep.passed else "❌ failed"
@@ -252,7 +256,7 @@ def render_markdown(rep: GateReport) -> str:
             for k in ("R@1", "R@5", "R@10"):
                 v = vals[k]
                 bold = "**" if f"{meth}.{d}.{k}" == rep.metric else ""
-                cells += [f"{v['reference']:.1f}", f"{v['candidate']:.1f}", f"{bold}{-v['drop']:+.1f}{bold}"]
+                cells += [f"{v['reference']:.1f}", f"{v['candidate']:.1f}", f"{bold}{_signed(-v['drop'])}{bold}"]
             lines.append(f"| {meth} | {d} | " + " | ".join(cells) + " |")
     a = rep.agreement
     lines += ["", "| output agreement | mean | min | p1 |", "|---|---|---|---|"]
@@ -274,12 +278,12 @@ def render_text(rep: GateReport) -> str:
     """A short plain-text summary for the terminal."""
     head = (f"{'PASS' if rep.passed else 'FAIL'}: {rep.metric} reference {rep.reference_value:.2f} "
             f"candidate {rep.candidate_value:.2f} drop {rep.drop:+.2f} (max {rep.max_drop:.2f})")
-    lines = [head, f"{'method':<16}{'dir':<5}" + "".join(f"{k:>20}" for k in ("R@1", "R@5", "R@10"))]
+    lines = [head, f"{'method':<12}{'dir':<5}" + "".join(f"{k + ' ref -> cand (delta)':>27}" for k in ("R@1", "R@5", "R@10"))]
     for meth, dirs in rep.recalls.items():
         for d, vals in dirs.items():
-            lines.append(f"{meth:<16}{d:<5}" + "".join(
-                f"{vals[k]['reference']:>8.1f} ->{vals[k]['candidate']:>6.1f} ({-vals[k]['drop']:+.1f})"[:20].rjust(20)
-                for k in ("R@1", "R@5", "R@10")))
+            cells = "".join(f"{v['reference']:>11.1f} ->{v['candidate']:>6.1f} ({_signed(-v['drop'])})"
+                            for v in (vals[k] for k in ("R@1", "R@5", "R@10")))
+            lines.append(f"{meth:<12}{d:<5}{cells}")
     a = rep.agreement
     cos = ", ".join(f"{n.split('_')[0]} cos {a[n]['mean']:.4f}" for n in ("text_cosine", "image_cosine", "token_cosine")
                     if a.get(n))

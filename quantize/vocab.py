@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -91,21 +92,34 @@ def renumber_tokenizer(tok_json: dict[str, Any], keep: Sequence[int]) -> dict[st
 
 def tokenizer_json(model: JointModel) -> dict[str, Any]:
     """The model tokenizer's ``tokenizer.json`` content."""
-    return json.loads(model.tokenizer._tok.to_str())  # type: ignore[no-any-return]
+    content = getattr(model.tokenizer, "content", None)
+    return dict(content) if content is not None else json.loads(model.tokenizer._tok.to_str())
 
 
 def make_tokenizer(tok_json: dict[str, Any]) -> Any:
-    """An ``edge_xmr.tokenizer.Tokenizer`` from ``tokenizer.json`` content."""
+    """An ``edge_xmr.tokenizer.Tokenizer`` from ``tokenizer.json`` content; ``save`` writes that
+    content as it is (the ``tokenizers`` library warns about, but keeps, a vocabulary with gaps)."""
     from tokenizers import Tokenizer as HFTokenizer
 
     from edge_xmr.tokenizer import Tokenizer
+
+    class _JsonTokenizer(Tokenizer):
+        content = tok_json
+
+        def save(self, path: str | Path) -> None:
+            Path(path).write_text(json.dumps(tok_json, ensure_ascii=False), encoding="utf-8")
 
     hf = HFTokenizer.from_str(json.dumps(tok_json))
     hf.no_padding()
     hf.no_truncation()
     pad = tok_json.get("padding") or {}
     pad_id = pad.get("pad_id", hf.token_to_id("[PAD]") or 0) if isinstance(pad, dict) else 0
-    return Tokenizer(hf, int(pad_id or 0))
+    return _JsonTokenizer(hf, int(pad_id or 0))
+
+
+def load_tokenizer(model_dir: str | Path) -> Any:
+    """The tokenizer of a model directory, as :func:`make_tokenizer` makes it."""
+    return make_tokenizer(json.loads((Path(model_dir) / "tokenizer.json").read_text(encoding="utf-8")))
 
 
 def used_ids(model: JointModel) -> list[int]:

@@ -127,7 +127,15 @@ def run_quantize(args: argparse.Namespace) -> int:
     except VariantError as e:
         raise UserError(str(e)) from None
     for v, r in report.items():
-        print(f"{v}: " + ", ".join(f"{k} {x}" for k, x in r.items() if not isinstance(x, dict)))
+        line = f"{v}: {r['size_mb']:.2f} MB"
+        par = r.get("parity_vs_fp32")
+        if par:
+            line += (f", cosine vs fp32: text {par['text_cosine']['mean']}, image {par['image_cosine']['mean']}, "
+                     f"tokens {par['token_cosine']['mean']}")
+        rec = r.get("recall_vs_fp32")
+        if rec:
+            line += f", {rec['metric']} fp32 {rec['fp32']:.2f} -> {rec['variant']:.2f} (drop {rec['drop']:+.2f})"
+        print(line + (f"; {r['note']}" if r.get("note") else ""))
     return 0
 
 
