@@ -24,7 +24,7 @@ class TrainConfig:
     ce_text_grad: bool = True  # let the cross-encoder loss update the shared text blocks
     ce_epochs: int = 0  # then: epochs training only the cross-encoder's own parameters (shared blocks fixed)
     ce_stage_queries: int = 96  # captions per step with a cross-encoder group in that stage
-    hub_bank: int = 2048  # training captions / photos kept as hubness banks (0: no hubness correction)
+    hub_bank: int = 512  # training captions / photos kept as hubness banks (0: no hubness correction)
     ckpt_every: int = 100  # steps between resumable checkpoints
     eval_queries: int = 500  # dev captions used by the periodic evaluation
     seed: int = 0  # random seed

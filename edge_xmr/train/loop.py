@@ -237,7 +237,7 @@ class Trainer:
         base = m.score_batch(texts, itok[top].numpy(), iemb[top].numpy())
         hub_i = torch.logsumexp(temp * iemb @ text_bank.T, dim=-1).numpy()  # (I,)
         best_i, best_r = 0.0, -1.0
-        for beta in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):
+        for beta in (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0):
             pick = top[np.arange(len(top)), (base - beta * hub_i[top]).argmax(1)]
             r = float((pick == target).mean() * 100)
             if r > best_r + 1e-9:
@@ -253,7 +253,7 @@ class Trainer:
                                          iemb[[i]].repeat(order.shape[1], 1)[:, None].numpy())[:, 0]
                            for r, i in enumerate(qi)])
         best_t, best_rt = 0.0, -1.0
-        for beta in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):
+        for beta in (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0):
             pick = order[np.arange(len(order)), (base_i - beta * hub_t[order]).argmax(1)]
             r = float(np.mean([p in caps_of[i] for p, i in zip(pick, qi)]) * 100)
             if r > best_rt + 1e-9:
