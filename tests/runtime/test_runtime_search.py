@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_photo
-from fakes import FakeBundle
+from runtime_photos import write_photo
+from runtime_fakes import FakeBundle
 
 from edge_xmr.index import Library, LibraryError
 from edge_xmr.search import MAX_QUERY_CHARS

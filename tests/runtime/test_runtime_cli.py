@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fakes import FakeBundle
+from runtime_fakes import FakeBundle
 
 from edge_xmr.cli import main
 from edge_xmr.cli import runtime as cli_runtime

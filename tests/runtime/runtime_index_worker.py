@@ -1,6 +1,6 @@
 """Run an indexing job in a separate process (for kill -9 and concurrency tests).
 
-usage: python index_worker.py DB ROOT DELAY_PER_BATCH BATCH_SIZE
+usage: python runtime_index_worker.py DB ROOT DELAY_PER_BATCH BATCH_SIZE
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fakes import FakeBundle  # noqa: E402
+from runtime_fakes import FakeBundle  # noqa: E402
 
 from edge_xmr.index import Library  # noqa: E402
 from edge_xmr.indexer import IndexOptions  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakes import FakeBundle
+from runtime_fakes import FakeBundle
 
 from edge_xmr.index import Filters, Library, PhotoRecord
 from edge_xmr.index.filters import folder_key, key_range

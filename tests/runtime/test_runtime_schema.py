@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import FakeBundle
+from runtime_fakes import FakeBundle
 
 from edge_xmr.index import SCHEMA_VERSION, Library, LibraryError, ModelMismatchError, SchemaError
 from edge_xmr.index.db import connect

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_photo
-from fakes import FakeBundle
+from runtime_photos import write_photo
+from runtime_fakes import FakeBundle
 from PIL import Image
 
 from edge_xmr import indexer

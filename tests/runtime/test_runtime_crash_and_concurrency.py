@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_photo
-from fakes import FakeBundle
+from runtime_photos import write_photo
+from runtime_fakes import FakeBundle
 
 from edge_xmr.index import Library
 from edge_xmr.index.db import connect
 
-WORKER = Path(__file__).resolve().parent / "index_worker.py"
+WORKER = Path(__file__).resolve().parent / "runtime_index_worker.py"
 N = 48
 
 

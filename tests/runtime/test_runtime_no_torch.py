@@ -31,7 +31,7 @@ RUN = textwrap.dedent("""
     from edge_xmr.cli import main
     if bundle == "fake":
         sys.path.insert(0, sys.argv[4])
-        from fakes import FakeBundle
+        from runtime_fakes import FakeBundle
         bundle = FakeBundle()
     with Library.open(db, bundle) as lib:
         r = lib.index(root)

@@ -57,7 +57,7 @@ def test_other_model_refused(tmp_path, photo_tree, real_bundle_dir):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from fakes import FakeBundle
+    from runtime_fakes import FakeBundle
 
     Library.open(tmp_path / "i.db", real_bundle_dir, threads=1).close()
     with pytest.raises(ModelMismatchError):
