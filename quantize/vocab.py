@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 FIRST_WORD_ID = 1996  # BERT uncased: ids below are [PAD], [unused*], [CLS]... and single characters;
 # from here on whole words and pieces come roughly in order of frequency ("the" = 1996)
+LATIN_END = 0x250  # single characters kept: Basic Latin to Latin Extended-B
 
 
 def _vocab(tok_json: dict[str, Any]) -> dict[str, int]:
@@ -36,29 +37,36 @@ def _vocab(tok_json: dict[str, Any]) -> dict[str, int]:
 
 
 def keep_tokens(tok_json: dict[str, Any], texts: Iterable[str], size: int) -> list[int]:
-    """Original ids to keep (sorted): special tokens, single characters (with and without ``##``),
-    every token of ``texts`` under the full tokenizer, then the most frequent words (lowest ids from
-    ``FIRST_WORD_ID``) until ``size`` tokens."""
+    """Original ids to keep (sorted), at most ``size`` of them (specials and characters always).
+
+    In order: special tokens; single Latin characters, with and without ``##`` (any Latin-script word
+    can still be spelled, nothing becomes ``[UNK]``); the tokens of ``texts`` under the full tokenizer,
+    most frequent first; then the most frequent words of the vocabulary (lowest ids from
+    ``FIRST_WORD_ID``)."""
+    from collections import Counter
+
     from tokenizers import Tokenizer as HFTokenizer
 
     vocab = _vocab(tok_json)
     keep: set[int] = {t["id"] for t in tok_json.get("added_tokens", [])}
     for tok, i in vocab.items():
         core = tok[2:] if tok.startswith("##") else tok
-        if len(core) == 1 or (tok.startswith("[") and tok.endswith("]") and not tok.startswith("[unused")):
+        if (len(core) == 1 and ord(core) < LATIN_END) or (
+                tok.startswith("[") and tok.endswith("]") and not tok.startswith("[unused")):
             keep.add(i)
     hf = HFTokenizer.from_str(json.dumps(tok_json))
     hf.no_padding()
     hf.no_truncation()
     texts = list(texts)
+    counts: Counter[int] = Counter()
     for i in range(0, len(texts), 1024):
         for enc in hf.encode_batch(texts[i:i + 1024]):
-            keep.update(enc.ids)
-    for i in sorted(vocab.values()):
+            counts.update(enc.ids)
+    ordered = [i for i, _ in counts.most_common()] + [i for i in sorted(vocab.values()) if i >= FIRST_WORD_ID]
+    for i in ordered:
         if len(keep) >= size:
             break
-        if i >= FIRST_WORD_ID:
-            keep.add(i)
+        keep.add(i)
     return sorted(keep)
 
 
