@@ -62,7 +62,8 @@ def keep_tokens(tok_json: dict[str, Any], texts: Iterable[str], size: int) -> li
     for i in range(0, len(texts), 1024):
         for enc in hf.encode_batch(texts[i:i + 1024]):
             counts.update(enc.ids)
-    ordered = [i for i, _ in counts.most_common()] + [i for i in sorted(vocab.values()) if i >= FIRST_WORD_ID]
+    start = FIRST_WORD_ID if len(vocab) > FIRST_WORD_ID else 0  # a small (non-BERT) vocabulary: in id order
+    ordered = [i for i, _ in counts.most_common()] + [i for i in sorted(vocab.values()) if i >= start]
     for i in ordered:
         if len(keep) >= size:
             break
