@@ -184,7 +184,7 @@ def load(model_dir: str | Path) -> JointModel:
     model = build(cfg, pretrained=True)
     state = _expand(model, load_file(str(d / "model.safetensors")))
     own = model.state_dict()
-    expected = set(model.saved_state())
+    expected = set(model.saved_state()) - set(OPTIONAL_BUFFERS)
     unknown = sorted(set(state) - set(own))
     missing = sorted(expected - set(state))
     if unknown or missing:
@@ -204,6 +204,9 @@ def load(model_dir: str | Path) -> JointModel:
         model.tokenizer = Tokenizer.from_file(d / "tokenizer.json")
     model.eval()
     return model
+
+
+OPTIONAL_BUFFERS = ("cross.res_weight",)  # added after the first checkpoints; default when absent
 
 
 def default_model_dir() -> Path:

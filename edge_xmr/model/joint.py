@@ -82,6 +82,7 @@ class CrossHead(nn.Module):
         self.register_buffer("text_bank", torch.zeros(0, embed_dim))  # (Kt, D)
         self.register_buffer("image_bank", torch.zeros(0, embed_dim))  # (Ki, D)
         self.register_buffer("hub", torch.tensor([0.0, 0.0, 20.0]))  # beta_image, beta_text, temperature
+        self.register_buffer("res_weight", torch.tensor(1.0))  # weight of the joint-pass terms (set on dev)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(2.0)))  # weight of the joint-pass similarity
 
     def lift(self, tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
@@ -165,7 +166,7 @@ class JointModel(nn.Module):
         # every image token, and the skip keeps what tells one photo from another
         pooled = out.mean(2) + self.cross.skip(img.mean(2))  # (Q, K, W)
         res = self.cross.residual(pooled, t_emb[:, None].expand(-1, out.shape[1], -1))  # (Q, K)
-        return self.cross.log_scale.exp() * cos + res - self.cross.hubness(t_emb, img_emb)
+        return self.cross.log_scale.exp() * cos + self.cross.res_weight * res - self.cross.hubness(t_emb, img_emb)
 
     def score_query(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
                     img_emb: torch.Tensor) -> torch.Tensor:

@@ -223,6 +223,7 @@ class Trainer:
         m.cross.image_bank = image_bank
         temp = float(m.logit_scale.exp())
         m.cross.hub.copy_(torch.tensor([0.0, 0.0, temp]))
+        m.cross.res_weight.fill_(1.0)
         if self.dev is None:
             m.cross.hub.copy_(torch.tensor([0.5, 0.5, temp]))
             return {"beta_image": 0.5, "beta_text": 0.5}
@@ -234,14 +235,18 @@ class Trainer:
         target = np.array([self.dev.caption_image[c] for c in q])
         temb = torch.from_numpy(m.embed_texts(texts))
         top = (temb @ iemb.T).argsort(dim=1, descending=True)[:, :20].numpy()
-        base = m.score_batch(texts, itok[top].numpy(), iemb[top].numpy())
+        full = m.score_batch(texts, itok[top].numpy(), iemb[top].numpy())  # res_weight 1, betas 0
+        cos_part = float(m.cross.log_scale.exp()) * (temb[:, None, :] * iemb[top]).sum(-1).numpy()
+        res = full - cos_part  # the joint-pass terms
         hub_i = torch.logsumexp(temp * iemb @ text_bank.T, dim=-1).numpy()  # (I,)
-        best_i, best_r = 0.0, -1.0
-        for beta in (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0):
-            pick = top[np.arange(len(top)), (base - beta * hub_i[top]).argmax(1)]
-            r = float((pick == target).mean() * 100)
-            if r > best_r + 1e-9:
-                best_i, best_r = beta, r
+        best_i, best_g, best_r = 0.0, 1.0, -1.0
+        for gamma in (1.0, 0.5, 0.25, 0.0):
+            for beta in (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0):
+                pick = top[np.arange(len(top)), (cos_part + gamma * res - beta * hub_i[top]).argmax(1)]
+                r = float((pick == target).mean() * 100)
+                if r > best_r + 1e-9:
+                    best_i, best_g, best_r = beta, gamma, r
+        m.cross.res_weight.fill_(best_g)
         # image -> text on dev: captions' hubness against the photo bank
         all_t = torch.from_numpy(m.embed_texts(list(self.dev.captions)))
         hub_t = torch.logsumexp(temp * all_t @ image_bank.T, dim=-1).numpy()  # (C,)
@@ -260,7 +265,7 @@ class Trainer:
                 best_t, best_rt = beta, r
         m.cross.hub.copy_(torch.tensor([best_i, best_t, temp]))
         m.train()
-        return {"beta_image": best_i, "dev_t2i_rerank20_R@1": best_r, "beta_text": best_t,
+        return {"beta_image": best_i, "res_weight": best_g, "dev_t2i_rerank20_R@1": best_r, "beta_text": best_t,
                 "dev_i2t_rerank20_R@1": best_rt}
 
     # ---- evaluation / checkpoints -----------------------------------------------------------------
@@ -400,7 +405,7 @@ class Trainer:
         if cfg.hub_bank and not self._resumed.get("calibrated"):
             if self.dev is not None and (self.out / "model.safetensors").is_file():
                 best = {k: v for k, v in bases.load(self.out).state_dict().items()
-                        if k not in ("cross.text_bank", "cross.image_bank", "cross.hub")}
+                        if k not in ("cross.text_bank", "cross.image_bank", "cross.hub", "cross.res_weight")}
                 self.model.load_state_dict(best, strict=False)
             cal = self.calibrate_hubness()
             self.log("hubness correction: " + json.dumps(cal))
