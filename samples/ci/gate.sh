@@ -12,7 +12,7 @@ SPLIT="${SPLIT:-all}"
 MODEL="${MODEL:-default}"
 OUT="${OUT:-build/ci-gate}"
 METRIC="${METRIC:-rerank@20.t2i.R@1}"
-MAX_DROP="${MAX_DROP:-0.5}"
+MAX_DROP="${MAX_DROP:-2.1}"  # one query of the 48 CI captions (2.08 points); 0.5 is checked on Flickr8k dev
 CANDIDATE="${CANDIDATE:-}"
 CANDIDATE_PRECISION="${CANDIDATE_PRECISION:-}"  # default: int8 of MODEL's bundle; fp32 of a CANDIDATE bundle
 mkdir -p "$OUT"
