@@ -8,9 +8,10 @@ Benchmarks (each writes one JSON file in bench/results/):
 
 - ``export``: bench/bench_export.py (export_lite.json): bundle sizes per variant; keeps the bundle
   (ONNX fp32 + int8) in the cache for the next two
+- ``quantize``: bench/bench_quantize.py (quantize.json, only with ``--student MODEL_DIR``): teacher
+  (the default model) and distilled student x fp32 / int8: recalls, query latency, bundle size
 - ``recall_depth``: bench/bench_recall_depth.py (recall_depth.json): Flickr8k dev recall vs rerank
-  depth, per variant (lite = the default model as teacher: fp32, int8; ``--student DIR`` adds a
-  distilled student bundle)
+  depth for each of those bundles (or the default bundle's fp32 / int8)
 - ``runtime``: bench/bench_runtime.py (runtime.json): latency vs library size, stage times
 - ``demo``: ``edge-xmr demo`` in a fresh cache (demo.json): set-up + indexing + queries, wall time
 
@@ -39,7 +40,8 @@ FIGURES = REPO / "bench" / "figures"
 DOC = REPO / "BENCHMARKS.md"
 PROVENANCE = RESULTS / "provenance.json"
 FLICKR_CITE = "Flickr8k: Hodosh, Young & Hockenmaier 2013, JAIR 47"
-STEPS = ("export", "recall_depth", "runtime", "demo")
+STEPS = ("export", "quantize", "recall_depth", "runtime", "demo")
+QUANT_WORK = Path(tempfile.gettempdir()) / "edge_xmr_bench_quantize"  # bench_quantize.py's bundles
 
 
 # ---- running the benchmarks ---------------------------------------------------------------------
@@ -70,16 +72,26 @@ def onnx_precisions(bundle: Path) -> list[str]:
     return sorted({v.split("/", 1)[1] for v in m["graphs"]["text_encoder"]["variants"] if v.startswith("onnx/")})
 
 
+def recall_variants() -> list[tuple[str, Path]]:
+    """Bundles compared by recall_depth: teacher/student from bench_quantize.py when it has run,
+    else the default (lite) bundle of the export step."""
+    quant = [(n, QUANT_WORK / f"{n}_bundle") for n in ("teacher", "student")]
+    have = [(n, b) for n, b in quant if (b / "manifest.json").is_file()]
+    return have or [("lite", bench_bundle())]
+
+
 def commands(quick: bool, student: str | None) -> dict[str, list[str]]:
     py = sys.executable
     b = bench_bundle()
     variants = []
-    for name, path in [("lite", b)] + ([("student", Path(student))] if student else []):
+    for name, path in recall_variants():
         for prec in onnx_precisions(path):
             variants += ["--variant", f"{name} {prec}={path}:{prec}"]
     return {
         "export": [py, "bench/bench_export.py", "--json", str(RESULTS / "export_lite.json"), "--keep", str(b)]
         + (["--images", "32", "--no-speed"] if quick else []),
+        "quantize": [py, "bench/bench_quantize.py", "--teacher", "default", "--student", student or "?"]
+        + (["--max-queries", "50", "--latency-queries", "10"] if quick else []),
         "recall_depth": [py, "bench/bench_recall_depth.py", *variants] + (["--queries", "50"] if quick else []),
         "runtime": [py, "bench/bench_runtime.py", "--bundle", str(b)] + (["--quick"] if quick else []),
         "demo": [py, "-m", "edge_xmr.cli", "demo"],
@@ -176,8 +188,9 @@ def fig_recall_depth(plt: Any, rd: dict[str, Any]) -> Path:
     ks = rd["depths"]
     for i, v in enumerate(rd["variants"]):
         ax.plot(ks, [v["by_depth"][str(k)]["R@1"] for k in ks], "o-", color=f"C{i}", label=f"{v['name']}: R@1 after rerank@k")
-        ax.plot(ks, [v["by_depth"][str(k)]["in_top_k"] for k in ks], ":", color=f"C{i}", alpha=0.6,
-                label=f"{v['name']}: photo in bi-encoder top k (ceiling)")
+        if i == 0:  # the ceiling of every variant is close: one line keeps the plot readable
+            ax.plot(ks, [v["by_depth"][str(k)]["in_top_k"] for k in ks], ":", color=f"C{i}", alpha=0.7,
+                    label=f"{v['name']}: photo in the bi-encoder's top k (ceiling of rerank@k)")
     ax.set_xscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("rerank depth k (candidates scored by the cross-encoder; k = 1: bi-encoder only)")
@@ -273,38 +286,51 @@ def fig_stages(plt: Any, rt: dict[str, Any], prov: dict[str, str]) -> Path:
     return save(fig, "query_stages.png")
 
 
-def fig_variants(plt: Any, ex: dict[str, Any] | None, rd: dict[str, Any] | None, prov_ex: dict[str, str]) -> Path:
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
-    if ex and ex.get("report", {}).get("sizes"):
-        sizes = ex["report"]["sizes"]
-        names = list(sizes)
-        a1.bar(names, [sizes[n]["total"] for n in names], color="C0")
-        for i, n in enumerate(names):
-            a1.text(i, sizes[n]["total"], f"{sizes[n]['total']:.1f}", ha="center", va="bottom", fontsize=8)
-        a1.set_ylabel("bundle variant size (MB)")
-        a1.set_title(f"Size per variant ({ex.get('model', '?')})", fontsize=9)
-        a1.tick_params(axis="x", labelsize=7, rotation=20)
-    else:
-        a1.text(0.5, 0.5, "no export run yet", ha="center")
-    if rd:
-        vs = rd["variants"]
-        x = range(len(vs))
-        a2.bar([i - 0.2 for i in x], [v["bi_encoder"]["R@1"] for v in vs], 0.4, label="bi-encoder R@1", color="C1")
-        k = 20 if "20" in vs[0]["by_depth"] else max(int(d) for d in vs[0]["by_depth"])
-        a2.bar([i + 0.2 for i in x], [v["by_depth"][str(k)]["R@1"] for v in vs], 0.4, label=f"rerank@{k} R@1",
-               color="C2")
-        a2.set_xticks(list(x), [f"{v['name']}\n{v['size_mb']:.0f} MB" for v in vs], fontsize=7)
-        a2.set_ylabel("text→image R@1 (%)")
-        a2.set_title(f"Recall per variant ({rd['data']['name']}, {rd['data']['queries']} queries)", fontsize=9)
-        a2.legend(fontsize=7)
-    else:
-        a2.text(0.5, 0.5, "no recall run yet", ha="center")
-    fig.subplots_adjust(bottom=0.3)
-    lines = [f"sizes: {prov_ex['machine']} · {prov_ex['date']} · {prov_ex['command']}"]
-    if rd:
-        lines.append(f"recall: {_mach(rd)} · {rd['date']} · {rd['command']} · {FLICKR_CITE}")
-    fig.text(0.01, 0.01, "\n".join(lines), fontsize=6, color="#555", ha="left", va="bottom")
+def variant_rows(q: dict[str, Any]) -> list[dict[str, Any]]:
+    """quantize.json rows -> one flat row per variant (teacher/student x precision)."""
+    out = []
+    for r in q["rows"]:
+        res = r["results"]
+        out.append({"variant": r["name"], "bundle MB": r["size"]["total_mb"],
+                    "bi R@1": res["bi_encoder"]["t2i"]["R@1"], "rerank@20 R@1": res["rerank@20"]["t2i"]["R@1"],
+                    "rerank@20 R@5": res["rerank@20"]["t2i"]["R@5"], "rerank@20 R@10": res["rerank@20"]["t2i"]["R@10"],
+                    "query ms (rerank@20)": r["latency_ms"]["rerank@20"], "query ms (bi)": r["latency_ms"]["bi_encoder"]})
+    return out
+
+
+def fig_variants(plt: Any, q: dict[str, Any], prov: dict[str, str]) -> Path:
+    rows = variant_rows(q)
+    names = [r["variant"].replace(" ", "\n") for r in rows]
+    colors = ["C0" if r["variant"].startswith("teacher") else "C3" for r in rows]
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(11, 4))
+    a1.bar(names, [r["bundle MB"] for r in rows], color=colors)
+    for i, r in enumerate(rows):
+        a1.text(i, r["bundle MB"], f"{r['bundle MB']:.1f}", ha="center", va="bottom", fontsize=8)
+    a1.set_ylabel("MB shipped (graphs + tokenizer)")
+    a1.set_title("Bundle size", fontsize=9)
+    x = range(len(rows))
+    a2.bar([i - 0.2 for i in x], [r["bi R@1"] for r in rows], 0.4, label="bi-encoder", color="C1")
+    a2.bar([i + 0.2 for i in x], [r["rerank@20 R@1"] for r in rows], 0.4, label="rerank@20", color="C2")
+    a2.set_xticks(list(x), names)
+    a2.set_ylabel("text→image R@1 (%)")
+    a2.set_title(f"Recall ({q['data']['split']}, {q['data']['n_images']} photos)", fontsize=9)
+    a2.legend(fontsize=7)
+    a3.bar(names, [r["query ms (rerank@20)"] for r in rows], color=colors)
+    a3.set_ylabel("ms per text query (median)")
+    a3.set_title("Query: embed + rank + rerank 20", fontsize=9)
+    for ax in (a1, a2, a3):
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle("Teacher / student x fp32 / int8", fontsize=10)
+    fig.subplots_adjust(bottom=0.27, wspace=0.35)
+    footer(fig, prov, f"Flickr8k dev; {FLICKR_CITE}. {q['machine'].get('note', '')}")
     return save(fig, "variants.png")
+
+
+def quantize_prov(q: dict[str, Any]) -> dict[str, str]:
+    m = q.get("machine", {})
+    return {"machine": f"{machine().split(',')[0]}, {m.get('cpu_count', '?')} cores, "
+                       f"{m.get('onnxruntime_threads', '?')} onnxruntime thread(s)",
+            "date": str(q.get("date", "?"))[:16].replace("T", " ") + " UTC", "command": str(q.get("command", "?"))}
 
 
 def save(fig: Any, name: str) -> Path:
@@ -329,7 +355,7 @@ def src(prov: dict[str, str]) -> str:
 
 
 def write_doc(rd: dict[str, Any] | None, rt: dict[str, Any] | None, ex: dict[str, Any] | None,
-              demo: dict[str, Any] | None) -> None:
+              demo: dict[str, Any] | None, qz: dict[str, Any] | None) -> None:
     cmds = commands(False, None)
     p_rt = provenance("runtime", shown(cmds["runtime"]), "runtime.json")
     p_ex = provenance("export", shown(cmds["export"]), "export_lite.json")
@@ -375,22 +401,25 @@ def write_doc(rd: dict[str, Any] | None, rt: dict[str, Any] | None, ex: dict[str
                                                 "knn_ms", "rerank_ms", "total_ms"]) + "\n")
 
     parts.append("## 4. Bundle size and recall per variant\n")
-    if ex or rd:
-        parts.append("![variants](bench/figures/variants.png)\n")
+    if qz:
+        pq = quantize_prov(qz)
+        parts.append(f"![variants](bench/figures/variants.png)\n\n*Run:* `{pq['command']}` · {pq['date']} · "
+                     f"{pq['machine']}. Data: Flickr8k {qz['data']['split']} ({qz['data']['n_images']} photos, "
+                     f"queries {qz['data']['queries']}; {FLICKR_CITE}).\n")
+        rows = variant_rows(qz)
+        parts.append(md_table(rows, list(rows[0])) + "\n")
+        crit = qz.get("summary", {}).get("criteria", {})
+        if crit:
+            parts.append("\n" + "\n".join(f"- {k}: **{'yes' if v else 'no'}**" for k, v in crit.items()) + "\n")
+    else:
+        parts.append(NOT_RUN.format(cmd="python bench/report.py --run --only quantize --student MODEL_DIR"))
     if ex and ex.get("report", {}).get("sizes"):
-        parts.append(f"Sizes: {src(p_ex)}. Model: {ex.get('model', '?')}; export wall time {ex.get('export_wall_s')} s.\n")
-        rows = [{"variant": n, **{k: v for k, v in s.items()}} for n, s in ex["report"]["sizes"].items()]
+        parts.append(f"\nEvery format of the default model's bundle: {src(p_ex)}. Model: {ex.get('model', '?')}; "
+                     f"export wall time {ex.get('export_wall_s')} s.\n")
+        rows = [{"variant": n, **{k: v for k, v in sz.items()}} for n, sz in ex["report"]["sizes"].items()]
         cols = ["variant"] + sorted({k for r in rows for k in r if k not in ("variant", "total")}) + ["total"]
-        parts.append(md_table(rows, cols) + "\n\n(MB = 10^6 bytes; `shared_weights` is the weight file the graphs share.)\n")
-    if rd:
-        rows = [{"variant": v["name"], "bundle MB": v["size_mb"], "bi R@1": v["bi_encoder"]["R@1"],
-                 "bi R@5": v["bi_encoder"]["R@5"], "bi R@10": v["bi_encoder"]["R@10"],
-                 "rerank@20 R@1": v["by_depth"].get("20", {}).get("R@1"), "image ms": v["image_embed_ms"],
-                 "cross ms/candidate": v["cross_ms_per_candidate"]} for v in rd["variants"]]
-        parts.append(f"\nRecall: *Run:* `{rd['command']}` · {rd['date']} ({rd['data']['name']}; {FLICKR_CITE}).\n\n"
-                     + md_table(rows, list(rows[0])) + "\n")
-    if not (ex or rd):
-        parts.append(NOT_RUN.format(cmd="python bench/report.py --run --only export recall_depth"))
+        parts.append(md_table(rows, cols) + "\n\n(MB = 10^6 bytes; `shared_weights`: one weight file the ONNX "
+                     "graphs share; ORT and Core ML files each hold their own weights.)\n")
     parts.append(PUBLISHED)
     DOC.write_text("\n".join(parts))
 
@@ -427,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", action="store_true", help="run the benchmarks first")
     ap.add_argument("--only", nargs="*", choices=STEPS, default=None, help="with --run: only these benchmarks")
     ap.add_argument("--quick", action="store_true", help="with --run: small sizes (smoke test, not for the report)")
-    ap.add_argument("--student", default=None, help="with --run: a distilled student's bundle folder to compare "
-                                                     "with the default (teacher) model")
+    ap.add_argument("--student", default=None, help="with --run: the distilled student's model directory "
+                                                     "(runs bench/bench_quantize.py: teacher/student x fp32/int8)")
     ap.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)  # tests
     ap.add_argument("--figures", type=Path, default=FIGURES, help=argparse.SUPPRESS)
     ap.add_argument("--doc", type=Path, default=DOC, help=argparse.SUPPRESS)
@@ -437,7 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if a.run:
         for step in a.only or STEPS:
-            run_step(step, commands(a.quick, a.student)[step])  # after "export": the bundle's precisions
+            if step == "quantize" and not a.student:
+                print("\n== quantize: skipped (no --student MODEL_DIR); using bench/results/quantize.json if present")
+                continue
+            run_step(step, commands(a.quick, a.student)[step])  # built after the steps before it ran
 
     import matplotlib
 
@@ -445,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     rd, rt, ex, demo = load("recall_depth.json"), load("runtime.json"), load("export_lite.json"), load("demo.json")
+    qz = load("quantize.json")
     cmds = commands(False, None)
     made = []
     if rd:
@@ -454,10 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         made.append(fig_latency(plt, rt, p_rt))
         if stage_table(rt):
             made.append(fig_stages(plt, rt, p_rt))
-    if ex or rd:
-        made.append(fig_variants(plt, ex, rd, provenance("export", shown(cmds["export"]),
-                                                          "export_lite.json")))
-    write_doc(rd, rt, ex, demo)
+    if qz:
+        made.append(fig_variants(plt, qz, quantize_prov(qz)))
+    write_doc(rd, rt, ex, demo, qz)
     for p in made:
         print(f"wrote {p}")
     print(f"wrote {DOC}")

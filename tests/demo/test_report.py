@@ -44,6 +44,15 @@ def _results(d: Path) -> None:
     (d / "runtime.json").write_text(json.dumps({"latency": lat, "bundle": {"origin": "given", "model": "m"}}))
     (d / "export_lite.json").write_text(json.dumps({"model": "lite", "export_wall_s": 60, "report": {
         "sizes": {"onnx/fp32": {"text_encoder": 1.0, "total": 90.0}, "onnx/int8": {"text_encoder": 0.5, "total": 25.0}}}}))
+    res = {m: {"t2i": {"R@1": 20.0, "R@5": 45.0, "R@10": 60.0}} for m in ("bi_encoder", "rerank@20")}
+    (d / "quantize.json").write_text(json.dumps({
+        "date": "2026-01-01T10:00:00+00:00", "command": "python bench/bench_quantize.py --student s",
+        "machine": {"cpu_count": 2, "onnxruntime_threads": 1, "note": "shared CPU"},
+        "data": {"split": "dev", "n_images": 1000, "queries": {"t2i": 5000}},
+        "rows": [{"name": f"{m} {p}", "results": res, "size": {"total_mb": 30.0},
+                  "latency_ms": {"rerank@20": 20.0, "bi_encoder": 5.0}}
+                 for m in ("teacher", "student") for p in ("fp32", "int8")],
+        "summary": {"criteria": {"student int8 bundle <= 1/2 teacher's int8 bundle": False}}}))
     (d / "demo.json").write_text(json.dumps({"wall_s_fresh_cache": 120.0, "queries": [
         {"query": "a cat", "top1": "cat.png", "expected": "cat.png", "correct": True, "cross": 3.0, "bi": 0.3,
          "embed_ms": 5.0, "knn_ms": 1.0, "rerank_ms": 20.0, "total_ms": 27.0}]}))
@@ -63,7 +72,8 @@ def test_report_draws_all_figures_and_the_page(tmp_path):
     assert series["exact numpy search + rerank top 20 (float matrix in RAM)"] == [(1000, 99.0, 100.0), (10000, 99.0, 100.0)]
     assert series["search, rerank top 20 (sqlite-vec)"][0] == (1000, 5.0, 6.0)
     assert all(r["whole search (rerank=20)"] == 5.0 for r in rep.stage_table(rt))
-    for needle in ("Hodosh", "published", "arguments not recorded", "| fp32 | 20 |", "cat.png", "120 s"):
+    for needle in ("Hodosh", "published", "arguments not recorded", "| fp32 | 20 |", "cat.png", "120 s",
+                   "| student int8 | 30.00 |", "bench_quantize.py --student s", "**no**", "onnx/int8"):
         assert needle in doc, needle
 
 
