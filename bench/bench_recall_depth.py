@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=None, help="NAME=BUNDLE_DIR[:PRECISION] (repeatable; precision default fp32)")
     ap.add_argument("--data", type=Path, default=FLICKR, help="caption folder (default: Flickr8k)")
     ap.add_argument("--split", default="dev")
-    ap.add_argument("--queries", type=int, default=500, help="captions sampled as queries (seed 0)")
+    ap.add_argument("--queries", type=int, default=1000, help="captions sampled as queries (seed 0)")
     ap.add_argument("--depths", default="1,2,3,5,10,20,30,50", help="rerank depths k")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=OUT)
