@@ -117,7 +117,7 @@ def render_jpeg(src: str, px: int) -> bytes:
     from .preprocess import load_image
 
     im = load_image(src, px)
-    im.thumbnail((px, px), Image.BICUBIC)
+    im.thumbnail((px, px), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85, optimize=True)
     return buf.getvalue()
@@ -454,7 +454,7 @@ class GalleryServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = str(self.server_address[0]), int(self.server_address[1])
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
 
 

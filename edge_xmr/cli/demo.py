@@ -207,6 +207,8 @@ def _times(r: TimedSearch) -> str:
 def _image_query(lib: Library, photo: Path | None, k: int) -> None:
     if photo is None or lib.photo_id(photo) is None:
         row = lib.connection.execute("SELECT path FROM photos ORDER BY id LIMIT 1").fetchone()
+        if row is None:
+            return
         photo = Path(str(row[0]))
     t0 = time.perf_counter()
     hits = lib.similar(str(photo), k=k)

@@ -75,12 +75,11 @@ class Model:
     def pixels(self, path: str | Path) -> np.ndarray:
         """Decode, apply EXIF orientation, RGB, squash to S x S (bicubic), [0, 1], (x - mean) / std, NCHW."""
         s = int(self.pre["size"])
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im = im.convert("RGB").resize((s, s), Image.BICUBIC)
-        a = np.asarray(im, np.float32) / 255.0
-        a = (a - np.asarray(self.pre["mean"], np.float32)) / np.asarray(self.pre["std"], np.float32)
-        return a.transpose(2, 0, 1)[None]  # (1, 3, S, S)
+        with Image.open(path) as f:
+            rgb = ImageOps.exif_transpose(f).convert("RGB").resize((s, s), Image.Resampling.BICUBIC)
+        a = np.asarray(rgb, np.float32) / np.float32(255.0)
+        mean, std = np.asarray(self.pre["mean"], np.float32), np.asarray(self.pre["std"], np.float32)
+        return ((a - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)  # (1, 3, S, S)
 
     def embed_image(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         """-> image_embeds (D,) unit length, image_tokens (T, Dt)."""
@@ -162,9 +161,9 @@ def decode_embedding(knn: bytes | None, refine: bytes | None, meta: IndexMeta) -
         r = np.empty(b.size * 2, np.float32)
         r[0::2] = (b & 15).astype(np.float32) - 8  # low nibble first
         r[1::2] = (b >> 4).astype(np.float32) - 8
-        x = x + r / 16
+        x = x + r / np.float32(16)
     x = x / np.float32(meta.emb_scale)
-    return x / max(float(np.linalg.norm(x)), 1e-12)
+    return (x / max(float(np.linalg.norm(x)), 1e-12)).astype(np.float32)
 
 
 @dataclass(frozen=True)
