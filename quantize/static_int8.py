@@ -9,6 +9,7 @@ standard ONNX (QuantizeLinear / DequantizeLinear pairs) that onnxruntime fuses i
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,7 +66,7 @@ def calibration_feeds(graph: str, ids: np.ndarray, mask: np.ndarray, pixels: np.
 
 def quantize_static_qdq(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarray]],
                         op_types: tuple[str, ...] = OP_TYPES, method: str = "minmax",
-                        keep_float: str | None = KEEP_FLOAT) -> dict[str, Any]:
+                        keep_float: str | None = KEEP_FLOAT, int8_storage: bool = True) -> dict[str, Any]:
     """Write a static QDQ int8 version of ``src`` (external data allowed) to ``dst`` (self-contained).
 
     Args:
@@ -74,7 +75,10 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, feeds: list[dict[str, 
         feeds: calibration inputs (see :func:`calibration_feeds`).
         op_types: the only op types quantized.
         method: activation range calibration, ``"minmax"`` or ``"percentile"`` (99.999th).
-        keep_float: regex of MatMul/Gemm node names left in float (None: none).
+        keep_float: regex of MatMul/Gemm node names left in float compute (None: none).
+        int8_storage: then store what static QDQ leaves in float as int8, with float compute
+            (``mobile_export.quantize_int8`` with no dynamic ops): the token / position tables as int8
+            rows, the ``keep_float`` MatMul weights and the unquantized conv weights per channel.
 
     Returns:
         ``{"op_types", "calibration", "quantize_linear_nodes", "float_nodes", "calibration_batches"}``.
@@ -97,9 +101,18 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, feeds: list[dict[str, 
                         op_types_to_quantize=list(op_types), per_channel=True, reduce_range=False,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=cal, nodes_to_exclude=excluded, extra_options=extra)
+        storage: dict[str, Any] = {}
+        if int8_storage:
+            from mobile_export.quantize_int8 import quantize_int8
+
+            qdq = Path(tmp) / "qdq.onnx"
+            shutil.move(str(dst), qdq)
+            storage = quantize_int8(qdq, dst, op_types=(), weight_only=keep_float, embeddings=True, conv_weights=True)
     n_q = sum(1 for n in onnx.load(str(dst)).graph.node if n.op_type == "QuantizeLinear")
     return {"op_types": list(op_types), "calibration": method, "quantize_linear_nodes": n_q,
-            "float_nodes": len(excluded), "calibration_batches": len(feeds)}
+            "float_compute_nodes": len(excluded), "calibration_batches": len(feeds),
+            "int8_storage": {"weight_only_matmul": storage.get("weight_only_matmul", 0),
+                             "int8_gather": storage.get("int8_gather", []), "int8_conv": storage.get("int8_conv", 0)}}
 
 
 def float_nodes(model: Any, keep_float: str | None) -> list[str]:
