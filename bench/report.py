@@ -11,7 +11,7 @@ Benchmarks (each writes one JSON file in bench/results/):
 - ``quantize``: bench/bench_quantize.py (quantize.json, only with ``--student MODEL_DIR``): teacher
   (the default model) and distilled student x fp32 / int8: recalls, query latency, bundle size
 - ``recall_depth``: bench/bench_recall_depth.py (recall_depth.json): Flickr8k dev recall vs rerank
-  depth for each of those bundles (or the default bundle's fp32 / int8)
+  depth for the default bundle's fp32 and int8 graphs (and the student's, when quantize ran)
 - ``runtime``: bench/bench_runtime.py (runtime.json): latency vs library size, stage times
 - ``demo``: ``edge-xmr demo`` in a fresh cache (demo.json): set-up + indexing + queries, wall time
 
@@ -72,20 +72,21 @@ def onnx_precisions(bundle: Path) -> list[str]:
     return sorted({v.split("/", 1)[1] for v in m["graphs"]["text_encoder"]["variants"] if v.startswith("onnx/")})
 
 
-def recall_variants() -> list[tuple[str, Path]]:
-    """Bundles compared by recall_depth: teacher/student from bench_quantize.py when it has run,
-    else the default (lite) bundle of the export step."""
-    quant = [(n, QUANT_WORK / f"{n}_bundle") for n in ("teacher", "student")]
-    have = [(n, b) for n, b in quant if (b / "manifest.json").is_file()]
-    return have or [("lite", bench_bundle())]
+def recall_variants(with_student: bool) -> list[tuple[str, Path]]:
+    """Bundles compared by recall_depth: the default model's (from the export step; the teacher) and,
+    when bench_quantize.py ran in this invocation, its distilled student."""
+    out = [("teacher" if with_student else "default", bench_bundle())]
+    if with_student:
+        out.append(("student", QUANT_WORK / "student_bundle"))
+    return out
 
 
-def commands(quick: bool, student: str | None) -> dict[str, list[str]]:
+def commands(quick: bool, student: str | None, ran_quantize: bool = False) -> dict[str, list[str]]:
     py = sys.executable
     b = bench_bundle()
     variants = []
-    for name, path in recall_variants():
-        for prec in onnx_precisions(path):
+    for name, path in recall_variants(ran_quantize):
+        for prec in [p for p in onnx_precisions(path) if p in ("fp32", "int8")]:
             variants += ["--variant", f"{name} {prec}={path}:{prec}"]
     return {
         "export": [py, "bench/bench_export.py", "--json", str(RESULTS / "export_lite.json"), "--keep", str(b)]
@@ -465,11 +466,13 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS, FIGURES, DOC, PROVENANCE = a.results, a.figures, a.doc, a.results / "provenance.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     if a.run:
+        ran_quantize = False
         for step in a.only or STEPS:
             if step == "quantize" and not a.student:
                 print("\n== quantize: skipped (no --student MODEL_DIR); using bench/results/quantize.json if present")
                 continue
-            run_step(step, commands(a.quick, a.student)[step])  # built after the steps before it ran
+            run_step(step, commands(a.quick, a.student, ran_quantize)[step])  # after the steps before it ran
+            ran_quantize |= step == "quantize"
 
     import matplotlib
 
