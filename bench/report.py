@@ -4,7 +4,8 @@
     python bench/report.py                # only redraw from the JSON files in bench/results/
     python bench/report.py --run --only recall_depth demo
 
-Benchmarks (each writes one JSON file in bench/results/):
+Benchmarks (run here, each writes one JSON file in bench/results/report/; without --run a figure
+uses that file, else the benchmark's own run in bench/results/, which this script never overwrites):
 
 - ``export``: bench/bench_export.py (export_lite.json): bundle sizes per variant; keeps the bundle
   (ONNX fp32 + int8) in the cache for the next two
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+SHARED_RESULTS = REPO / "bench" / "results"  # what the benchmarks write when run on their own
+RESULTS = SHARED_RESULTS / "report"  # what this script's runs write (never overwrites the files above)
 FIGURES = REPO / "bench" / "figures"
 DOC = REPO / "BENCHMARKS.md"
 PROVENANCE = RESULTS / "provenance.json"
@@ -88,15 +90,25 @@ def commands(quick: bool, student: str | None, ran_quantize: bool = False) -> di
     for name, path in recall_variants(ran_quantize):
         for prec in [p for p in onnx_precisions(path) if p in ("fp32", "int8")]:
             variants += ["--variant", f"{name} {prec}={path}:{prec}"]
+    out = rel(RESULTS)
     return {
-        "export": [py, "bench/bench_export.py", "--json", str(RESULTS / "export_lite.json"), "--keep", str(b)]
+        "export": [py, "bench/bench_export.py", "--json", f"{out}/export_lite.json", "--keep", str(b)]
         + (["--images", "32", "--no-speed"] if quick else []),
-        "quantize": [py, "bench/bench_quantize.py", "--teacher", "default", "--student", student or "?"]
-        + (["--max-queries", "50", "--latency-queries", "10"] if quick else []),
-        "recall_depth": [py, "bench/bench_recall_depth.py", *variants] + (["--queries", "50"] if quick else []),
-        "runtime": [py, "bench/bench_runtime.py", "--bundle", str(b)] + (["--quick"] if quick else []),
+        "quantize": [py, "bench/bench_quantize.py", "--teacher", "default", "--student", student or "?",
+                     "--out", f"{out}/quantize.json"] + (["--max-queries", "50", "--latency-queries", "10"] if quick else []),
+        "recall_depth": [py, "bench/bench_recall_depth.py", *variants, "--out", f"{out}/recall_depth.json"]
+        + (["--queries", "50"] if quick else []),
+        "runtime": [py, "bench/bench_runtime.py", "--bundle", str(b), "--out", f"{out}/runtime.json"]
+        + (["--quick"] if quick else []),
         "demo": [py, "-m", "edge_xmr.cli", "demo"],
     }
+
+
+def rel(p: Path) -> str:
+    try:
+        return p.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(p)
 
 
 def shown(cmd: list[str]) -> str:
@@ -150,16 +162,21 @@ def parse_demo(out: str, seconds: float) -> dict[str, Any]:
 
 
 # ---- reading results ---------------------------------------------------------------------------
+def result_file(name: str) -> Path:
+    """This script's run of a benchmark if there is one, else the benchmark's own run."""
+    return RESULTS / name if (RESULTS / name).is_file() else SHARED_RESULTS / name
+
+
 def load(name: str) -> dict[str, Any] | None:
-    f = RESULTS / name
+    f = result_file(name)
     return json.loads(f.read_text()) if f.is_file() else None
 
 
 def provenance(step: str, fallback_cmd: str, result: str) -> dict[str, str]:
     prov = json.loads(PROVENANCE.read_text()) if PROVENANCE.is_file() else {}
-    if step in prov:
+    f = result_file(result)
+    if step in prov and f.parent == RESULTS:
         return prov[step]
-    f = RESULTS / result
     date = time.strftime("%Y-%m-%d %H:%M", time.localtime(f.stat().st_mtime)) if f.is_file() else "?"
     script = fallback_cmd.split()[1] if len(fallback_cmd.split()) > 1 else fallback_cmd
     return {"command": f"python {script} (arguments not recorded: run outside bench/report.py)",
@@ -429,8 +446,9 @@ HEADER = """# Benchmarks
 
 Every number and figure on this page comes from a benchmark run on the machine named under it;
 `{cmd}` re-runs them all and regenerates this page and `bench/figures/*.png`
-(`python bench/report.py` alone redraws from `bench/results/*.json`). Figures quoted from papers
-are in the last section, labelled **published**, and never mixed with ours.
+(`python bench/report.py` alone redraws from the JSON files in `bench/results/report/`, or the
+benchmarks' own runs in `bench/results/`). Figures quoted from papers are in the last section,
+labelled **published**, and never mixed with ours.
 """
 
 NOT_RUN = "*Not run yet:* `{cmd}`.\n"
@@ -452,7 +470,7 @@ From the authors' papers, as collected in the project's field notes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RESULTS, FIGURES, DOC, PROVENANCE
+    global RESULTS, SHARED_RESULTS, FIGURES, DOC, PROVENANCE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="store_true", help="run the benchmarks first")
     ap.add_argument("--only", nargs="*", choices=STEPS, default=None, help="with --run: only these benchmarks")
@@ -460,10 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--student", default=None, help="with --run: the distilled student's model directory "
                                                      "(runs bench/bench_quantize.py: teacher/student x fp32/int8)")
     ap.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)  # tests
+    ap.add_argument("--shared-results", type=Path, default=SHARED_RESULTS, help=argparse.SUPPRESS)
     ap.add_argument("--figures", type=Path, default=FIGURES, help=argparse.SUPPRESS)
     ap.add_argument("--doc", type=Path, default=DOC, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    RESULTS, FIGURES, DOC, PROVENANCE = a.results, a.figures, a.doc, a.results / "provenance.json"
+    RESULTS, SHARED_RESULTS, FIGURES, DOC = a.results, a.shared_results, a.figures, a.doc
+    PROVENANCE = RESULTS / "provenance.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     if a.run:
         ran_quantize = False

@@ -62,8 +62,8 @@ def test_report_draws_all_figures_and_the_page(tmp_path):
     pytest.importorskip("matplotlib")
     _results(tmp_path / "results")
     rep = _report()
-    assert rep.main(["--results", str(tmp_path / "results"), "--figures", str(tmp_path / "fig"),
-                     "--doc", str(tmp_path / "B.md")]) == 0
+    assert rep.main(["--results", str(tmp_path / "results"), "--shared-results", str(tmp_path / "none"),
+                     "--figures", str(tmp_path / "fig"), "--doc", str(tmp_path / "B.md")]) == 0
     figs = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
     assert figs == ["latency_vs_size.png", "query_stages.png", "recall_vs_depth.png", "variants.png"]
     doc = (tmp_path / "B.md").read_text()
@@ -75,6 +75,21 @@ def test_report_draws_all_figures_and_the_page(tmp_path):
     for needle in ("Hodosh", "published", "arguments not recorded", "| fp32 | 20 |", "cat.png", "120 s",
                    "| student int8 | 30.00 |", "bench_quantize.py --student s", "**no**", "onnx/int8"):
         assert needle in doc, needle
+
+
+def test_report_prefers_its_own_runs_and_never_writes_the_shared_results(tmp_path):
+    pytest.importorskip("matplotlib")
+    _results(tmp_path / "shared")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "demo.json").write_text(json.dumps({"wall_s_fresh_cache": 77.0, "queries": [
+        {"query": "a rocket launch", "top1": "rocket_launch.jpg"}]}))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shared").iterdir()}
+    rep = _report()
+    assert rep.main(["--results", str(tmp_path / "own"), "--shared-results", str(tmp_path / "shared"),
+                     "--figures", str(tmp_path / "fig"), "--doc", str(tmp_path / "B.md")]) == 0
+    doc = (tmp_path / "B.md").read_text()
+    assert "77 s" in doc and "120 s" not in doc and "| fp32 | 20 |" in doc
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "shared").iterdir()}
 
 
 def test_parse_demo_output():
