@@ -190,6 +190,15 @@ def footer(fig: Any, prov: dict[str, str], extra: str = "") -> None:
     fig.text(0.01, 0.01, text, fontsize=6.5, color="#555", ha="left", va="bottom", wrap=True)
 
 
+def runtime_prov(rt: dict[str, Any], prov: dict[str, str]) -> dict[str, str]:
+    """Provenance plus the load average the runtime benchmark saw (the CPU is shared)."""
+    m = rt.get("machine", {})
+    a, b = m.get("loadavg_at_start"), m.get("loadavg_at_end")
+    if not (a and b):
+        return prov
+    return {**prov, "machine": f"{prov['machine']}, load average {a[0]} at start, {b[0]} at end"}
+
+
 def runtime_rows(rt: dict[str, Any]) -> list[dict[str, Any]]:
     """Latency rows with the store of the pass each component row belongs to."""
     rows, store = [], "?"
@@ -218,8 +227,12 @@ def fig_recall_depth(plt: Any, rd: dict[str, Any]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.subplots_adjust(bottom=0.24)
-    footer(fig, {"machine": _mach(rd), "date": rd["date"], "command": rd["command"]}, FLICKR_CITE)
+    footer(fig, {"machine": _mach(rd), "date": rd["date"], "command": _home(rd["command"])}, FLICKR_CITE)
     return save(fig, "recall_vs_depth.png")
+
+
+def _home(cmd: str) -> str:
+    return cmd.replace(str(Path.home()), "~")
 
 
 def _mach(rd: dict[str, Any]) -> str:
@@ -227,25 +240,39 @@ def _mach(rd: dict[str, Any]) -> str:
     return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, load {m.get('loadavg', ['?'])[0]}"
 
 
-LATENCY_SERIES = {  # (store column or "*", query) -> label
-    ("*", "rerank=20"): "search, rerank top 20 (sqlite-vec)",
-    ("*", "rerank=0"): "search, no rerank (sqlite-vec)",
-    ("*", "rerank=20, int8 graphs"): "search, rerank top 20, int8 graphs",
-    ("numpy float (RAM)", "rerank=20"): "exact numpy search + rerank top 20 (float matrix in RAM)",
-    ("-", "KNN top-20 (vec0 + rescoring)"): "sqlite-vec KNN top-20 only",
-    ("-", "numpy exact brute force top-20"): "exact numpy top-20 only",
+_CANON = {  # query names of bench_runtime.py (old and new spellings) -> one key
+    "rerank=20": "rerank20", "rerank=0": "rerank0", "rerank=20 +folder+date": "rerank20_filters",
+    "rerank=20, int8 graphs": "rerank20_int8", "rerank=20, int8 text+cross graphs": "rerank20_int8",
+    "numpy exact float + rerank=20": "numpy_rerank20", "KNN top-20 (vec0 + rescoring)": "knn",
+    "numpy exact brute force top-20": "numpy_knn", "text encoder": "embed",
+    "cross-encoder on 20 (+ token fetch)": "cross",
+}
+
+
+def canon(r: dict[str, Any]) -> str | None:
+    q = str(r["query"]).removeprefix("search ").removeprefix("stage: ")
+    if r["store"] == "numpy float (RAM)" and q == "rerank=20":
+        return "numpy_rerank20"
+    return _CANON.get(q)
+
+
+LATENCY_SERIES = {  # key -> label, in legend order
+    "rerank20": "search, rerank top 20 (sqlite-vec)",
+    "rerank0": "search, no rerank (sqlite-vec)",
+    "rerank20_int8": "search, rerank top 20, int8 graphs",
+    "numpy_rerank20": "exact numpy search + rerank top 20 (float matrix in RAM)",
+    "knn": "sqlite-vec KNN top-20 only",
+    "numpy_knn": "exact numpy top-20 only",
 }
 
 
 def latency_series(rt: dict[str, Any], store: str = "int8") -> dict[str, list[tuple[int, float, float]]]:
     out: dict[str, list[tuple[int, float, float]]] = {}
     for r in runtime_rows(rt):
-        if r["pass"] != store:
-            continue
-        key = (r["store"] if r["store"] in ("-", "numpy float (RAM)") else "*", r["query"])
-        if key in LATENCY_SERIES:
-            out.setdefault(LATENCY_SERIES[key], []).append((int(r["n"]), float(r["p50_ms"]), float(r["p90_ms"])))
-    return {k: sorted(v) for k, v in sorted(out.items(), key=lambda kv: list(LATENCY_SERIES.values()).index(kv[0]))}
+        key = canon(r)
+        if r["pass"] == store and key in LATENCY_SERIES:
+            out.setdefault(key, []).append((int(r["n"]), float(r["p50_ms"]), float(r["p90_ms"])))
+    return {LATENCY_SERIES[k]: sorted(out[k]) for k in LATENCY_SERIES if k in out}
 
 
 def fig_latency(plt: Any, rt: dict[str, Any], prov: dict[str, str]) -> Path:
@@ -266,26 +293,26 @@ def fig_latency(plt: Any, rt: dict[str, Any], prov: dict[str, str]) -> Path:
     return save(fig, "latency_vs_size.png")
 
 
-STAGES = (("text encoder", "embed the query"), ("KNN top-20 (vec0 + rescoring)", "KNN + rescoring"),
-          ("cross-encoder on 20 (+ token fetch)", "rerank 20 (+ token fetch)"))
+STAGES = (("embed", "embed the query"), ("knn", "KNN + rescoring"), ("cross", "rerank 20 (+ token fetch)"))
 
 
 def stage_table(rt: dict[str, Any], store: str = "int8") -> list[dict[str, Any]]:
     by: dict[tuple[str, int], dict[str, float]] = {}
     for r in runtime_rows(rt):
-        if r["pass"] == store and r["store"] in (store, "-"):
-            by.setdefault((r["data"], int(r["n"])), {})[r["query"]] = float(r["p50_ms"])
+        key = canon(r)
+        if r["pass"] == store and key:
+            by.setdefault((r["data"], int(r["n"])), {})[key] = float(r["p50_ms"])
     out = []
     for (data, n), q in sorted(by.items(), key=lambda x: x[0][1]):
         if all(s in q for s, _ in STAGES):
             out.append({"data": data, "n": n, **{label: q[s] for s, label in STAGES},
-                        "whole search (rerank=20)": q.get("rerank=20")})
+                        "whole search (rerank=20)": q.get("rerank20")})
     return out
 
 
 def fig_stages(plt: Any, rt: dict[str, Any], prov: dict[str, str]) -> Path:
     rows = stage_table(rt)
-    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.55 * len(rows)))
+    fig, ax = plt.subplots(figsize=(9, 2.4 + 0.5 * len(rows)))
     for y, r in enumerate(rows):
         left = 0.0
         for i, (_, label) in enumerate(STAGES):
@@ -299,7 +326,7 @@ def fig_stages(plt: Any, rt: dict[str, Any], prov: dict[str, str]) -> Path:
     ax.set_title("Where the time of one text query goes (int8 store, rerank 20, k = 10)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, axis="x")
-    fig.subplots_adjust(bottom=0.3 if len(rows) < 3 else 0.22, left=0.17, right=0.7)
+    fig.subplots_adjust(bottom=0.34, top=0.9, left=0.17, right=0.7)
     footer(fig, prov, f"Real vectors: {FLICKR_CITE}")
     return save(fig, "query_stages.png")
 
@@ -344,6 +371,37 @@ def fig_variants(plt: Any, q: dict[str, Any], prov: dict[str, str]) -> Path:
     return save(fig, "variants.png")
 
 
+def fig_variants_default(plt: Any, ex: dict[str, Any] | None, rd: dict[str, Any] | None,
+                         prov_ex: dict[str, str]) -> Path:
+    """Without bench_quantize.py's run: the default model's formats (sizes) and fp32/int8 (recall)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    sizes = (ex or {}).get("report", {}).get("sizes", {})
+    names = list(sizes)
+    a1.bar(names, [sizes[n]["total"] for n in names], color="C0")
+    for i, n in enumerate(names):
+        a1.text(i, sizes[n]["total"], f"{sizes[n]['total']:.1f}", ha="center", va="bottom", fontsize=8)
+    a1.set_ylabel("MB (graphs)")
+    a1.set_title("Default model: size per format / precision", fontsize=9)
+    a1.tick_params(axis="x", labelsize=7, rotation=20)
+    lines = [f"sizes: {prov_ex['machine']} · {prov_ex['date']} · {prov_ex['command']}"]
+    if rd:
+        vs = rd["variants"]
+        k = "20" if "20" in vs[0]["by_depth"] else str(max(rd["depths"]))
+        x = range(len(vs))
+        a2.bar([i - 0.2 for i in x], [v["bi_encoder"]["R@1"] for v in vs], 0.4, label="bi-encoder", color="C1")
+        a2.bar([i + 0.2 for i in x], [v["by_depth"][k]["R@1"] for v in vs], 0.4, label=f"rerank@{k}", color="C2")
+        a2.set_xticks(list(x), [f"{v['name']}\n{v['size_mb']:.0f} MB" for v in vs], fontsize=7)
+        a2.set_ylabel("text→image R@1 (%)")
+        a2.set_title(f"Recall per precision ({rd['data']['name']}, {rd['data']['queries']} queries)", fontsize=9)
+        a2.legend(fontsize=7)
+        lines.append(f"recall: {_mach(rd)} · {rd['date']} · {_home(rd['command'])} · {FLICKR_CITE}")
+    a2.text(0.5, -0.3, "student: not measured yet (bench/bench_quantize.py)", transform=a2.transAxes,
+            ha="center", fontsize=7, color="#a00")
+    fig.subplots_adjust(bottom=0.36, wspace=0.3)
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=6, color="#555", ha="left", va="bottom", wrap=True)
+    return save(fig, "variants.png")
+
+
 def quantize_prov(q: dict[str, Any]) -> dict[str, str]:
     m = q.get("machine", {})
     return {"machine": f"{machine().split(',')[0]}, {m.get('cpu_count', '?')} cores, "
@@ -369,20 +427,21 @@ def md_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 
 def src(prov: dict[str, str]) -> str:
-    return f"*Run:* `{prov['command']}` · {prov['date']} · {prov['machine']}"
+    note = f" ({prov['note']})" if prov.get("note") else ""
+    return f"*Run:* `{prov['command']}`{note} · {prov['date']} · {prov['machine']}"
 
 
 def write_doc(rd: dict[str, Any] | None, rt: dict[str, Any] | None, ex: dict[str, Any] | None,
               demo: dict[str, Any] | None, qz: dict[str, Any] | None) -> None:
     cmds = commands(False, None)
-    p_rt = provenance("runtime", shown(cmds["runtime"]), "runtime.json")
+    p_rt = runtime_prov(rt or {}, provenance("runtime", shown(cmds["runtime"]), "runtime.json"))
     p_ex = provenance("export", shown(cmds["export"]), "export_lite.json")
     p_demo = provenance("demo", "python -m edge_xmr.cli demo (fresh cache)", "demo.json")
     parts = [HEADER.format(cmd="python bench/report.py --run")]
 
     parts.append("## 1. Recall@1 vs rerank depth\n")
     if rd:
-        parts.append(f"![recall vs depth](bench/figures/recall_vs_depth.png)\n\n*Run:* `{rd['command']}` · "
+        parts.append(f"![recall vs depth](bench/figures/recall_vs_depth.png)\n\n*Run:* `{_home(rd['command'])}` · "
                      f"{rd['date']} · {_mach(rd)}. Data: {rd['data']['name']} ({rd['data']['images']} photos, "
                      f"{rd['data']['queries']} caption queries; {FLICKR_CITE}).\n")
         rows = []
@@ -430,7 +489,17 @@ def write_doc(rd: dict[str, Any] | None, rt: dict[str, Any] | None, ex: dict[str
         if crit:
             parts.append("\n" + "\n".join(f"- {k}: **{'yes' if v else 'no'}**" for k, v in crit.items()) + "\n")
     else:
-        parts.append(NOT_RUN.format(cmd="python bench/report.py --run --only quantize --student MODEL_DIR"))
+        if ex or rd:
+            parts.append("![variants](bench/figures/variants.png)\n")
+        parts.append("Teacher / student: " + NOT_RUN.format(
+            cmd="python bench/report.py --run --only quantize --student MODEL_DIR"))
+        if rd:
+            rows = [{"variant": v["name"], "bundle MB": v["size_mb"], "bi R@1": v["bi_encoder"]["R@1"],
+                     "rerank@20 R@1": v["by_depth"].get("20", {}).get("R@1"), "image ms": v["image_embed_ms"],
+                     "cross ms / candidate": v["cross_ms_per_candidate"]} for v in rd["variants"]]
+            parts.append(f"\nfp32 / int8 of the default model: *Run:* `{_home(rd['command'])}` · {rd['date']} "
+                         f"({rd['data']['name']}, {rd['data']['queries']} queries; {FLICKR_CITE}).\n\n"
+                         + md_table(rows, list(rows[0])) + "\n")
     if ex and ex.get("report", {}).get("sizes"):
         parts.append(f"\nEvery format of the default model's bundle: {src(p_ex)}. Model: {ex.get('model', '?')}; "
                      f"export wall time {ex.get('export_wall_s')} s.\n")
@@ -506,12 +575,14 @@ def main(argv: list[str] | None = None) -> int:
     if rd:
         made.append(fig_recall_depth(plt, rd))
     if rt:
-        p_rt = provenance("runtime", shown(cmds["runtime"]), "runtime.json")
+        p_rt = runtime_prov(rt, provenance("runtime", shown(cmds["runtime"]), "runtime.json"))
         made.append(fig_latency(plt, rt, p_rt))
         if stage_table(rt):
             made.append(fig_stages(plt, rt, p_rt))
     if qz:
         made.append(fig_variants(plt, qz, quantize_prov(qz)))
+    elif ex or rd:
+        made.append(fig_variants_default(plt, ex, rd, provenance("export", shown(cmds["export"]), "export_lite.json")))
     write_doc(rd, rt, ex, demo, qz)
     for p in made:
         print(f"wrote {p}")

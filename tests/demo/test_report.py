@@ -35,12 +35,12 @@ def _results(d: Path) -> None:
     for n in (1000, 10000):
         for store in ("int8", "bit"):
             lat += [{"data": f"synthetic {n}", "n": n, "store": store, "query": q, "p50_ms": 5.0, "p90_ms": 6.0}
-                    for q in ("rerank=20", "rerank=0")]
+                    for q in ("rerank=20", "search rerank=0")]
             lat.append({"data": f"synthetic {n}", "n": n, "store": "numpy float (RAM)", "query": "rerank=20",
                         "p50_ms": 99.0, "p90_ms": 100.0})
             lat += [{"data": f"synthetic {n}", "n": n, "store": "-", "query": q, "p50_ms": 1.0, "p90_ms": 2.0}
-                    for q in ("text encoder", "KNN top-20 (vec0 + rescoring)", "cross-encoder on 20 (+ token fetch)",
-                              "numpy exact brute force top-20")]
+                    for q in ("stage: text encoder", "KNN top-20 (vec0 + rescoring)",
+                              "stage: cross-encoder on 20 (+ token fetch)", "numpy exact brute force top-20")]
     (d / "runtime.json").write_text(json.dumps({"latency": lat, "bundle": {"origin": "given", "model": "m"}}))
     (d / "export_lite.json").write_text(json.dumps({"model": "lite", "export_wall_s": 60, "report": {
         "sizes": {"onnx/fp32": {"text_encoder": 1.0, "total": 90.0}, "onnx/int8": {"text_encoder": 0.5, "total": 25.0}}}}))
@@ -71,6 +71,9 @@ def test_report_draws_all_figures_and_the_page(tmp_path):
     series = rep.latency_series(rt)
     assert series["exact numpy search + rerank top 20 (float matrix in RAM)"] == [(1000, 99.0, 100.0), (10000, 99.0, 100.0)]
     assert series["search, rerank top 20 (sqlite-vec)"][0] == (1000, 5.0, 6.0)
+    assert series["search, no rerank (sqlite-vec)"][0] == (1000, 5.0, 6.0)
+    assert series["exact numpy top-20 only"][0] == (1000, 1.0, 2.0)
+    assert len(rep.stage_table(rt)) == 2
     assert all(r["whole search (rerank=20)"] == 5.0 for r in rep.stage_table(rt))
     for needle in ("Hodosh", "published", "arguments not recorded", "| fp32 | 20 |", "cat.png", "120 s",
                    "| student int8 | 30.00 |", "bench_quantize.py --student s", "**no**", "onnx/int8"):
