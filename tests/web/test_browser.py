@@ -146,3 +146,14 @@ def test_missing_index_shows_a_note(page, tmp_path, colour_bundle):
     for srv in run_server(Gallery(db=tmp_path / "none.db", bundle=colour_bundle, thumbs=tmp_path / "t")):
         page.goto(srv.url)
         page.wait_for_function("() => document.getElementById('status').textContent.includes('no index')")
+
+
+def test_missing_browser_skips_locally_but_fails_in_ci(monkeypatch):
+    from _pytest.outcomes import Failed, Skipped
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(Skipped):
+        _unavailable("no chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(Failed, match="in CI the browser test must run"):
+        _unavailable("no chromium")
