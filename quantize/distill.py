@@ -77,6 +77,8 @@ def make_student(teacher: JointModel, spec: StudentSpec, captions: list[str] | N
                 continue  # hubness banks: recalibrated for the student at the end
             elif k == "cross.hub":
                 w = torch.tensor([0.0, 0.0, float(w[2])])
+            elif k == "cross.res_weight":
+                w = torch.ones_like(w)
             v.copy_(w)
     student.tokenizer = teacher.tokenizer
     if spec.vocab_size:
@@ -89,10 +91,14 @@ def make_student(teacher: JointModel, spec: StudentSpec, captions: list[str] | N
 
 
 def _no_hubness(model: JointModel) -> None:
+    """The teacher's raw cross-encoder: no hubness correction, the joint pass at full weight (its dev
+    calibration may have turned it down; the student's own calibration decides for the student)."""
     import torch
 
     with torch.no_grad():
         model.cross.hub[:2] = 0.0
+        if hasattr(model.cross, "res_weight"):
+            model.cross.res_weight.fill_(1.0)
 
 
 def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float) -> torch.Tensor:
