@@ -148,7 +148,11 @@ def compact_model(model: JointModel) -> JointModel:
     keep = used_ids(model)
     cfg = model.cfg
     L = min(cfg.max_text_len, cfg.text.max_positions)
-    small = copy.deepcopy(model)
+    tok, model.tokenizer = model.tokenizer, None  # not deep-copied (pickling a vocabulary with gaps warns)
+    try:
+        small = copy.deepcopy(model)
+    finally:
+        model.tokenizer = tok
     small.cfg = replace(cfg, text=replace(cfg.text, vocab_size=len(keep), max_positions=L))
     small.text.cfg = small.cfg.text
     for blk in small.text.blocks:
