@@ -145,7 +145,10 @@ def main() -> int:
         b = Bundle.load(bundles[model], precision=prec, threads=args.threads)
         rec = _Recorder(b)
         t0 = time.perf_counter()
-        res = evaluate(rec, data, settings, progress=lambda s, n=name: say(f"  {n}: {s}"))
+        def tell(s: str, n: str = name) -> None:
+            say(f"  {n}: {s}")
+
+        res = evaluate(rec, data, settings, progress=tell)
         assert rec.images is not None
         rows.append({"name": name, "model": model, "precision": prec, "bundle": b, "recorder": rec,
                      "embeds": rec.images[0], "tokens": rec.images[1], "results": res["results"],

@@ -96,9 +96,12 @@ def _no_hubness(model: JointModel) -> None:
     import torch
 
     with torch.no_grad():
-        model.cross.hub[:2] = 0.0
-        if hasattr(model.cross, "res_weight"):
-            model.cross.res_weight.fill_(1.0)
+        hub = model.cross.hub
+        assert isinstance(hub, torch.Tensor)
+        hub[:2] = 0.0
+        res_weight = getattr(model.cross, "res_weight", None)
+        if isinstance(res_weight, torch.Tensor):
+            res_weight.fill_(1.0)
 
 
 def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float) -> torch.Tensor:

@@ -194,8 +194,11 @@ def check(reference: str | Path, candidate: str | Path, data: str | Path, metric
     runs: dict[str, dict[str, Any]] = {}
     recorders = {"reference": _Recorder(ref_b), "candidate": _Recorder(cand_b)}
     for role, rec in recorders.items():
+        def tell(s: str, r: str = role) -> None:
+            say(f"{r}: {s}")
+
         try:
-            runs[role] = evaluate(rec, captions, settings, progress=lambda s, r=role: say(f"{r}: {s}"))
+            runs[role] = evaluate(rec, captions, settings, progress=tell)
         except ImageError as e:
             raise GateError(str(e)) from None
     recalls: dict[str, dict[str, dict[str, dict[str, float]]]] = {}

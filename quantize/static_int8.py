@@ -94,7 +94,7 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, feeds: list[dict[str, 
         model = onnx.load(str(src))
         onnx.save(model, str(plain))  # self-contained copy (shared weights inlined)
         excluded = float_nodes(model, keep_float)
-        extra = {"MatMulConstBOnly": True, "ActivationSymmetric": False, "WeightSymmetric": True}
+        extra: dict[str, Any] = {"MatMulConstBOnly": True, "ActivationSymmetric": False, "WeightSymmetric": True}
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
         quantize_static(str(plain), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,

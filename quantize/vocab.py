@@ -154,9 +154,9 @@ def compact_model(model: JointModel) -> JointModel:
     finally:
         model.tokenizer = tok
     small.cfg = replace(cfg, text=replace(cfg.text, vocab_size=len(keep), max_positions=L))
-    small.text.cfg = small.cfg.text
+    small.text.cfg = small.cfg.text  # type: ignore[assignment]
     for blk in small.text.blocks:
-        blk.cfg = small.cfg.text
+        blk.cfg = small.cfg.text  # type: ignore[assignment]
     with torch.no_grad():
         idx = torch.tensor(keep, dtype=torch.long)
         small.text.tok = torch.nn.Embedding.from_pretrained(model.text.tok.weight[idx].clone(), freeze=False)
