@@ -327,6 +327,22 @@ class Trainer:
         torch.set_rng_state(st["torch_rng"])
         return True
 
+    def _end_epoch(self, rec: dict, bi_only: bool) -> None:
+        """Dev evaluation, best-model save (rerank@20 R@1; bi R@1 - 100 before the cross-encoder
+        trains), history and a resumable checkpoint."""
+        if self.dev is not None:
+            rec.update(self.quick_eval())
+            score = rec["dev_bi_R@1"] - 100 if bi_only else rec["dev_rerank20_R@1"]
+            if score > self.best:
+                self.best = score
+                bases.save(self.model, self.out)
+                rec["saved_best"] = True
+        else:
+            bases.save(self.model, self.out)
+        self.history.append(rec)
+        self.log(json.dumps(rec))
+        self.save_checkpoint()
+
     # ---- main loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg
@@ -356,19 +372,8 @@ class Trainer:
                 if self.step % cfg.ckpt_every == 0:
                     self.save_checkpoint()
             self.epoch += 1
-            rec = {"epoch": self.epoch, "step": self.step, "minutes": (time.time() - t_start) / 60}
-            if self.dev is not None:
-                rec.update(self.quick_eval())
-                score = rec["dev_rerank20_R@1"] if self.epoch > cfg.ce_start_epoch else rec["dev_bi_R@1"] - 100
-                if score > self.best:
-                    self.best = score
-                    bases.save(self.model, self.out)
-                    rec["saved_best"] = True
-            else:
-                bases.save(self.model, self.out)
-            self.history.append(rec)
-            self.log(json.dumps(rec))
-            self.save_checkpoint()
+            self._end_epoch({"epoch": self.epoch, "step": self.step, "minutes": (time.time() - t_start) / 60},
+                            bi_only=self.epoch <= cfg.ce_start_epoch)
         if cfg.ce_epochs:
             self._start_ce_stage()
             if "opt2" in self._resumed:
@@ -390,18 +395,8 @@ class Trainer:
                 if self.step % cfg.ckpt_every == 0:
                     self.save_checkpoint()
             self.epoch += 1
-            rec = {"epoch": self.epoch, "step": self.step, "minutes": (time.time() - t_start) / 60, "stage": "ce"}
-            if self.dev is not None:
-                rec.update(self.quick_eval())
-                if rec["dev_rerank20_R@1"] > self.best:
-                    self.best = rec["dev_rerank20_R@1"]
-                    bases.save(self.model, self.out)
-                    rec["saved_best"] = True
-            else:
-                bases.save(self.model, self.out)
-            self.history.append(rec)
-            self.log(json.dumps(rec))
-            self.save_checkpoint()
+            self._end_epoch({"epoch": self.epoch, "step": self.step, "minutes": (time.time() - t_start) / 60,
+                             "stage": "ce"}, bi_only=False)
         if cfg.hub_bank and not self._resumed.get("calibrated"):
             if self.dev is not None and (self.out / "model.safetensors").is_file():
                 best = {k: v for k, v in bases.load(self.out).state_dict().items()
