@@ -24,6 +24,10 @@ class TrainConfig:
     ce_text_grad: bool = True  # let the cross-encoder loss update the shared text blocks
     ce_epochs: int = 0  # then: epochs training only the cross-encoder's own parameters (shared blocks fixed)
     ce_stage_queries: int = 96  # captions per step with a cross-encoder group in that stage
+    li_loss: float = 1.0  # weight of the late-interaction scorer's in-batch contrastive loss (0: not trained)
+    class_distill: float = 0.5  # weight of the ImageNet class-name distillation (lite base only; 0: off)
+    class_refresh: int = 25  # steps between refreshes of the class-name embeddings it uses
+    crop_views: int = 2  # random-resized-crop views per training photo cached besides the photo and its flip
     hub_bank: int = 512  # training captions / photos kept as hubness banks (0: no hubness correction)
     ckpt_every: int = 100  # steps between resumable checkpoints
     eval_queries: int = 500  # dev captions used by the periodic evaluation

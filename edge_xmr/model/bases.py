@@ -206,7 +206,9 @@ def load(model_dir: str | Path) -> JointModel:
     return model
 
 
-OPTIONAL_BUFFERS = ("cross.res_weight",)  # added after the first checkpoints; default when absent
+# added after the first checkpoints; their init values apply when absent (li_weight 0: no late interaction)
+OPTIONAL_BUFFERS = ("cross.res_weight", "cross.li_text.weight", "cross.li_text.bias", "cross.li_log_scale",
+                    "cross.li_weight")
 
 
 def default_model_dir() -> Path:

@@ -84,6 +84,11 @@ class CrossHead(nn.Module):
         self.register_buffer("hub", torch.tensor([0.0, 0.0, 20.0]))  # beta_image, beta_text, temperature
         self.register_buffer("res_weight", torch.tensor(1.0))  # weight of the joint-pass terms (set on dev)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(2.0)))  # weight of the joint-pass similarity
+        # late interaction: each caption token (its final state from the shared blocks, projected to the
+        # token size) is matched with its best image token; the score is the mean over caption tokens
+        self.li_text = nn.Linear(width, d_tok)
+        self.li_log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # temperature of its training loss
+        self.register_buffer("li_weight", torch.tensor(0.0))  # its weight in the score (set on dev)
 
     def lift(self, tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
         """tokens (..., T, Dt), img_emb (..., D) -> image tokens in the text width (..., T+1, W)."""
@@ -99,6 +104,25 @@ class CrossHead(nn.Module):
         if self.image_bank.shape[0]:
             out = out + b_txt * torch.logsumexp(temp * t_emb @ self.image_bank.T, dim=-1)[:, None]  # (Q, 1)
         return out
+
+    def text_tokens(self, h: torch.Tensor) -> torch.Tensor:
+        """h (..., L, W) final text states -> (..., L, Dt) unit vectors for late interaction."""
+        return F.normalize(self.li_text(h), dim=-1)
+
+    def late_interaction(self, t_tok: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """t_tok (Q, L, Dt), mask (Q, L), tokens (Q, K, T, Dt) -> (Q, K): mean over caption tokens of
+        the cosine with the best-matching image token."""
+        v = F.normalize(tokens, dim=-1)
+        sim = torch.einsum("qld,qktd->qklt", t_tok, v).amax(-1)  # (Q, K, L)
+        m = mask[:, None, :].to(sim.dtype)  # (Q, 1, L)
+        return (sim * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+
+    def late_interaction_all(self, t_tok: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Every caption against every photo: t_tok (Q, L, Dt), tokens (N, T, Dt) -> (Q, N)."""
+        v = F.normalize(tokens, dim=-1)
+        sim = torch.einsum("qld,ntd->qnlt", t_tok, v).amax(-1)  # (Q, N, L)
+        m = mask[:, None, :].to(sim.dtype)
+        return (sim * m).sum(-1) / m.sum(-1).clamp(min=1.0)
 
     def residual(self, pooled: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """pooled: (..., W) joint-pass image tokens, averaged; t_emb: (..., D) text embedding -> (...)."""
@@ -134,10 +158,12 @@ class JointModel(nn.Module):
         return self.text.run(self.text.embed(ids), self.text.text_bias(mask), 0, self.split)
 
     def text_upper(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Blocks [split, layers) over text alone -> (embedding (B, D), per-block text states)."""
+        """Blocks [split, layers) over text alone -> (embedding (B, D), text states): the input of each
+        of these blocks (what the joint pass attends to) and, last, the final states (B, L, W)."""
         states = self.text.run_states(x, self.text.text_bias(mask), self.split)
-        pooled = self.text.pool(self.text.final(states[-1]), mask)  # (B, W)
-        return F.normalize(self.text_proj(pooled), dim=-1), states[:-1]  # (B, D)
+        h = self.text.final(states[-1])  # (B, L, W)
+        pooled = self.text.pool(h, mask)  # (B, W)
+        return F.normalize(self.text_proj(pooled), dim=-1), states[:-1] + [h]  # (B, D)
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) ids + mask -> (B, D) normalised bi-encoder text embedding."""
@@ -156,17 +182,19 @@ class JointModel(nn.Module):
                      tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
         """Cross-encoder scores of Q queries against K candidates each.
 
-        states: text states entering blocks split.. (from ``text_upper``), each (Q, L, W);
-        mask: (Q, L); t_emb: (Q, D); tokens: (Q, K, T, Dt); img_emb: (Q, K, D). Returns (Q, K).
+        states: text states from ``text_upper`` (inputs of blocks split.., then the final states), each
+        (Q, L, W); mask: (Q, L); t_emb: (Q, D); tokens: (Q, K, T, Dt); img_emb: (Q, K, D). Returns (Q, K).
         """
         cos = torch.einsum("qd,qkd->qk", t_emb, img_emb)  # (Q, K)
+        li = self.cross.late_interaction(self.cross.text_tokens(states[-1]), mask, tokens)  # (Q, K)
         img = self.cross.lift(tokens, img_emb)  # (Q, K, T+1, W)
-        out = self.text.joint(states, mask, img, self.split)  # (Q, K, T+1, W)
+        out = self.text.joint(states[:-1], mask, img, self.split)  # (Q, K, T+1, W)
         # read out the joint pass plus a skip from its image-token input: the joint layers mix text into
         # every image token, and the skip keeps what tells one photo from another
         pooled = out.mean(2) + self.cross.skip(img.mean(2))  # (Q, K, W)
         res = self.cross.residual(pooled, t_emb[:, None].expand(-1, out.shape[1], -1))  # (Q, K)
-        return self.cross.log_scale.exp() * cos + self.cross.res_weight * res - self.cross.hubness(t_emb, img_emb)
+        return (self.cross.log_scale.exp() * cos + self.cross.li_weight * li + self.cross.res_weight * res
+                - self.cross.hubness(t_emb, img_emb))
 
     def score_query(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
                     img_emb: torch.Tensor) -> torch.Tensor:
@@ -253,7 +281,7 @@ class JointModel(nn.Module):
         L = max(cache[t][1][0].shape[0] for t in texts)
         W = self.cfg.text.width
         mask = torch.zeros(len(texts), L, dtype=torch.long)
-        states = [torch.zeros(len(texts), L, W) for _ in range(self.cfg.cross_layers)]
+        states = [torch.zeros(len(texts), L, W) for _ in range(self.cfg.cross_layers + 1)]
         for q, txt in enumerate(texts):
             _, st = cache[txt]
             mask[q, : st[0].shape[0]] = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import torch
 from tqdm import tqdm
 
 from ..data import DataError
-from ..preprocess import ImageError, to_pixels
+from PIL import Image
+
+from ..preprocess import ImageError, load_image, to_pixels
 from ..model.joint import JointModel
 
 
@@ -21,11 +24,28 @@ def cache_dir() -> Path:
     return d
 
 
+def random_crop(path: Path, size: int, seed: int, min_area: float = 0.45) -> Image.Image:
+    """A random-resized crop of the photo (area 45-100 %, aspect 3/4-4/3, random flip), deterministic
+    in ``seed``: a training view the frozen tower sees once, so augmentation costs nothing per step."""
+    r = np.random.default_rng(seed)
+    im = load_image(path, 2 * size)
+    w, h = im.size
+    area = w * h * r.uniform(min_area, 1.0)
+    aspect = math.exp(r.uniform(math.log(3 / 4), math.log(4 / 3)))
+    cw, ch = min(w, int(round(math.sqrt(area * aspect)))), min(h, int(round(math.sqrt(area / aspect))))
+    x0, y0 = int(r.integers(0, w - cw + 1)), int(r.integers(0, h - ch + 1))
+    im = im.crop((x0, y0, x0 + cw, y0 + ch))
+    if r.random() < 0.5:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return im
+
+
 def tower_grids(model: JointModel, paths: list[Path], flip: bool = False, batch_size: int = 64,
-                progress: bool = True, desc: str = "image features") -> np.ndarray:
+                progress: bool = True, desc: str = "image features", crop_seed: int | None = None) -> np.ndarray:
     """Grid features (N, P, C) float16 of the frozen tower for ``paths`` (horizontally flipped with
-    ``flip``), cached by tower, image size, file names, sizes and mtimes."""
-    h = hashlib.sha256(f"{model.cfg.image}|{flip}".encode())
+    ``flip``; a random-resized crop per photo with ``crop_seed``), cached by tower, image size, view,
+    file names, sizes and mtimes."""
+    h = hashlib.sha256(f"{model.cfg.image}|{flip}".encode() + (b"" if crop_seed is None else f"|crop{crop_seed}".encode()))
     for p in paths:
         st = p.stat()
         h.update(f"{p.name}|{st.st_size}|{int(st.st_mtime)}".encode())
@@ -37,7 +57,11 @@ def tower_grids(model: JointModel, paths: list[Path], flip: bool = False, batch_
     it = range(0, len(paths), batch_size)
     for i in tqdm(it, desc=desc, unit="batch", disable=not progress):
         try:
-            px = to_pixels(paths[i:i + batch_size], model.cfg.image)
+            chunk: list = list(paths[i:i + batch_size])
+            if crop_seed is not None:
+                chunk = [random_crop(p, model.cfg.image.size, crop_seed * 1_000_003 + i + j)
+                         for j, p in enumerate(chunk)]
+            px = to_pixels(chunk, model.cfg.image)
         except ImageError as e:
             raise DataError(str(e)) from None
         if flip:
