@@ -27,7 +27,7 @@ class TrainConfig:
     li_loss: float = 1.0  # weight of the late-interaction scorer's in-batch contrastive loss (0: not trained)
     class_distill: float = 0.5  # weight of the ImageNet class-name distillation (lite base only; 0: off)
     class_refresh: int = 25  # steps between refreshes of the class-name embeddings it uses
-    crop_views: int = 2  # random-resized-crop views per training photo cached besides the photo and its flip
+    crop_views: int = 0  # random-resized-crop views per photo cached besides the photo and its flip (2 gave no dev gain)
     hub_bank: int = 512  # training captions / photos kept as hubness banks (0: no hubness correction)
     ckpt_every: int = 100  # steps between resumable checkpoints
     eval_queries: int = 500  # dev captions used by the periodic evaluation

@@ -223,7 +223,7 @@ class Trainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.ce_params, 5.0)
         self.opt2.step()
-        return {"ce": float(loss), "group_acc": acc, "bi_group_acc": self.bi_group_acc}
+        return {"ce": float(loss.detach()), "group_acc": acc, "bi_group_acc": self.bi_group_acc}
 
     def _start_ce_stage(self) -> None:
         cfg = self.cfg
@@ -374,11 +374,13 @@ class Trainer:
         return True
 
     def _end_epoch(self, rec: dict, bi_only: bool) -> None:
-        """Dev evaluation, best-model save (rerank@20 R@1; bi R@1 - 100 before the cross-encoder
-        trains), history and a resumable checkpoint."""
+        """Dev evaluation, best-model save (max of rerank@20 and bi R@1; bi R@1 - 100 before the
+        cross-encoder trains), history and a resumable checkpoint."""
         if self.dev is not None:
             rec.update(self.quick_eval())
-            score = rec["dev_bi_R@1"] - 100 if bi_only else rec["dev_rerank20_R@1"]
+            # after the cross-encoder starts: the better of bi-encoder and rerank (the dev calibration at
+            # the end can always turn the cross-encoder's extra terms down to the bi-encoder's order)
+            score = rec["dev_bi_R@1"] - 100 if bi_only else max(rec["dev_rerank20_R@1"], rec["dev_bi_R@1"])
             if score > self.best:
                 self.best = score
                 bases.save(self.model, self.out)
