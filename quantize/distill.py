@@ -204,7 +204,7 @@ class Distiller:
         gt_bi = 0.5 * (F.cross_entropy(s_logits, target) + F.cross_entropy(s_logits.T, target))
         emb = (1 - (s_temb * t_temb).sum(1)).mean() + (1 - (s_iemb * t_iemb).sum(1)).mean()
         loss = cfg.kd_bi_weight * kd_bi + cfg.gt_bi_weight * gt_bi + cfg.emb_weight * emb
-        stats = {"kd_bi": float(kd_bi), "gt_bi": float(gt_bi), "emb": float(emb)}
+        stats = {"kd_bi": float(kd_bi.detach()), "gt_bi": float(gt_bi.detach()), "emb": float(emb.detach())}
         Q = min(cfg.ce_queries, len(img))
         if Q and cfg.ce_candidates > 1 and (cfg.kd_ce_weight or cfg.gt_ce_weight):
             K = cfg.ce_candidates
@@ -226,7 +226,7 @@ class Distiller:
             kd_ce = _kl(t_sc, s_sc, cfg.temperature)
             gt_ce = F.cross_entropy(s_sc, torch.zeros(Q, dtype=torch.long))
             loss = loss + cfg.kd_ce_weight * kd_ce + cfg.gt_ce_weight * gt_ce
-            stats.update(kd_ce=float(kd_ce), gt_ce=float(gt_ce),
+            stats.update(kd_ce=float(kd_ce.detach()), gt_ce=float(gt_ce.detach()),
                          agree=float((s_sc.argmax(1) == t_sc.argmax(1)).float().mean()))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
