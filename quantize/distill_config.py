@@ -23,6 +23,10 @@ STUDENTS: dict[str, StudentSpec] = {
     # tokens by frequency: 91% of Flickr8k dev captions tokenise exactly as with the full vocabulary)
     "lite-half": StudentSpec("lite-half", text_layers=(1, 3, 5), cross_layers=2, n_image_tokens=4,
                              vocab_size=6500, hub_bank=512),
+    # for teachers whose reranker is late interaction over all 8 image tokens: keep the 8 tokens, and
+    # one joint block to hold the per-candidate cost down
+    "lite-half-8t": StudentSpec("lite-half-8t", text_layers=(1, 3, 5), cross_layers=1, n_image_tokens=8,
+                                vocab_size=6500, hub_bank=512),
     # same cut without the vocabulary pruning (measures what the pruning costs)
     "lite-half-fullvocab": StudentSpec("lite-half-fullvocab", text_layers=(1, 3, 5), cross_layers=2,
                                        n_image_tokens=4, hub_bank=512),
