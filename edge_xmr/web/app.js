@@ -4,6 +4,10 @@
 
 const $ = (id) => document.getElementById(id);
 let statusTimer = null;
+// Every search or "more like this" gets a number; only the latest one may draw. Changing a filter
+// fires a search while the user is still typing, so answers can come back out of order.
+let latestRequest = 0;
+let inflight = null;
 
 function el(tag, props = {}, children = []) {
   const e = document.createElement(tag);
@@ -16,8 +20,8 @@ function el(tag, props = {}, children = []) {
   return e;
 }
 
-async function getJSON(url) {
-  const r = await fetch(url, { headers: { Accept: "application/json" } });
+async function getJSON(url, signal) {
+  const r = await fetch(url, { headers: { Accept: "application/json" }, signal });
   let body;
   try { body = await r.json(); } catch (_) { body = { error: `The server answered ${r.status} without JSON.` }; }
   if (!r.ok) throw new Error(body.error || `Request failed (${r.status}).`);
@@ -63,6 +67,16 @@ function card(r) {
   return el("figure", { class: "result", "data-id": String(r.id) }, [link, cap]);
 }
 
+// Start a request that replaces any earlier one: returns its number and abort signal.
+function nextRequest() {
+  if (inflight) inflight.abort();
+  inflight = new AbortController();
+  latestRequest += 1;
+  return { id: latestRequest, signal: inflight.signal };
+}
+
+function isStale(req) { return req.id !== latestRequest; }
+
 function render(title, data) {
   $("title").textContent = title;
   $("timings").textContent = timingText(data.timings);
@@ -78,10 +92,13 @@ async function search(ev) {
   const p = filterParams();
   p.set("q", q);
   p.set("rerank", $("rerank").value);
+  const req = nextRequest();
   try {
-    const data = await getJSON(`/api/search?${p}`);
+    const data = await getJSON(`/api/search?${p}`, req.signal);
+    if (isStale(req)) return;
     render(`“${data.query}”: ${data.results.length} photos`, data);
   } catch (e) {
+    if (isStale(req)) return;
     $("results").replaceChildren();
     $("summary").hidden = true;
     showMessage(e.message);
@@ -91,11 +108,14 @@ async function search(ev) {
 async function similar(id, name) {
   const p = filterParams();
   p.set("id", String(id));
+  const req = nextRequest();
   try {
-    const data = await getJSON(`/api/similar?${p}`);
+    const data = await getJSON(`/api/similar?${p}`, req.signal);
+    if (isStale(req)) return;
     render(`More like ${name}: ${data.results.length} photos`, data);
     window.scrollTo(0, 0);
   } catch (e) {
+    if (isStale(req)) return;
     showMessage(e.message);
   }
 }

@@ -119,6 +119,37 @@ def test_filters_empty_results_and_errors_are_shown(page, server, tmp_path):
     shot(page, tmp_path, "gallery_messages")
 
 
+def test_a_late_answer_to_an_older_query_does_not_replace_the_newer_results(page, server, tmp_path):
+    """Filters fire a search on change, so answers can arrive out of order: only the latest may draw."""
+    from playwright.sync_api import Error
+
+    held: list[Any] = []
+
+    def hold_red(route: Any) -> None:
+        if "q=red" in route.request.url and not held:
+            held.append(route)  # answered later, after the newer query has drawn
+        else:
+            route.continue_()
+
+    page.goto(server.url)
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('6 photos')")
+    page.route("**/api/search?*", hold_red)
+    page.fill("#q", "red")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => true")
+    page.fill("#q", "blue")
+    page.press("#q", "Enter")
+    assert loaded_thumbnails(page)[0] == "blue.jpg"
+    assert len(held) == 1
+    try:
+        held[0].continue_()  # the older request was aborted by the page; answering it may fail
+    except Error:
+        pass
+    page.wait_for_timeout(500)
+    assert page.eval_on_selector_all("figure.result .name", "els => els.map(e => e.textContent)")[0] == "blue.jpg"
+    assert page.inner_text("#title").startswith("“blue”")
+
+
 def test_hostile_file_names_are_shown_as_text(page, tmp_path, colour_bundle):
     from web_helpers import run_server, write_colour_photo
 
