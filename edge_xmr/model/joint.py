@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -129,6 +130,16 @@ class CrossHead(nn.Module):
         h = self.ln(pooled)
         sim = (F.normalize(self.proj(h), dim=-1) * t_emb).sum(-1)  # (...)
         return self.log_alpha.exp() * sim + self.out(F.gelu(self.fc(h))).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class EncodedQuery:
+    """A text after one pass through the shared blocks (``JointModel.encode_query``)."""
+
+    embedding: np.ndarray  # (D,) bi-encoder embedding, L2-normalised: what retrieval searches with
+    t_emb: torch.Tensor  # (1, D) the same embedding as a tensor (the cross-encoder's cosine term)
+    states: list[torch.Tensor]  # inputs of the joint blocks, then the final states, each (1, L, W)
+    mask: torch.Tensor  # (1, L) attention mask of the text
 
 
 class JointModel(nn.Module):
@@ -256,11 +267,24 @@ class JointModel(nn.Module):
     def score_candidates(self, text: str, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
         """Cross-encoder scores of one text against N photos' stored data (tokens (N, T, Dt),
         embeddings (N, D)) -> (N,) float32. Same contract as the runtime bundle's method."""
+        return self.score_encoded(self.encode_query(text), tokens, embeds)
+
+    @torch.no_grad()
+    def encode_query(self, text: str) -> EncodedQuery:
+        """One text through the shared blocks ONCE: its bi-encoder embedding (to retrieve) and the
+        states the joint pass attends to (to rerank), so a reranked search pays one text pass."""
+        ids, mask = self._tokens([text])
+        t, states = self.text_upper(self.text_lower(ids, mask), mask)  # (1, D), [(1, L, W)]
+        return EncodedQuery(embedding=t[0].numpy(), t_emb=t, states=states, mask=mask)
+
+    @torch.no_grad()
+    def score_encoded(self, query: EncodedQuery, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
+        """``score_candidates`` for a query from ``encode_query`` (no second text pass) -> (N,) float32."""
         if len(tokens) == 0:
             return np.zeros((0,), np.float32)
-        ids, mask = self._tokens([text])
-        return self.score_query(ids, mask, torch.as_tensor(tokens, dtype=torch.float32),
-                                torch.as_tensor(embeds, dtype=torch.float32)).numpy()
+        tok = torch.as_tensor(np.ascontiguousarray(tokens), dtype=torch.float32)[None]  # (1, N, T, Dt)
+        emb = torch.as_tensor(np.ascontiguousarray(embeds), dtype=torch.float32)[None]  # (1, N, D)
+        return self.cross_logits(query.states, query.mask, query.t_emb, tok, emb)[0].numpy()
 
     @torch.no_grad()
     def score_batch(self, texts: Sequence[str], tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:

@@ -71,6 +71,13 @@ def test_three_scoring_paths_agree(tiny_model):
     all4 = tiny_model.score_candidates("a dog", tok, emb)
     np.testing.assert_allclose(all4[0], one[0], atol=1e-5)
     assert np.ptp(all4) > 0
+    # one text pass serves retrieval and rerank: the encoded query gives the bi-encoder embedding and,
+    # reused for several calls, the same scores as the aligned-pairs path
+    q = tiny_model.encode_query("a dog")
+    np.testing.assert_allclose(q.embedding, tiny_model.embed_texts(["a dog"])[0], atol=1e-5)
+    np.testing.assert_allclose(tiny_model.score_encoded(q, tok[:1], emb[:1]), pairs[:1], atol=1e-5)
+    np.testing.assert_allclose(tiny_model.score_encoded(q, tok[2:], emb[2:]), all4[2:], atol=1e-5)
+    assert tiny_model.score_encoded(q, tok[:0], emb[:0]).shape == (0,)
 
 
 def test_cross_score_starts_from_the_bi_encoder_cosine():
