@@ -32,6 +32,8 @@ ap.add_argument("--grid49", type=int, default=0)  # LI over all 49 positions (no
 ap.add_argument("--hardli", type=float, default=0.0)  # LI listwise loss on hard negatives
 ap.add_argument("--tag", default="x")
 ap.add_argument("--views", type=int, default=0)
+ap.add_argument("--tail", type=int, default=0)  # last EfficientNet blocks trained (0: frozen tower)
+ap.add_argument("--tail-lr", type=float, default=1e-4)
 args = ap.parse_args()
 torch.manual_seed(0); rng = np.random.default_rng(0)
 torch.set_num_threads(2)
@@ -43,6 +45,19 @@ G = [tower_grids(m, tr.image_paths(), flip=False, progress=False), tower_grids(m
 for v in range(args.views):
     G.append(tower_grids(m, tr.image_paths(), progress=True, crop_seed=v))
 GD = np.asarray(tower_grids(m, dv.image_paths(), progress=False), np.float32)
+if args.tail:  # cache the input of the trained blocks; the frozen grids G stay the class-distillation teacher
+    from edge_xmr.train.features import tower_prefix
+    net = m.image_tower.net
+    cut = len(net._blocks) - args.tail
+    P = [tower_prefix(m, tr.image_paths(), cut, flip=False), tower_prefix(m, tr.image_paths(), cut, flip=True)]
+    PD = tower_prefix(m, dv.image_paths(), cut, flip=False)
+    tail_p = [p for b in net._blocks[cut:] for p in b.parameters()] + list(net._conv_head.parameters()) + list(net._bn1.parameters())
+    for p_ in tail_p: p_.requires_grad_(True)
+    def tail_fwd(x):  # (B, C', 7, 7) -> (B, 49, 1280)
+        for blk in net._blocks[cut:]: x = blk(x)
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return x.flatten(2).transpose(1, 2)
+    m.image_tower.eval()
 tok = m.tokenizer
 def enc(caps):
     ids, mask = tok.encode(list(caps), 32); return torch.from_numpy(ids), torch.from_numpy(mask)
@@ -88,8 +103,11 @@ if args.cls:
     cids, cmask = enc([f"a photo of a {n}" for n in names])
     with torch.no_grad(): clow = m.text_lower(cids, cmask).half()
 text_p = [p for n, p in m.named_parameters() if p.requires_grad and n.startswith("text.")]
-other = [p for p in params if all(p is not q for q in text_p)]
-opt = torch.optim.AdamW([{"params": text_p, "lr": 5e-5}, {"params": other, "lr": 1e-3}], weight_decay=0.01)
+tower_p = [p for n, p in m.named_parameters() if p.requires_grad and n.startswith("image_tower.")]
+other = [p for p in params if all(p is not q for q in text_p + tower_p)]
+LRS = (5e-5, 1e-3, args.tail_lr)
+opt = torch.optim.AdamW([{"params": text_p, "lr": LRS[0]}, {"params": other, "lr": LRS[1]},
+                         {"params": tower_p, "lr": LRS[2]}], weight_decay=0.01)
 img_caps = tr.image_captions(); lens = mask.sum(1)
 B = 128; spe = len(tr.images) // B; total = spe * args.epochs
 
@@ -100,6 +118,10 @@ def text_fwd(lw, mk):
     return temb, h, states[:-1]
 
 def grid(img, flip):
+    if args.tail:
+        x = np.empty((len(img), *P[0].shape[1:]), np.float32)
+        for k in range(len(img)): x[k] = P[flip[k] % 2][img[k]]
+        return tail_fwd(torch.from_numpy(x))
     g = np.empty((len(img), 49, 1280), np.float32)
     for k in range(len(img)): g[k] = G[flip[k]][img[k]]
     return torch.from_numpy(g)
@@ -107,7 +129,7 @@ def grid(img, flip):
 @torch.no_grad()
 def evaluate():
     m.eval(); li.eval()
-    g = torch.from_numpy(GD)
+    g = torch.cat([tail_fwd(torch.from_numpy(np.asarray(PD[i:i+250], np.float32))) for i in range(0, len(PD), 250)]) if args.tail else torch.from_numpy(GD)
     iemb = F.normalize(m.image_head(g.mean(1)), dim=-1); it = li.img_tokens(g)
     tembs, S_li = [], []
     for i in range(0, len(dids), 500):
@@ -143,7 +165,7 @@ for ep in range(args.epochs):
     perm = rng.permutation(len(tr.images)); t0 = time.time()
     for b in range(spe):
         s = step / total; lr_f = min(1, (step + 1) / 20) * (0.55 + 0.45 * math.cos(math.pi * s))
-        for gp, lr in zip(opt.param_groups, (5e-5, 1e-3)): gp["lr"] = lr * lr_f
+        for gp, lr in zip(opt.param_groups, LRS): gp["lr"] = lr * lr_f
         img = perm[b*B:(b+1)*B]; flip = rng.integers(0, len(G), len(img))
         cap = np.array([rng.choice(img_caps[i]) for i in img])
         L = int(lens[cap].max()); mk = mask[cap, :L]
@@ -176,7 +198,8 @@ for ep in range(args.epochs):
             if step % 25 == 0:
                 with torch.no_grad(): CT = torch.cat([text_fwd(clow[i:i+500], cmask[i:i+500])[0] for i in range(0, 1000, 500)])
             with torch.no_grad():
-                p = ((g.mean(1) @ FW.T + FB)).softmax(-1)
+                g0 = torch.from_numpy(np.stack([np.asarray(G[f_ % 2][i_], np.float32) for i_, f_ in zip(img, flip)])) if args.tail else g
+                p = ((g0.mean(1) @ FW.T + FB)).softmax(-1)
             ct = CT
             q = (sc * iemb @ ct.T).log_softmax(-1)
             l3 = -(p * q).sum(-1).mean()

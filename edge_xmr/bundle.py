@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .tokenizer import Tokenizer
 
 FloatArray = npt.NDArray[np.float32]
 
-FORMAT_VERSION = 1  # manifest format this runtime reads
+FORMAT_VERSION = 2  # manifest format this runtime reads (2: the cross-encoder starts from the text states)
 MANIFEST = "manifest.json"
 GRAPH_NAMES = ("text_encoder", "image_encoder", "cross_encoder")
 PRECISIONS = ("fp32", "int8")
@@ -35,6 +36,15 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 class BundleError(ValueError):
     """A bundle that is missing, incomplete, tampered with or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """One text after the text encoder: what retrieval and reranking both need (one text pass)."""
+
+    embedding: FloatArray  # (D,) bi-encoder embedding, L2-normalised
+    states: FloatArray  # (J, 1, L, W) text states the cross-encoder graph starts from
+    mask: npt.NDArray[np.int64]  # (1, L) attention mask of the text
 
 
 def sha256_path(path: str | Path) -> str:
@@ -70,7 +80,8 @@ def validate_manifest(m: Any) -> list[str]:
 
     fv = need(m, "format_version", int, "manifest")
     if fv is not None and fv != FORMAT_VERSION:
-        p.append(f"manifest.format_version: {fv} is not supported (this runtime reads {FORMAT_VERSION})")
+        hint = " (an older export: re-export it with 'edge-xmr export')" if fv < FORMAT_VERSION else ""
+        p.append(f"manifest.format_version: {fv} is not supported (this runtime reads {FORMAT_VERSION}){hint}")
     need(m, "created", str, "manifest")
     model = need(m, "model", dict, "manifest")
     if model is not None:
@@ -238,6 +249,25 @@ class Bundle:
             out.append(sess.run(["text_embeds"], {"input_ids": ids, "attention_mask": mask})[0])
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
 
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> list[EncodedText]:
+        """Texts -> one :class:`EncodedText` each: the embedding to retrieve with and the states to
+        rerank with, from a single run of the text encoder."""
+        out: list[EncodedText] = []
+        sess = self.session("text_encoder") if len(texts) else None
+        for i in range(0, len(texts), batch_size):
+            ids, mask = self.tokenizer.encode(list(texts[i:i + batch_size]), self.max_text_len)
+            emb, states = sess.run(["text_embeds", "text_states"], {"input_ids": ids, "attention_mask": mask})
+            for j in range(len(ids)):
+                n = max(1, int(mask[j].sum()))
+                out.append(EncodedText(embedding=np.asarray(emb[j], np.float32),
+                                       states=np.ascontiguousarray(states[:, j:j + 1, :n], np.float32),
+                                       mask=np.ascontiguousarray(mask[j:j + 1, :n])))
+        return out
+
+    def encode_query(self, text: str) -> EncodedText:
+        """One text -> :class:`EncodedText` (see ``encode_texts``)."""
+        return self.encode_texts([text])[0]
+
     # ---- images --------------------------------------------------------------------------------
     def encode_images(self, images: Sequence[Any], batch_size: int = 16) -> tuple[FloatArray, FloatArray]:
         """Images (paths, PIL images or HxWx3 uint8 arrays) -> (embeddings (N, D), tokens (N, T, Dt))."""
@@ -263,20 +293,33 @@ class Bundle:
 
         tokens (N, T, Dt) and embeds (N, D) are float32, or int8 as stored in the index (they are
         then dequantized with the manifest's storage scales). N = 0 returns an empty array.
+        A search that has already encoded its query passes it to ``score_encoded`` instead.
         """
+        self._check_candidates(tokens, embeds)
+        if len(tokens) == 0:
+            return np.zeros((0,), np.float32)
+        return self.score_encoded(self.encode_query(text), tokens, embeds)
+
+    def score_encoded(self, query: EncodedText, tokens: npt.NDArray[Any], embeds: npt.NDArray[Any]) -> FloatArray:
+        """``score_candidates`` for a text already through the text encoder (no second text pass)."""
+        self._check_candidates(tokens, embeds)
         tokens, embeds = self._float(tokens, "token"), self._float(embeds, "embedding")
-        if tokens.ndim != 3 or embeds.ndim != 2 or len(tokens) != len(embeds):
-            raise ValueError(f"score_candidates needs tokens (N, T, Dt) and embeds (N, D) with the same N, "
-                             f"got {tokens.shape} and {embeds.shape}")
         if len(tokens) == 0:
             return np.zeros((0,), np.float32)  # onnxruntime fails on n = 0: never call it
-        ids, mask = self.tokenizer.encode([text], self.max_text_len)
         sess = self.session("cross_encoder")
-        out = [sess.run(["scores"], {"input_ids": ids, "attention_mask": mask,
-                                     "image_tokens": tokens[i:i + self.max_candidates],
+        feed = {"text_states": query.states, "attention_mask": query.mask,
+                "text_embeds": np.ascontiguousarray(query.embedding[None], np.float32)}
+        out = [sess.run(["scores"], {**feed, "image_tokens": tokens[i:i + self.max_candidates],
                                      "image_embeds": embeds[i:i + self.max_candidates]})[0]
                for i in range(0, len(tokens), self.max_candidates)]
         return np.concatenate(out).astype(np.float32)
+
+    @staticmethod
+    def _check_candidates(tokens: npt.NDArray[Any], embeds: npt.NDArray[Any]) -> None:
+        tokens, embeds = np.asarray(tokens), np.asarray(embeds)
+        if tokens.ndim != 3 or embeds.ndim != 2 or len(tokens) != len(embeds):
+            raise ValueError(f"score_candidates needs tokens (N, T, Dt) and embeds (N, D) with the same N, "
+                             f"got {tokens.shape} and {embeds.shape}")
 
     # ---- int8 storage --------------------------------------------------------------------------
     def quantize(self, x: npt.NDArray[Any], kind: str) -> npt.NDArray[np.int8]:

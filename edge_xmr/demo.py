@@ -124,8 +124,11 @@ def default_bundle(cache: Path | None = None, model_dir: Path | None = None,
 
 
 def bundle_cache_path(model_dir: Path, cache: Path | None = None) -> Path:
-    """Where the bundle of a model directory is kept: ``<cache>/bundles/<first 16 hex of its hash>``."""
-    return (cache or cache_dir()) / "bundles" / model_hash(model_dir)[:16]
+    """Where the bundle of a model directory is kept: ``<cache>/bundles/v<format>-<first 16 hex of its
+    hash>`` (a runtime that reads another bundle format exports its own copy)."""
+    from .bundle import FORMAT_VERSION
+
+    return (cache or cache_dir()) / "bundles" / f"v{FORMAT_VERSION}-{model_hash(model_dir)[:16]}"
 
 
 def require_export_extras() -> None:
@@ -291,15 +294,15 @@ def timed_search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: 
     t0 = time.perf_counter()
     if lib.count() == 0:
         return TimedSearch([], StageTimes(0.0, 0.0, 0.0, _ms(t0), 0))
-    q = np.asarray(bundle.embed_texts([text]), np.float32)[0]
+    query = bundle.encode_query(text)  # one text pass: its embedding retrieves, its states rerank
     t1 = time.perf_counter()
-    cands = lib.candidates(q, max(k, rerank), filters)
+    cands = lib.candidates(np.asarray(query.embedding, np.float32), max(k, rerank), filters)
     t2 = time.perf_counter()
     n = min(rerank, len(cands.ids))
     cross = np.zeros((0,), np.float32)
     if n:
         tokens = lib.tokens(cands.ids[:n].tolist())
-        cross = np.asarray(bundle.score_candidates(text, tokens, cands.embeds[:n]), np.float32).reshape(n)
+        cross = np.asarray(bundle.score_encoded(query, tokens, cands.embeds[:n]), np.float32).reshape(n)
     t3 = time.perf_counter()
     order = [int(i) for i in np.argsort(-cross, kind="stable")] + list(range(n, len(cands.ids)))
     hits = hits_for(lib, cands.ids, cands.scores, cross, order[:k])

@@ -73,19 +73,19 @@ def search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: DateLi
     filters = make_filters(after, before, folder)
     if lib.is_empty():
         return []
-    q = np.asarray(bundle.embed_texts([text]), np.float32)[0]
-    cands = lib.candidates(q, max(k, rerank), filters)
-    cross = _cross_scores(lib, text, cands, rerank)
+    query = bundle.encode_query(text)  # one text pass: its embedding retrieves, its states rerank
+    cands = lib.candidates(np.asarray(query.embedding, np.float32), max(k, rerank), filters)
+    cross = _cross_scores(lib, query, cands, rerank)
     order = list(np.argsort(-cross, kind="stable")) + list(range(len(cross), len(cands.ids)))
     return _hits(lib, cands, cross, order[:k])
 
 
-def _cross_scores(lib: Library, text: str, cands: Candidates, rerank: int) -> FloatArray:
+def _cross_scores(lib: Library, query: Any, cands: Candidates, rerank: int) -> FloatArray:
     n = min(rerank, len(cands.ids))
     if n == 0:
         return np.zeros((0,), np.float32)
     tokens = lib.tokens(cands.ids[:n].tolist())
-    scores = lib.require_bundle().score_candidates(text, tokens, cands.embeds[:n])
+    scores = lib.require_bundle().score_encoded(query, tokens, cands.embeds[:n])
     return np.asarray(scores, np.float32).reshape(n)
 
 
@@ -120,8 +120,9 @@ def rank_texts(lib: Library, photo: str | os.PathLike[str] | int, texts: Sequenc
     if not clean:
         return []
     _, emb, tok = photo_vectors(lib, photo)
-    bi = np.asarray(bundle.embed_texts(clean), np.float32) @ emb
-    cross = [float(np.asarray(bundle.score_candidates(t, tok[None], emb[None])).reshape(-1)[0]) for t in clean]
+    queries = [bundle.encode_query(t) for t in clean]
+    bi = np.array([float(np.asarray(q.embedding, np.float32) @ emb) for q in queries], np.float32)
+    cross = [float(np.asarray(bundle.score_encoded(q, tok[None], emb[None])).reshape(-1)[0]) for q in queries]
     order = np.argsort(-np.asarray(cross), kind="stable")
     return [TextHit(text=texts[i], bi_score=float(bi[i]), cross_score=cross[i], index=int(i)) for i in order]
 

@@ -101,16 +101,20 @@ def same_ranking(ref: np.ndarray, got: np.ndarray, k: int, tol: float) -> bool:
 
 def encode_all(text_sess: Any, image_sess: Any, ids: np.ndarray, mask: np.ndarray,
                pixels: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    t = np.concatenate([text_sess.run(None, {"input_ids": ids[i:i + batch], "attention_mask": mask[i:i + batch]})[0]
+    t = np.concatenate([text_sess.run(["text_embeds"], {"input_ids": ids[i:i + batch],
+                                                         "attention_mask": mask[i:i + batch]})[0]
                         for i in range(0, len(ids), batch)])
     e, k = zip(*[image_sess.run(None, {"pixel_values": pixels[i:i + batch]}) for i in range(0, len(pixels), batch)])
     return t, np.concatenate(e), np.concatenate(k)
 
 
-def cross_scores(sess: Any, ids: np.ndarray, mask: np.ndarray, q: int, tokens: np.ndarray,
+def cross_scores(text_sess: Any, sess: Any, ids: np.ndarray, mask: np.ndarray, q: int, tokens: np.ndarray,
                  embeds: np.ndarray) -> np.ndarray:
-    n = int(mask[q].sum())
-    return sess.run(None, {"input_ids": ids[q:q + 1, :n], "attention_mask": mask[q:q + 1, :n],
+    """Caption ``q`` through the text encoder, then its states against every candidate (cross-encoder)."""
+    n = max(1, int(mask[q].sum()))
+    m = mask[q:q + 1, :n]
+    emb, states = text_sess.run(["text_embeds", "text_states"], {"input_ids": ids[q:q + 1, :n], "attention_mask": m})
+    return sess.run(None, {"text_states": states, "attention_mask": m, "text_embeds": emb,
                            "image_tokens": tokens, "image_embeds": embeds})[0]
 
 
@@ -131,8 +135,8 @@ def int8_vs_fp32(fp32: dict[str, Path], int8: dict[str, Path], ids: np.ndarray, 
     overlap = topk_overlap(t32 @ e32.T, t8 @ e8.T)
     diffs, rer = [], []
     for q in range(min(n_rerank, len(ids))):
-        a = cross_scores(s32["cross_encoder"], ids, mask, q, k32, e32)
-        b = cross_scores(s8["cross_encoder"], ids, mask, q, k8, e8)
+        a = cross_scores(s32["text_encoder"], s32["cross_encoder"], ids, mask, q, k32, e32)
+        b = cross_scores(s8["text_encoder"], s8["cross_encoder"], ids, mask, q, k8, e8)
         diffs.append(float(np.abs(a - b).max()))
         rer.append(topk_overlap(a[None], b[None])[0])
     ok = text_cos.mean() >= INT8_MIN_COSINE and img_cos.mean() >= INT8_MIN_COSINE

@@ -6,7 +6,10 @@ a dummy-input generator and the wrapper module that maps a :class:`JointModel` m
 graph's inputs and outputs. ``GRAPHS`` holds all three specs; nothing registers itself elsewhere.
 
 Symbolic dims: ``batch`` / ``length`` / ``n`` are dynamic; ``D`` (embedding dim), ``T`` (image tokens),
-``Dt`` (token dim), ``S`` (image side) are fixed by the model config; integers are literal.
+``Dt`` (token dim), ``S`` (image side), ``J`` (text states the cross-encoder reuses: the inputs of its
+joint blocks, then the final states) and ``W`` (text width) are fixed by the model config; integers are
+literal. The text encoder returns the query's states with its embedding, so a reranked search runs the
+text blocks once: the cross-encoder graph starts from those states.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ class GraphSpec:
 
 
 def fixed_dims(cfg: ModelConfig) -> dict[str, int]:
-    return {"D": cfg.embed_dim, "T": cfg.n_image_tokens, "Dt": cfg.token_dim, "S": cfg.image.size}
+    return {"D": cfg.embed_dim, "T": cfg.n_image_tokens, "Dt": cfg.token_dim, "S": cfg.image.size,
+            "J": cfg.cross_layers + 1, "W": cfg.text.width}
 
 
 # ---- wrappers: JointModel methods with the graphs' exact signatures -------------------------------
@@ -88,8 +92,8 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(input_ids, attention_mask)  # (batch, D)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.query_states(input_ids, attention_mask)  # (batch, D), (J, batch, length, W)
 
 
 class ImageEncoder(nn.Module):
@@ -106,9 +110,9 @@ class CrossEncoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor,
-                image_embeds: torch.Tensor) -> torch.Tensor:
-        return self.model.score_query(input_ids, attention_mask, image_tokens, image_embeds)  # (n,)
+    def forward(self, text_states: torch.Tensor, attention_mask: torch.Tensor, text_embeds: torch.Tensor,
+                image_tokens: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        return self.model.score_states(text_states, attention_mask, text_embeds, image_tokens, image_embeds)  # (n,)
 
 
 # ---- dummy inputs ---------------------------------------------------------------------------------
@@ -138,8 +142,11 @@ def dummy_image(cfg: ModelConfig, sizes: dict[str, int], rng: np.random.Generato
 
 
 def dummy_cross(cfg: ModelConfig, sizes: dict[str, int], rng: np.random.Generator) -> Inputs:
-    n = sizes["n"]
-    out = _text(cfg, 1, sizes["length"], rng)
+    n, L = sizes["n"], sizes["length"]
+    J, W = cfg.cross_layers + 1, cfg.text.width
+    out = {"text_states": rng.standard_normal((J, 1, L, W)).astype(np.float32),
+           "attention_mask": np.ones((1, L), np.int64),
+           "text_embeds": _unit(rng.standard_normal((1, cfg.embed_dim)).astype(np.float32))}
     out["image_tokens"] = rng.standard_normal((n, cfg.n_image_tokens, cfg.token_dim)).astype(np.float32)
     out["image_embeds"] = _unit(rng.standard_normal((n, cfg.embed_dim)).astype(np.float32))
     return out
@@ -147,14 +154,14 @@ def dummy_cross(cfg: ModelConfig, sizes: dict[str, int], rng: np.random.Generato
 
 _IDS = TensorSpec("input_ids", "int64", ("batch", "length"))
 _MASK = TensorSpec("attention_mask", "int64", ("batch", "length"))
-_QIDS = TensorSpec("input_ids", "int64", (1, "length"))
 _QMASK = TensorSpec("attention_mask", "int64", (1, "length"))
 
 GRAPHS: dict[str, GraphSpec] = {
     "text_encoder": GraphSpec(
         name="text_encoder",
         inputs=(_IDS, _MASK),
-        outputs=(TensorSpec("text_embeds", "float32", ("batch", "D")),),
+        outputs=(TensorSpec("text_embeds", "float32", ("batch", "D")),
+                 TensorSpec("text_states", "float32", ("J", "batch", "length", "W"))),
         wrapper=TextEncoder,
         dummy=dummy_text,
         export_sizes={"batch": 2, "length": 7},
@@ -175,7 +182,9 @@ GRAPHS: dict[str, GraphSpec] = {
     ),
     "cross_encoder": GraphSpec(
         name="cross_encoder",
-        inputs=(_QIDS, _QMASK, TensorSpec("image_tokens", "float32", ("n", "T", "Dt")),
+        inputs=(TensorSpec("text_states", "float32", ("J", 1, "length", "W")), _QMASK,
+                TensorSpec("text_embeds", "float32", (1, "D")),
+                TensorSpec("image_tokens", "float32", ("n", "T", "Dt")),
                 TensorSpec("image_embeds", "float32", ("n", "D"))),
         outputs=(TensorSpec("scores", "float32", ("n",)),),
         wrapper=CrossEncoder,

@@ -205,6 +205,16 @@ class Distiller:
         emb = (1 - (s_temb * t_temb).sum(1)).mean() + (1 - (s_iemb * t_iemb).sum(1)).mean()
         loss = cfg.kd_bi_weight * kd_bi + cfg.gt_bi_weight * gt_bi + cfg.emb_weight * emb
         stats = {"kd_bi": float(kd_bi.detach()), "gt_bi": float(gt_bi.detach()), "emb": float(emb.detach())}
+        if cfg.kd_li_weight or cfg.gt_li_weight:  # late interaction, every caption against every photo
+            with torch.no_grad():
+                t_li = t.cross.li_log_scale.clamp(max=math.log(100)).exp() * t.cross.late_interaction_all(
+                    t.cross.text_tokens(t_states[-1]), t_mask, t.token_pool(g))  # (B, B)
+            s_li = s.cross.li_log_scale.clamp(max=math.log(100)).exp() * s.cross.late_interaction_all(
+                s.cross.text_tokens(s_states[-1]), s_mask, s.token_pool(F.dropout(g, cfg.feature_dropout)))
+            kd_li = 0.5 * (_kl(t_li, s_li, cfg.temperature) + _kl(t_li.T, s_li.T, cfg.temperature))
+            gt_li = 0.5 * (F.cross_entropy(s_li, target) + F.cross_entropy(s_li.T, target))
+            loss = loss + cfg.kd_li_weight * kd_li + cfg.gt_li_weight * gt_li
+            stats.update(kd_li=float(kd_li.detach()), gt_li=float(gt_li.detach()))
         Q = min(cfg.ce_queries, len(img))
         if Q and cfg.ce_candidates > 1 and (cfg.kd_ce_weight or cfg.gt_ce_weight):
             K = cfg.ce_candidates

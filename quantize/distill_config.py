@@ -49,6 +49,8 @@ class DistillConfig:
     emb_weight: float = 1.0  # 1 - cosine between student and teacher embeddings (text and image)
     gt_bi_weight: float = 0.5  # ground truth: symmetric InfoNCE of the student's bi-encoder
     gt_ce_weight: float = 0.5  # ground truth: listwise loss of the cross-encoder (true photo first)
+    kd_li_weight: float = 1.0  # KL to the teacher's in-batch late-interaction scores (both directions)
+    gt_li_weight: float = 0.5  # ground truth: symmetric InfoNCE of the student's late interaction
     ce_queries: int = 32  # captions per batch that get a cross-encoder group
     ce_candidates: int = 8  # group size: the true photo + the teacher bi-encoder's top candidates
     feature_dropout: float = 0.1  # dropout on the cached image features seen by the student

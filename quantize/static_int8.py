@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,14 @@ class _Reader:
 
 
 def calibration_feeds(graph: str, ids: np.ndarray, mask: np.ndarray, pixels: np.ndarray, embeds: np.ndarray,
-                      tokens: np.ndarray, batch: int = 16, n_candidates: int = 16) -> list[dict[str, np.ndarray]]:
+                      tokens: np.ndarray, batch: int = 16, n_candidates: int = 16,
+                      encode_text: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+                      ) -> list[dict[str, np.ndarray]]:
     """Inputs of ``graph`` for calibration: caption batches, photo batches, and for the cross-encoder
-    one caption against ``n_candidates`` photos (fp32 outputs of the image encoder on the calibration
-    photos: ``embeds`` (N, D), ``tokens`` (N, T, Dt)). Every feed of a graph has the same shapes
-    (captions padded to the longest one, whole batches only): the histogram calibrators need it."""
+    one caption (its fp32 text-encoder outputs from ``encode_text(ids, mask) -> (text_embeds,
+    text_states)``) against ``n_candidates`` photos (fp32 outputs of the image encoder on the
+    calibration photos: ``embeds`` (N, D), ``tokens`` (N, T, Dt)). Every feed of a graph has the same
+    shapes (captions padded to the longest one, whole batches only): the histogram calibrators need it."""
     feeds: list[dict[str, np.ndarray]] = []
     L = max(1, int(mask.sum(1).max())) if len(mask) else 1
     if graph == "text_encoder":
@@ -54,10 +57,13 @@ def calibration_feeds(graph: str, ids: np.ndarray, mask: np.ndarray, pixels: np.
     elif graph == "image_encoder":
         feeds = [{"pixel_values": pixels[i:i + batch]} for i in range(0, max(1, len(pixels) - batch + 1), batch)]
     elif graph == "cross_encoder":
+        if encode_text is None:
+            raise ValueError("calibrating the cross-encoder needs encode_text (the fp32 text encoder)")
         rng = np.random.default_rng(0)
         for q in range(min(len(ids), 32)):
             c = np.sort(rng.choice(len(embeds), size=min(n_candidates, len(embeds)), replace=False))
-            feeds.append({"input_ids": ids[q:q + 1, :L], "attention_mask": mask[q:q + 1, :L],
+            emb, states = encode_text(ids[q:q + 1, :L], mask[q:q + 1, :L])
+            feeds.append({"text_states": states, "attention_mask": mask[q:q + 1, :L], "text_embeds": emb,
                           "image_tokens": tokens[c], "image_embeds": embeds[c]})
     else:
         raise ValueError(f"unknown graph {graph!r}")

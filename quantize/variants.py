@@ -83,7 +83,8 @@ def _static(root: Path, images: list[Any], texts: list[str], say: Callable[[str]
     info: dict[str, Any] = {}
     for g in GRAPHS:
         say(f"int8-static: calibrating and quantizing {g}")
-        feeds = calibration_feeds(g, ids, mask, pixels, embeds, tokens)
+        feeds = calibration_feeds(g, ids, mask, pixels, embeds, tokens, encode_text=lambda i, m: tuple(
+            b.session("text_encoder").run(["text_embeds", "text_states"], {"input_ids": i, "attention_mask": m})))
         info[g] = quantize_static_qdq(root / "onnx" / "fp32" / f"{g}.onnx", out / f"{g}.onnx", feeds)
     share_weights([out / f"{g}.onnx" for g in GRAPHS])
     say("int8-static: comparing with fp32 on held-out samples")

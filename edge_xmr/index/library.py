@@ -59,6 +59,10 @@ class EncoderBundle(Protocol):
 
     def score_candidates(self, text: str, tokens: FloatArray, embeds: FloatArray) -> FloatArray: ...
 
+    def encode_query(self, text: str) -> Any: ...  # has ``.embedding`` (D,); what score_encoded takes
+
+    def score_encoded(self, query: Any, tokens: FloatArray, embeds: FloatArray) -> FloatArray: ...
+
 
 @dataclass(frozen=True)
 class PhotoRecord:

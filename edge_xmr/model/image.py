@@ -40,9 +40,26 @@ class EfficientNetLite0(nn.Module):
         self.net._fc = nn.Identity()  # classification layer is not used
 
     def forward(self, px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self.net.extract_features(px)  # (B, 1280, 7, 7)
+        return self.suffix(self.prefix(px, len(self.net._blocks)), len(self.net._blocks))
+
+    def prefix(self, px: torch.Tensor, upto: int) -> torch.Tensor:
+        """Stem and blocks [0, upto): (B, 3, 224, 224) -> (B, C, h, w) (blocks 11.. run at 7x7)."""
+        x = self.net._swish(self.net._bn0(self.net._conv_stem(px)))
+        for idx, block in enumerate(self.net._blocks[:upto]):
+            x = block(x, drop_connect_rate=self._drop(idx))
+        return x
+
+    def suffix(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks [start, 16) and the head conv: (B, C, h, w) -> global (B, 1280), grid (B, 49, 1280)."""
+        for idx, block in enumerate(self.net._blocks[start:], start):
+            x = block(x, drop_connect_rate=self._drop(idx))
+        g = self.net._swish(self.net._bn1(self.net._conv_head(x)))  # (B, 1280, 7, 7)
         grid = g.flatten(2).transpose(1, 2)  # (B, 49, 1280)
         return grid.mean(1), grid
+
+    def _drop(self, idx: int) -> float:
+        rate = self.net._global_params.drop_connect_rate or 0.0
+        return rate * idx / len(self.net._blocks)  # as the package's extract_features
 
 
 class ClipVision(nn.Module):

@@ -213,6 +213,18 @@ class JointModel(nn.Module):
         t, states = self.text_upper(self.text_lower(ids, mask), mask)  # (1, D)
         return self.cross_logits(states, mask, t, tokens[None], img_emb[None])[0]
 
+    def query_states(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) ids + mask -> (embedding (B, D), text states stacked (J, B, L, W)), J = cross_layers + 1:
+        one text pass whose states the cross-encoder reuses (the bundle's text_encoder graph)."""
+        t, states = self.text_upper(self.text_lower(ids, mask), mask)
+        return t, torch.stack(states)
+
+    def score_states(self, states: torch.Tensor, mask: torch.Tensor, t_emb: torch.Tensor, tokens: torch.Tensor,
+                     img_emb: torch.Tensor) -> torch.Tensor:
+        """One encoded query (states (J, 1, L, W), mask (1, L), t_emb (1, D)) against N candidates
+        (tokens (N, T, Dt), embeddings (N, D)) -> (N,) (the bundle's cross_encoder graph)."""
+        return self.cross_logits(list(states.unbind(0)), mask, t_emb, tokens[None], img_emb[None])[0]
+
     def score_aligned(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
                       img_emb: torch.Tensor) -> torch.Tensor:
         """N (text, image) pairs -> (N,) scores."""

@@ -77,6 +77,65 @@ def tower_grids(model: JointModel, paths: list[Path], flip: bool = False, batch_
     return out
 
 
+def tower_prefix(model: JointModel, paths: list[Path], upto: int, flip: bool = False, batch_size: int = 64,
+                 progress: bool = True) -> np.ndarray:
+    """Activations (N, C, h, w) float16 of the frozen start of the tower (stem + blocks[:upto]): the input
+    of its trained last blocks. Cached like ``tower_grids``."""
+    h = hashlib.sha256(f"{model.cfg.image}|{flip}|prefix{upto}".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.name}|{st.st_size}|{int(st.st_mtime)}".encode())
+    f = cache_dir() / f"{model.cfg.image.tower}-prefix{upto}-{h.hexdigest()[:20]}.npy"
+    if f.is_file():
+        return np.load(f, mmap_mode="r")
+    run = _ort_module(_Prefix(model.image_tower, upto), model.cfg.image.size)
+    out = None
+    for i in tqdm(range(0, len(paths), batch_size), desc=f"tower blocks <{upto}", unit="batch", disable=not progress):
+        try:
+            px = to_pixels(list(paths[i:i + batch_size]), model.cfg.image)
+        except ImageError as e:
+            raise DataError(str(e)) from None
+        if flip:
+            px = np.ascontiguousarray(px[..., ::-1])
+        x = run(px)
+        if out is None:
+            out = np.empty((len(paths), *x.shape[1:]), np.float16)
+        out[i:i + len(x)] = x.astype(np.float16)
+    assert out is not None
+    tmp = f.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    os.replace(tmp, f)
+    return out
+
+
+class _Prefix(torch.nn.Module):
+    def __init__(self, tower: torch.nn.Module, upto: int):
+        super().__init__()
+        self.tower, self.upto = tower, upto
+
+    def forward(self, px: torch.Tensor) -> torch.Tensor:
+        return self.tower.prefix(px, self.upto)
+
+
+def _ort_module(module: torch.nn.Module, size: int):
+    """A torch module px (B,3,S,S) -> tensor as an onnxruntime function on numpy."""
+    import tempfile
+    import warnings
+
+    import onnxruntime as ort
+
+    module.eval()
+    f = Path(tempfile.mkdtemp()) / "module.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(2, 3, size, size),), str(f), input_names=["px"], output_names=["y"],
+                          dynamic_axes={"px": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
+    return lambda x: sess.run(None, {"px": x})[0]
+
+
 class _GridOnly(torch.nn.Module):
     def __init__(self, tower: torch.nn.Module):
         super().__init__()

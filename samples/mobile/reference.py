@@ -12,10 +12,12 @@ mobile), Pillow (image decoding) and SQLite with the sqlite-vec extension.
 Steps of a text query (see docs/mobile.md for every tensor and table):
 
 1. tokenise   ``tokenizer.json`` -> input_ids, attention_mask  (1, L) int64, L <= max_text_len
-2. embed      text_encoder -> text_embeds (1, D) float32, unit length
+2. embed      text_encoder -> text_embeds (1, D) float32, unit length, and text_states (J, 1, L, W):
+              the query's states that the cross-encoder starts from (the text runs once per query)
 3. KNN in SQL int8-quantise the query, ``vectors MATCH vec_int8(?) AND k = ?`` (over-fetch 2x)
 4. rescore    decode each candidate's stored embedding (int8 + 4-bit residual), cosine with the query
-5. rerank     cross_encoder(query ids, candidates' image tokens and embeddings) -> scores (n,)
+5. rerank     cross_encoder(text_states, attention_mask, text_embeds, candidates' image tokens and
+              embeddings) -> scores (n,)
 6. results    cross-encoder order for the reranked head, bi-encoder order after it
 """
 
@@ -65,11 +67,13 @@ class Model:
         arr = np.asarray([ids], np.int64)
         return arr, np.ones_like(arr)
 
-    # 2. embed a text
-    def embed_text(self, text: str) -> np.ndarray:
+    # 2. embed a text: its embedding (to retrieve) and its states (to rerank), one run of the text encoder
+    def encode_text(self, text: str) -> dict[str, np.ndarray]:
+        """-> {"text_embeds": (1, D) unit length, "text_states": (J, 1, L, W), "attention_mask": (1, L)}."""
         ids, mask = self.tokenize(text)
-        out = self.sessions["text_encoder"].run(["text_embeds"], {"input_ids": ids, "attention_mask": mask})[0]
-        return out[0].astype(np.float32)  # (D,), unit length
+        emb, states = self.sessions["text_encoder"].run(["text_embeds", "text_states"],
+                                                        {"input_ids": ids, "attention_mask": mask})
+        return {"text_embeds": emb.astype(np.float32), "text_states": states.astype(np.float32), "attention_mask": mask}
 
     # embed a photo (the image->image query; indexing runs the same graph)
     def pixels(self, path: str | Path) -> np.ndarray:
@@ -87,11 +91,11 @@ class Model:
         return e[0], t[0]
 
     # 5. rerank
-    def cross_scores(self, text: str, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
-        """One query against n >= 1 candidates (tokens (n, T, Dt), embeds (n, D)) -> scores (n,)."""
-        ids, mask = self.tokenize(text)
+    def cross_scores(self, query: dict[str, np.ndarray], tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
+        """One encoded query (``encode_text``) against n >= 1 candidates (tokens (n, T, Dt), embeds (n, D))
+        -> scores (n,)."""
         out = [self.sessions["cross_encoder"].run(["scores"], {
-            "input_ids": ids, "attention_mask": mask,
+            **query,
             "image_tokens": tokens[i:i + self.max_n].astype(np.float32),
             "image_embeds": embeds[i:i + self.max_n].astype(np.float32)})[0]
             for i in range(0, len(tokens), self.max_n)]
@@ -220,10 +224,10 @@ def search(model: Model, conn: Any, text: str, k: int = 10, rerank: int = 20) ->
     meta = read_meta(conn)
     if meta.model_id != model.manifest["model"]["id"]:
         raise SystemExit("this index was built with another model: its embeddings mean nothing to this bundle")
-    q = model.embed_text(text)
-    ids, embeds, bi = knn(conn, meta, q, max(k, rerank))
+    query = model.encode_text(text)
+    ids, embeds, bi = knn(conn, meta, query["text_embeds"][0], max(k, rerank))
     n = min(rerank, len(ids))
-    cross = model.cross_scores(text, image_tokens(conn, meta, ids[:n]), embeds[:n]) if n else np.zeros(0, np.float32)
+    cross = model.cross_scores(query, image_tokens(conn, meta, ids[:n]), embeds[:n]) if n else np.zeros(0, np.float32)
     order = [int(i) for i in np.argsort(-cross, kind="stable")] + list(range(n, len(ids)))
     return _results(conn, ids, bi, cross, order[:k])
 

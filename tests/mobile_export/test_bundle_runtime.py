@@ -95,7 +95,8 @@ def test_manifest_schema_is_validated(tiny_bundle, bundle_copy):
         edit(m)
         return validate_manifest(m)
 
-    assert any("format_version" in p for p in problems(lambda m: m.update(format_version=2)))
+    assert any("format_version" in p for p in problems(lambda m: m.update(format_version=3)))
+    assert any("re-export" in p for p in problems(lambda m: m.update(format_version=1)))
     assert any("model.id" in p for p in problems(lambda m: m["model"].update(id="xyz")))
     assert any("embedding.dim" in p for p in problems(lambda m: m["embedding"].update(dim="16")))
     assert any("storage.token_int8_scale" in p for p in problems(lambda m: m["storage"].update(token_int8_scale=0)))
@@ -139,3 +140,46 @@ def test_torch_free_subprocess_loads_the_bundle(tiny_bundle, tmp_path):
     # and the fake really blocks torch
     blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert blocked.returncode != 0 and "not available" in blocked.stderr
+
+
+def test_encoded_queries_match_the_pytorch_model(tiny_bundle, _tiny_model):
+    """A text's states leave the text encoder cut to its own length, even when it was encoded in a
+    padded batch, and the cross-encoder started from them scores as the PyTorch model does."""
+    b = Bundle.load(tiny_bundle, threads=1)
+    img = np.random.default_rng(3).integers(0, 255, (3, 40, 50, 3), dtype=np.uint8)
+    emb, tok = b.encode_images(list(img))
+    texts = ["a dog", "two red cats sitting on the grass by the water"]
+    batch = b.encode_texts(texts)
+    for t, q in zip(texts, batch):
+        alone = b.encode_query(t)
+        assert q.states.shape == alone.states.shape and q.mask.shape[1] == q.states.shape[2]
+        np.testing.assert_allclose(q.embedding, alone.embedding, atol=1e-5)
+        ours = b.score_encoded(q, tok, emb)
+        np.testing.assert_allclose(ours, b.score_encoded(alone, tok, emb), atol=1e-4)
+        np.testing.assert_allclose(ours, _tiny_model.score_candidates(t, tok, emb), atol=1e-3)
+        np.testing.assert_allclose(q.embedding, _tiny_model.embed_texts([t])[0], atol=1e-4)
+
+
+def test_a_reranked_search_runs_the_text_encoder_once(tiny_bundle, tmp_path):
+    from edge_xmr.index import Library
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.fromarray(np.full((30, 40, 3), 60 * i, np.uint8)).save(root / f"p{i}.png")
+    with Library.open(tmp_path / "i.db", tiny_bundle, threads=1) as lib:
+        lib.index(root)
+        sess = lib.bundle.session("text_encoder")
+        calls = []
+
+        class Counting:
+            def run(self, *a, **k):
+                calls.append(1)
+                return sess.run(*a, **k)
+
+        lib.bundle._sessions["text_encoder"] = Counting()
+        hits = lib.search("a dark photo", k=3, rerank=4)
+    assert len(hits) == 3 and all(h.cross_score is not None for h in hits)
+    assert calls == [1]

@@ -26,7 +26,9 @@ def test_dynamic_axes_and_shapes():
     cfg = preset("tiny")
     assert GRAPHS["text_encoder"].dynamic_axes() == {
         "input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
-        "text_embeds": {0: "batch"}}
+        "text_embeds": {0: "batch"}, "text_states": {1: "batch", 2: "length"}}
+    assert GRAPHS["text_encoder"].io(cfg)["outputs"][1]["shape"] == [cfg.cross_layers + 1, "batch", "length",
+                                                                   cfg.text.width]
     cross = GRAPHS["cross_encoder"]
     assert cross.dynamic_axes()["image_tokens"] == {0: "n"} and cross.dynamic_axes()["scores"] == {0: "n"}
     io = GRAPHS["image_encoder"].io(cfg)

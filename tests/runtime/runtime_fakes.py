@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,20 @@ import numpy as np
 from edge_xmr.preprocess import to_pixels
 
 
+
+@dataclass(frozen=True)
+class FakeQuery:
+    """What a fake bundle's ``encode_query`` returns: the text and its embedding."""
+
+    text: str
+    embedding: np.ndarray
+
 class FakeBundle:
     def __init__(self, dim: int = 24, n_tokens: int = 4, token_dim: int = 8, size: int = 32,
                  model_id: str = "fake-model-0001", name: str = "edge-xmr-fake", with_scales: bool = True,
                  delay: float = 0.0):
         self.manifest: dict[str, Any] = {
-            "format_version": 1,
+            "format_version": 2,
             "model": {"name": name, "id": model_id},
             "max_text_len": 16,
             "preprocessing": {"size": size, "resize": "squash", "mean": [0.5] * 3, "std": [0.5] * 3},
@@ -66,6 +75,12 @@ class FakeBundle:
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         return self.encode_images(images)[0]
+
+    def encode_query(self, text: str) -> FakeQuery:
+        return FakeQuery(text, self.embed_texts([text])[0])
+
+    def score_encoded(self, query: FakeQuery, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
+        return self.score_candidates(query.text, tokens, embeds)
 
     def score_candidates(self, text: str, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
         assert len(tokens) >= 1, "the cross-encoder is never called with no candidates"

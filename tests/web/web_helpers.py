@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
@@ -17,13 +19,21 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), 
            "black": (10, 10, 10), "white": (245, 245, 245)}
 
 
+
+@dataclass(frozen=True)
+class FakeQuery:
+    """What a fake bundle's ``encode_query`` returns: the text and its embedding."""
+
+    text: str
+    embedding: np.ndarray
+
 class ColourBundle:
     """A numpy stand-in for ``edge_xmr.bundle.Bundle``: colour words find photos of that colour."""
 
     def __init__(self, dim: int = 16):
         self.dim = dim
         self.manifest: dict[str, Any] = {
-            "format_version": 1, "model": {"name": "colour-fake", "id": "colour-fake-0001"},
+            "format_version": 2, "model": {"name": "colour-fake", "id": "colour-fake-0001"},
             "max_text_len": 16,
             "preprocessing": {"size": 16, "resize": "squash", "mean": [0.5] * 3, "std": [0.5] * 3},
             "embedding": {"dim": dim, "metric": "cosine", "normalized": True},
@@ -62,6 +72,12 @@ class ColourBundle:
         tok = np.repeat(rgb[:, None, :], 2, axis=1)
         tok = np.concatenate([tok, np.ones((len(rgb), 2, 1), np.float32)], axis=2)
         return emb.astype(np.float32), tok.astype(np.float32)
+
+    def encode_query(self, text: str) -> FakeQuery:
+        return FakeQuery(text, self.embed_texts([text])[0])
+
+    def score_encoded(self, query: FakeQuery, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
+        return self.score_candidates(query.text, tokens, embeds)
 
     def score_candidates(self, text: str, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
         assert len(tokens) >= 1
