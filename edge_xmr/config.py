@@ -51,6 +51,8 @@ class ModelConfig:
     max_text_len: int = 32  # tokens per text, including special tokens
     trainable_text_layers: int = 3  # top text blocks fine-tuned (the rest stay pretrained)
     freeze_image_tower: bool = True  # keep the image backbone frozen (features can be cached)
+    tower_train_blocks: int = 0  # with a frozen tower: its last N blocks (and head conv) are fine-tuned anyway
+    # (efficientnet_lite0 only; training caches the input of those blocks instead of the final grid)
     clip_path: str = ""  # for base "clip": the CLIPModel checkpoint directory or hub id
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ class TrainConfig:
     batch_size: int = 128  # pairs per contrastive batch (distinct images)
     lr_text: float = 5e-5  # learning rate of the fine-tuned text blocks
     lr_head: float = 1e-3  # learning rate of heads, token pooling and cross-encoder parameters
+    lr_tower: float = 1e-4  # learning rate of the image tower's fine-tuned last blocks (ModelConfig.tower_train_blocks)
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_steps: int = 50  # linear warm-up steps
     feature_dropout: float = 0.1  # dropout on the frozen image features (regularises the head)

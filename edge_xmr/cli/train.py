@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output model directory (rerun to resume)")
     p.add_argument("--half", action="store_true", help="store weights as float16 (the embedded default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--tower-blocks", type=int, default=None,
+                   help="fine-tune the image tower's last N blocks too (lite; default: the preset's)")
     from ..train_config import TrainConfig
 
     for f in fields(TrainConfig):
@@ -61,7 +63,14 @@ def run(args: argparse.Namespace) -> int:
         mcfg = bases.clip_config(args.clip_path)
     else:
         mcfg = preset(args.base)
-    model = bases.build(mcfg)
+    if args.tower_blocks is not None and not (out / "last" / "config.json").is_file():
+        import dataclasses
+
+        mcfg = dataclasses.replace(mcfg, tower_train_blocks=args.tower_blocks)
+    try:
+        model = bases.build(mcfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     trainer = Trainer(model, train, dev, out, cfg, log=lambda s: print(s, file=sys.stderr, flush=True),
                       progress=not args.no_progress)
     try:

@@ -19,9 +19,22 @@ class TinyCNN(nn.Module):
         )
 
     def forward(self, px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self.net(px)  # (B, C, S/4, S/4)
+        return self.suffix(px, 0)
+
+    n_blocks = 2  # conv + ReLU each
+
+    def prefix(self, px: torch.Tensor, upto: int) -> torch.Tensor:
+        return self.net[: 2 * upto](px)
+
+    def suffix(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.net[2 * start:](x)  # (B, C, S/4, S/4)
         grid = g.flatten(2).transpose(1, 2)  # (B, P, C)
         return grid.mean(1), grid
+
+    def frozen_prefixes(self, trained_blocks: int) -> list[str]:
+        if not 0 < trained_blocks <= self.n_blocks:
+            raise ValueError(f"tower_train_blocks must be in 1..{self.n_blocks}, got {trained_blocks}")
+        return [f"net.{2 * i}." for i in range(self.n_blocks - trained_blocks)]
 
 
 class EfficientNetLite0(nn.Module):
@@ -56,6 +69,18 @@ class EfficientNetLite0(nn.Module):
         g = self.net._swish(self.net._bn1(self.net._conv_head(x)))  # (B, 1280, 7, 7)
         grid = g.flatten(2).transpose(1, 2)  # (B, 49, 1280)
         return grid.mean(1), grid
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.net._blocks)
+
+    def frozen_prefixes(self, trained_blocks: int) -> list[str]:
+        """Parameter-name prefixes (relative to this module) that stay pretrained when the last
+        ``trained_blocks`` blocks and the head conv are fine-tuned."""
+        if not 0 < trained_blocks <= self.n_blocks:
+            raise ValueError(f"tower_train_blocks must be in 1..{self.n_blocks}, got {trained_blocks}")
+        cut = self.n_blocks - trained_blocks
+        return ["net._conv_stem.", "net._bn0."] + [f"net._blocks.{i}." for i in range(cut)]
 
     def _drop(self, idx: int) -> float:
         rate = self.net._global_params.drop_connect_rate or 0.0

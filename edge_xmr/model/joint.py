@@ -341,7 +341,13 @@ class JointModel(nn.Module):
             return []
         pre = []
         if self.cfg.freeze_image_tower:
-            pre.append("image_tower.")
+            n = self.cfg.tower_train_blocks
+            if n == 0:
+                pre.append("image_tower.")
+            elif not hasattr(self.image_tower, "frozen_prefixes"):
+                raise ValueError(f"tower_train_blocks={n}: this image tower cannot fine-tune only its last blocks")
+            else:
+                pre += ["image_tower." + p for p in self.image_tower.frozen_prefixes(n)]
         n_frozen = self.cfg.text.layers - self.cfg.trainable_text_layers
         if n_frozen > 0:
             pre += ["text.tok.", "text.pos.", "text.typ.", "text.ln_emb."]

@@ -1,11 +1,14 @@
-"""Frozen image-tower features, computed once and cached on disk (the tower is not trained)."""
+"""Frozen image-tower features, computed once and cached on disk: the tower's final grid, or (when its
+last blocks are fine-tuned) the input of those blocks."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +48,8 @@ def tower_grids(model: JointModel, paths: list[Path], flip: bool = False, batch_
     """Grid features (N, P, C) float16 of the frozen tower for ``paths`` (horizontally flipped with
     ``flip``; a random-resized crop per photo with ``crop_seed``), cached by tower, image size, view,
     file names, sizes and mtimes."""
-    h = hashlib.sha256(f"{model.cfg.image}|{flip}".encode() + (b"" if crop_seed is None else f"|crop{crop_seed}".encode()))
+    h = hashlib.sha256(f"{model.cfg.image}|{flip}".encode() + (b"" if crop_seed is None else f"|crop{crop_seed}".encode())
+                       + tower_weights_tag(model).encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p.name}|{st.st_size}|{int(st.st_mtime)}".encode())
@@ -75,6 +79,31 @@ def tower_grids(model: JointModel, paths: list[Path], flip: bool = False, batch_
     np.save(tmp, out)
     os.replace(tmp, f)
     return out
+
+
+def _tail_digest(model: JointModel) -> str:
+    pre = tuple(model.frozen_prefixes())
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        if k.startswith("image_tower.") and not k.startswith(pre):
+            h.update(k.encode() + v.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _pretrained_tail_digest(cfg: Any) -> str:
+    from ..model import bases
+
+    return _tail_digest(bases.build(cfg, pretrained=True))
+
+
+def tower_weights_tag(model: JointModel) -> str:
+    """"" for the pretrained tower; for a tower whose last blocks were fine-tuned, a tag of their weights
+    (so cached features of one tower are never served for another)."""
+    if not model.cfg.freeze_image_tower or not model.cfg.tower_train_blocks:
+        return ""
+    cur = _tail_digest(model)
+    return "" if cur == _pretrained_tail_digest(model.cfg) else f"|tail{cur[:16]}"
 
 
 def tower_prefix(model: JointModel, paths: list[Path], upto: int, flip: bool = False, batch_size: int = 64,

@@ -34,7 +34,7 @@ from ..data import CaptionSet
 from ..model import bases
 from ..model.joint import JointModel
 from ..train_config import TrainConfig
-from .features import tower_grids
+from .features import tower_grids, tower_prefix
 
 
 class Trainer:
@@ -57,11 +57,17 @@ class Trainer:
         self.history: list[dict] = []
         self._resumed: dict = {}
         self.bi_group_acc = 0.0
-        text_p = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("text.")]
-        other = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("text.")]
-        self.opt = torch.optim.AdamW([{"params": text_p, "lr": cfg.lr_text}, {"params": other, "lr": cfg.lr_head}],
-                                     weight_decay=cfg.weight_decay)
-        self.base_lrs = [cfg.lr_text, cfg.lr_head]
+        # the tower's fine-tuned last blocks (tower_train_blocks > 0): they run on cached block inputs
+        self.tail = model.cfg.tower_train_blocks if model.cfg.freeze_image_tower else 0
+        if self.tail and cfg.crop_views:
+            raise ValueError("crop_views are not cached for a tower with fine-tuned blocks (set one of them to 0)")
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        text_p = [p for n, p in named if n.startswith("text.")]
+        tower_p = [p for n, p in named if n.startswith("image_tower.")]
+        other = [p for n, p in named if not n.startswith(("text.", "image_tower."))]
+        self.opt = torch.optim.AdamW([{"params": text_p, "lr": cfg.lr_text}, {"params": other, "lr": cfg.lr_head},
+                                      {"params": tower_p, "lr": cfg.lr_tower}], weight_decay=cfg.weight_decay)
+        self.base_lrs = [cfg.lr_text, cfg.lr_head, cfg.lr_tower]
         self.steps_per_epoch = self.n_img // cfg.batch_size
         self.total = self.steps_per_epoch * cfg.epochs
 
@@ -79,19 +85,48 @@ class Trainer:
             with torch.no_grad():
                 tp.feat_mean.copy_(torch.from_numpy(sample.mean(0)))
                 tp.feat_std.copy_(torch.from_numpy(sample.std(0) + 1e-3))
+        if self.tail:  # the frozen grids above stay the class teacher's input; the model sees the tail's
+            cut = self.model.image_tower.n_blocks - self.tail
+            self.cut = cut
+            self.feats = [tower_prefix(self.model, paths, cut, flip=False, progress=self.progress),
+                          tower_prefix(self.model, paths, cut, flip=True, progress=self.progress)]
         if self.dev is not None:
-            self.dev_grid = tower_grids(self.model, self.dev.image_paths(), progress=self.progress,
-                                        desc="dev features")
+            if self.tail:
+                self.dev_feats = tower_prefix(self.model, self.dev.image_paths(), self.cut, progress=self.progress)
+            else:
+                self.dev_grid = tower_grids(self.model, self.dev.image_paths(), progress=self.progress,
+                                            desc="dev features")
 
-    def _grid(self, img: np.ndarray, view: np.ndarray | None = None) -> torch.Tensor:
-        """Grids of photos ``img`` in views ``view`` (index into ``self.grids``; None: the photo itself)."""
+    @staticmethod
+    def _gather(arrays: list, img: np.ndarray, view: np.ndarray | None) -> torch.Tensor:
+        """Rows ``img`` of ``arrays[view]`` (view None: arrays[0]) as one float32 tensor."""
         order = np.argsort(img)  # memory-mapped arrays read fastest in order
-        g = np.empty((len(img), *self.grids[0].shape[1:]), np.float32)
-        for src in range(len(self.grids) if view is not None else 1):
+        g = np.empty((len(img), *arrays[0].shape[1:]), np.float32)
+        for src in range(len(arrays) if view is not None else 1):
             sel = order if view is None else order[view[order] == src]
             if len(sel):
-                g[sel] = self.grids[src][img[sel]]
+                g[sel] = arrays[src][img[sel]]
         return torch.from_numpy(g)
+
+    def _grid(self, img: np.ndarray, view: np.ndarray | None = None) -> torch.Tensor:
+        """Grids (B, P, C) of photos ``img`` in views ``view`` (index into the cached views; None: the
+        photo itself). With fine-tuned tower blocks they run here (with gradient when enabled)."""
+        if not self.tail:
+            return self._gather(self.grids, img, view)
+        return self.model.image_tower.suffix(self._gather(self.feats, img, view), self.cut)[1]
+
+    def _frozen_pooled(self, img: np.ndarray, view: np.ndarray | None) -> torch.Tensor:
+        """Pooled features (B, C) of the pretrained tower: the ImageNet classifier's input."""
+        return self._gather(self.grids, img, view).mean(1)
+
+    @torch.no_grad()
+    def dev_grids(self) -> torch.Tensor:
+        """Grids (N, P, C) of every dev photo under the current model."""
+        if not self.tail:
+            return torch.from_numpy(np.asarray(self.dev_grid, np.float32))
+        return torch.cat([self.model.image_tower.suffix(torch.from_numpy(np.asarray(self.dev_feats[i:i + 256],
+                                                                                    np.float32)), self.cut)[1]
+                          for i in range(0, len(self.dev_feats), 256)])
 
     # ---- schedule ---------------------------------------------------------------------------------
     def _set_lr(self) -> None:
@@ -108,8 +143,8 @@ class Trainer:
         that image seen last (text embeddings from the training pass, image embeddings recomputed)."""
         m = self.model
         embs = []
-        for i in range(0, self.n_img, 512):
-            g = self._grid(np.arange(i, min(i + 512, self.n_img)))
+        for i in range(0, self.n_img, 256):
+            g = self._grid(np.arange(i, min(i + 256, self.n_img)))
             embs.append(F.normalize(m.image_head(g.mean(1)), dim=-1))
         iemb = torch.cat(embs)  # (n_img, D)
         sims = self.last_text @ iemb.T  # (n_img, n_img)
@@ -148,7 +183,7 @@ class Trainer:
             loss = loss + cfg.li_loss * loss_li
             stats["li"] = float(loss_li.detach())
         if self.classes is not None:
-            loss_cls = self._class_loss(g.mean(1), iemb, scale)
+            loss_cls = self._class_loss(self._frozen_pooled(img, flip) if self.tail else g.mean(1), iemb, scale)
             loss = loss + cfg.class_distill * loss_cls
             stats["cls"] = float(loss_cls.detach())
         if self.hard is not None and self.epoch >= cfg.ce_start_epoch and cfg.ce_queries > 0:
@@ -268,7 +303,7 @@ class Trainer:
         # dev: each term over the bi-encoder's top-20 separately (cosine, late interaction, joint pass,
         # hubness), then the weights with the best rerank@20 R@1
         m.cross.li_weight.fill_(0.0)
-        dg = torch.from_numpy(np.asarray(self.dev_grid, np.float32))
+        dg = self.dev_grids()
         iemb, itok = m.image_outputs(dg.mean(1), dg)
         q = np.sort(rng.choice(len(self.dev.captions), min(1000, len(self.dev.captions)), replace=False))
         texts = [self.dev.captions[c] for c in q]
@@ -322,8 +357,9 @@ class Trainer:
         m.eval()
         try:
             iemb, itok = [], []
-            for i in range(0, len(self.dev_grid), 256):
-                g = torch.from_numpy(np.asarray(self.dev_grid[i:i + 256], np.float32))
+            dg = self.dev_grids()
+            for i in range(0, len(dg), 256):
+                g = dg[i:i + 256]
                 e, t = m.image_outputs(g.mean(1), g)
                 iemb.append(e)
                 itok.append(t)
