@@ -7,7 +7,8 @@ DATA=${DATA:-../shared/data/flickr8k}
 OUT=${OUT:-runs/default}
 export HF_HUB_OFFLINE=1
 edge-xmr train --data "$DATA" --split train --eval-split dev --base lite --out "$OUT" \
-  --epochs 5 --ce-queries 16 --ce-epochs 1 --li-loss 1.0 --class-distill 0.5 --crop-views 0
+  --epochs 8 --ce-queries 16 --ce-epochs 1 --li-loss 1.0 --class-distill 0.5 --crop-views 0 \
+  --tower-blocks 3 --lr-tower 1e-4
 python - "$OUT" <<'PY'
 import sys
 from edge_xmr.model import bases

@@ -139,14 +139,22 @@ def _pretrained_text(model: JointModel) -> dict[str, torch.Tensor]:
     return {"text." + k: v for k, v in ref.state_dict().items()}
 
 
+def _pretrained_tower(model: JointModel) -> dict[str, torch.Tensor]:
+    """The pretrained weights of the tower blocks this model fine-tunes (empty when none are)."""
+    if model.cfg.base != "lite" or not model.cfg.tower_train_blocks:
+        return {}
+    ref = EfficientNetLite0(model.cfg.image, pretrained=True)
+    return {"image_tower." + k: v for k, v in ref.state_dict().items()}
+
+
 def _compact(model: JointModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    pre = _pretrained_text(model)
+    pre = {**_pretrained_text(model), **_pretrained_tower(model)}
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():
-        if k in pre and v.ndim == 2:
-            d = (v - pre[k]).float()  # (rows, cols) fine-tuning delta
+        if k in pre and v.ndim >= 2 and v.shape == pre[k].shape:
+            d = (v - pre[k]).float().reshape(v.shape[0], -1)  # (rows = output channels, cols) fine-tuning delta
             scale = d.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-            out[k + ".q8delta"] = torch.round(d / scale).clamp(-127, 127).to(torch.int8)
+            out[k + ".q8delta"] = torch.round(d / scale).clamp(-127, 127).to(torch.int8).reshape(v.shape)
             out[k + ".q8scale"] = scale.half()
         else:
             out[k] = v.half() if v.is_floating_point() else v
@@ -157,13 +165,17 @@ def _expand(model: JointModel, state: dict[str, torch.Tensor]) -> dict[str, torc
     if not any(k.endswith(".q8delta") for k in state):
         return state
     pre = _pretrained_text(model)
+    if any(k.startswith("image_tower.") and k.endswith(".q8delta") for k in state):
+        pre.update(_pretrained_tower(model))
     out = {k: v for k, v in state.items() if not k.endswith((".q8delta", ".q8scale"))}
     for k in state:
         if k.endswith(".q8delta"):
             name = k[: -len(".q8delta")]
             if name not in pre:
                 raise ModelDirError(f"int8 delta for {name} but no pretrained weight to add it to")
-            out[name] = pre[name] + state[k].float() * state[name + ".q8scale"].float()
+            q = state[k].float()
+            delta = (q.reshape(q.shape[0], -1) * state[name + ".q8scale"].float()).reshape(q.shape)
+            out[name] = pre[name] + delta
     return out
 
 

