@@ -10,6 +10,8 @@ interaction alone, and rerank@20 of the bi-encoder's top 20 by cos + w * LI for 
     python bench/model_ablation.py --epochs 5 --cls 0.5            # + class-name distillation (c2)
     python bench/model_ablation.py --epochs 5 --cls 0.5 --views 2  # + 2 random-crop views (v2)
     python bench/model_ablation.py --epochs 5 --cls 2.0 --views 2  # (c3)
+    python bench/model_ablation.py --epochs 5 --cls 0.5 --tail 1   # + tower's last block fine-tuned (t1)
+    python bench/model_ablation.py --epochs 5 --cls 0.5 --tail 3   # + its last 3 blocks (t3; stopped after 2 epochs)
 
 Final-epoch numbers of those runs: bench/results/model_ablation.json. Needs ../shared/data/flickr8k.
 """
