@@ -86,6 +86,25 @@ def test_distill_resumes_and_exports(toy_teacher, toy_teacher_bundle, toy_data, 
     assert gate.candidate["size_mb"] < gate.reference["size_mb"]
 
 
+def test_late_interaction_distillation_terms(toy_teacher, toy_data, tmp_path):
+    """The optional LI terms run, are logged and train the student's LI projection."""
+    import torch
+
+    from edge_xmr.data import read_captions
+    from quantize.distill import Distiller, make_student
+
+    data = read_captions(toy_data, "all")
+    student = make_student(toy_teacher[0], STUDENTS["tiny-half"])
+    before = student.cross.li_text.weight.detach().clone()
+    d = Distiller(toy_teacher[0], student, data, None, tmp_path / "s",
+                  DistillConfig(**{**FAST, "kd_li_weight": 1.0, "gt_li_weight": 0.5, "ce_queries": 0}),
+                  STUDENTS["tiny-half"], progress=False)
+    d.base.load_features()
+    stats = d.train_step(np.arange(min(6, len(data.images))))
+    assert stats["kd_li"] >= 0 and stats["gt_li"] > 0
+    assert not torch.equal(student.cross.li_text.weight, before)
+
+
 def test_distill_cli_usage_errors(toy_data, tmp_path):
     def run(*a: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "edge_xmr.cli", "distill", *a], capture_output=True, text=True,
