@@ -29,6 +29,7 @@ class TrainConfig:
     class_distill: float = 0.5  # weight of the ImageNet class-name distillation (lite base only; 0: off)
     class_refresh: int = 25  # steps between refreshes of the class-name embeddings it uses
     crop_views: int = 0  # random-resized-crop views per photo cached besides the photo and its flip (2 gave no dev gain)
+    calib_queries: int = 0  # dev captions the final calibration of the score weights uses (0: all of them)
     hub_bank: int = 512  # training captions / photos kept as hubness banks (0: no hubness correction)
     ckpt_every: int = 100  # steps between resumable checkpoints
     eval_queries: int = 500  # dev captions used by the periodic evaluation
