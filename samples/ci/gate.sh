@@ -16,6 +16,9 @@ MAX_DROP="${MAX_DROP:-2.1}"  # one query of the 48 CI captions (2.08 points); 0.
 CANDIDATE="${CANDIDATE:-}"
 CANDIDATE_PRECISION="${CANDIDATE_PRECISION:-}"  # default: int8 of MODEL's bundle; fp32 of a CANDIDATE bundle
 mkdir -p "$OUT"
+if [[ "$DATA" == "$HERE/data" && ! -f "$DATA/captions.tsv" ]]; then
+  python "$HERE/make_data.py"   # the CI set is generated (scikit-image photos + drawn shapes), not committed
+fi
 
 if [[ ! -f "$OUT/reference/manifest.json" ]]; then
   edge-xmr export --model "$MODEL" --out "$OUT/reference" --precision fp32,int8 --no-mobile --overwrite \
