@@ -48,32 +48,43 @@ def tower_grids(model: JointModel, paths: list[Path], flip: bool = False, batch_
     """Grid features (N, P, C) float16 of the frozen tower for ``paths`` (horizontally flipped with
     ``flip``; a random-resized crop per photo with ``crop_seed``), cached by tower, image size, view,
     file names, sizes and mtimes."""
-    h = hashlib.sha256(f"{model.cfg.image}|{flip}".encode() + (b"" if crop_seed is None else f"|crop{crop_seed}".encode())
-                       + tower_weights_tag(model).encode())
+    head = (f"{model.cfg.image}|{flip}".encode() + (b"" if crop_seed is None else f"|crop{crop_seed}".encode())
+            + tower_weights_tag(model).encode())
+
+    def load(i: int, chunk: list[Path]) -> list:
+        if crop_seed is None:
+            return list(chunk)
+        return [random_crop(p, model.cfg.image.size, crop_seed * 1_000_003 + i + j) for j, p in enumerate(chunk)]
+
+    return _cached_features(model, paths, head, model.cfg.image.tower, _GridOnly(model.image_tower), flip,
+                            batch_size, progress, desc, load)
+
+
+def _cached_features(model: JointModel, paths: list[Path], head: bytes, stem: str, module: torch.nn.Module,
+                     flip: bool, batch_size: int, progress: bool, desc: str,
+                     load: Any = lambda i, chunk: list(chunk)) -> np.ndarray:
+    """``module`` (pixels -> features) over ``paths`` in batches, float16, cached on disk under a key of
+    ``head`` and the files' names, sizes and mtimes (memory-mapped when cached)."""
+    h = hashlib.sha256(head)
     for p in paths:
         st = p.stat()
         h.update(f"{p.name}|{st.st_size}|{int(st.st_mtime)}".encode())
-    f = cache_dir() / f"{model.cfg.image.tower}-{h.hexdigest()[:20]}.npy"
+    f = cache_dir() / f"{stem}-{h.hexdigest()[:20]}.npy"
     if f.is_file():
         return np.load(f, mmap_mode="r")
+    run = _ort_module(module, model.cfg.image.size)  # onnxruntime: depthwise convs ~10x faster than eager torch
     out = None
-    run = _ort_tower(model)  # onnxruntime runs depthwise convs ~10x faster than eager torch on CPU
-    it = range(0, len(paths), batch_size)
-    for i in tqdm(it, desc=desc, unit="batch", disable=not progress):
+    for i in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=not progress):
         try:
-            chunk: list = list(paths[i:i + batch_size])
-            if crop_seed is not None:
-                chunk = [random_crop(p, model.cfg.image.size, crop_seed * 1_000_003 + i + j)
-                         for j, p in enumerate(chunk)]
-            px = to_pixels(chunk, model.cfg.image)
+            px = to_pixels(load(i, list(paths[i:i + batch_size])), model.cfg.image)
         except ImageError as e:
             raise DataError(str(e)) from None
         if flip:
             px = np.ascontiguousarray(px[..., ::-1])
-        grid = run(px)  # (B, P, C)
+        x = run(px)
         if out is None:
-            out = np.empty((len(paths), *grid.shape[1:]), np.float16)
-        out[i:i + len(grid)] = grid.astype(np.float16)
+            out = np.empty((len(paths), *x.shape[1:]), np.float16)
+        out[i:i + len(x)] = x.astype(np.float16)
     assert out is not None
     tmp = f.with_suffix(".tmp.npy")
     np.save(tmp, out)
@@ -110,31 +121,9 @@ def tower_prefix(model: JointModel, paths: list[Path], upto: int, flip: bool = F
                  progress: bool = True) -> np.ndarray:
     """Activations (N, C, h, w) float16 of the frozen start of the tower (stem + blocks[:upto]): the input
     of its trained last blocks. Cached like ``tower_grids``."""
-    h = hashlib.sha256(f"{model.cfg.image}|{flip}|prefix{upto}".encode())
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p.name}|{st.st_size}|{int(st.st_mtime)}".encode())
-    f = cache_dir() / f"{model.cfg.image.tower}-prefix{upto}-{h.hexdigest()[:20]}.npy"
-    if f.is_file():
-        return np.load(f, mmap_mode="r")
-    run = _ort_module(_Prefix(model.image_tower, upto), model.cfg.image.size)
-    out = None
-    for i in tqdm(range(0, len(paths), batch_size), desc=f"tower blocks <{upto}", unit="batch", disable=not progress):
-        try:
-            px = to_pixels(list(paths[i:i + batch_size]), model.cfg.image)
-        except ImageError as e:
-            raise DataError(str(e)) from None
-        if flip:
-            px = np.ascontiguousarray(px[..., ::-1])
-        x = run(px)
-        if out is None:
-            out = np.empty((len(paths), *x.shape[1:]), np.float16)
-        out[i:i + len(x)] = x.astype(np.float16)
-    assert out is not None
-    tmp = f.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, f)
-    return out
+    return _cached_features(model, paths, f"{model.cfg.image}|{flip}|prefix{upto}".encode(),
+                            f"{model.cfg.image.tower}-prefix{upto}", _Prefix(model.image_tower, upto), flip,
+                            batch_size, progress, f"tower blocks <{upto}")
 
 
 class _Prefix(torch.nn.Module):
@@ -147,22 +136,29 @@ class _Prefix(torch.nn.Module):
 
 
 def _ort_module(module: torch.nn.Module, size: int):
-    """A torch module px (B,3,S,S) -> tensor as an onnxruntime function on numpy."""
+    """A torch module px (B,3,S,S) -> tensor as an onnxruntime function on numpy; eager torch fallback."""
     import tempfile
     import warnings
 
-    import onnxruntime as ort
-
     module.eval()
-    f = Path(tempfile.mkdtemp()) / "module.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(2, 3, size, size),), str(f), input_names=["px"], output_names=["y"],
-                          dynamic_axes={"px": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = torch.get_num_threads()
-    sess = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
-    return lambda x: sess.run(None, {"px": x})[0]
+    try:
+        import onnxruntime as ort
+
+        f = Path(tempfile.mkdtemp()) / "module.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (torch.zeros(2, 3, size, size),), str(f), input_names=["px"],
+                              output_names=["y"], dynamic_axes={"px": {0: "b"}, "y": {0: "b"}}, opset_version=17,
+                              dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
+        return lambda x: sess.run(None, {"px": x})[0]
+    except Exception:  # noqa: BLE001 - any export problem: fall back to eager torch
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return module(torch.from_numpy(x)).numpy()
+        return run
 
 
 class _GridOnly(torch.nn.Module):
@@ -172,30 +168,3 @@ class _GridOnly(torch.nn.Module):
 
     def forward(self, px: torch.Tensor) -> torch.Tensor:
         return self.tower(px)[1]
-
-
-def _ort_tower(model: JointModel):
-    """The image tower as an onnxruntime function px (B,3,S,S) -> grid (B,P,C); eager torch fallback."""
-    import tempfile
-    import warnings
-
-    model.image_tower.eval()
-    try:
-        import onnxruntime as ort
-
-        f = Path(tempfile.mkdtemp()) / "tower.onnx"
-        px = torch.zeros(2, 3, model.cfg.image.size, model.cfg.image.size)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_GridOnly(model.image_tower), (px,), str(f), input_names=["px"],
-                              output_names=["grid"], dynamic_axes={"px": {0: "b"}, "grid": {0: "b"}},
-                              opset_version=17, dynamo=False)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = torch.get_num_threads()
-        sess = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
-        return lambda x: sess.run(None, {"px": x})[0]
-    except Exception:  # noqa: BLE001 - any export problem: fall back to eager torch
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return model.image_tower(torch.from_numpy(x))[1].numpy()
-        return run
