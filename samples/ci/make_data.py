@@ -4,7 +4,7 @@ Photos: public-domain / CC0 photographs that ship inside the scikit-image wheel 
 ``data/CREDITS.md``) plus deterministic synthetic pictures (coloured shapes). No Flickr8k file is
 used: Flickr8k is for research use only and must never enter the repository.
 
-    python samples/ci/make_data.py            # needs pillow and scikit-image (the [demo] extra)
+    python samples/ci/make_data.py [OUT_DIR]  # needs pillow and scikit-image (the [demo] extra)
 """
 
 from __future__ import annotations
@@ -58,36 +58,38 @@ def _shape(colour: tuple[int, int, int], shape: str, bg: tuple[int, int, int]) -
     return img
 
 
-def main() -> None:
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    (OUT / "images").mkdir(parents=True)
-    (OUT / "splits").mkdir()
+def main(out: Path = OUT) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "images").mkdir(parents=True)
+    (out / "splits").mkdir()
     rows, credits = [], ["# Credits", "", "| file | source | licence |", "|---|---|---|"]
     src = _skimage_data()
     for source, name, caps, credit in PHOTOS:
         img = Image.open(src / source).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC)
-        img.save(OUT / "images" / name, quality=90)
+        img.save(out / "images" / name, quality=90)
         rows += [(name, c) for c in caps]
         credits.append(f"| {name} | scikit-image `{source}` | {credit} |")
     for cname, rgb in COLOURS.items():
         for shape in SHAPES:
             for bname, bg in BACKGROUNDS.items():
                 name = f"{cname}_{shape}_on_{bname}.png"
-                _shape(rgb, shape, bg).save(OUT / "images" / name)
+                _shape(rgb, shape, bg).save(out / "images" / name)
                 rows += [(name, f"a {cname} {shape} on a {bname} background"),
                          (name, f"a {cname} {'disc' if shape == 'circle' else 'box'} in front of {bname}")]
                 credits.append(f"| {name} | drawn by make_data.py | CC0 |")
     names = sorted({r[0] for r in rows})
-    with open(OUT / "captions.tsv", "w", encoding="utf-8") as f:
+    with open(out / "captions.tsv", "w", encoding="utf-8") as f:
         f.write("image\tcaption\n")
         for name, cap in rows:
             f.write(f"{name}\t{cap}\n")
-    (OUT / "splits" / "all.txt").write_text("\n".join(names) + "\n")
-    (OUT / "splits" / "photos.txt").write_text("\n".join(sorted(p[1] for p in PHOTOS)) + "\n")
-    (OUT / "CREDITS.md").write_text("\n".join(credits) + "\n")
-    print(f"wrote {len(names)} images, {len(rows)} captions to {OUT}")
+    (out / "splits" / "all.txt").write_text("\n".join(names) + "\n")
+    (out / "splits" / "photos.txt").write_text("\n".join(sorted(p[1] for p in PHOTOS)) + "\n")
+    (out / "CREDITS.md").write_text("\n".join(credits) + "\n")
+    print(f"wrote {len(names)} images, {len(rows)} captions to {out}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)

@@ -13,7 +13,20 @@ import pytest
 from quantize.gate import GateError, check, parse_metric, render_markdown, topk_agreement
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "samples" / "ci" / "data"
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    """The CI sample set, generated as CI's gate.sh does (samples/ci/make_data.py; not committed)."""
+    pytest.importorskip("skimage")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_data", REPO / "samples" / "ci" / "make_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path_factory.mktemp("ci") / "data"
+    mod.main(out)
+    return out
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -97,7 +110,7 @@ def test_not_a_bundle_exits_2(toy_data, tmp_path):
     assert p.returncode == 2 and "manifest.json: missing" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_gate_runs_without_torch(toy_teacher_bundle, tmp_path):
+def test_gate_runs_without_torch(toy_teacher_bundle, tmp_path, samples):
     """The gate in a process where importing torch or transformers fails (CI of an app needs no torch)."""
     fake = tmp_path / "fake"
     for mod in ("torch", "transformers"):
@@ -105,17 +118,17 @@ def test_gate_runs_without_torch(toy_teacher_bundle, tmp_path):
         (fake / mod / "__init__.py").write_text(f"raise ImportError('{mod} is blocked in this test')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(REPO)])}
     p = cli("check", "--reference", str(toy_teacher_bundle), "--candidate", str(toy_teacher_bundle),
-            "--candidate-precision", "int8", "--data", str(SAMPLES), "--split", "photos", "--quiet", env=env)
+            "--candidate-precision", "int8", "--data", str(samples), "--split", "photos", "--quiet", env=env)
     assert p.returncode in (0, 1), p.stderr[-2000:]
     assert "rerank@20.t2i.R@1" in p.stdout
     blocked = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert blocked.returncode != 0 and "blocked" in blocked.stderr
 
 
-def test_ci_sample_set_is_complete():
+def test_ci_sample_set_is_complete(samples):
     from edge_xmr.data import read_captions
 
-    data = read_captions(SAMPLES, "all")
+    data = read_captions(samples, "all")
     assert len(data.images) == 24 and len(data.captions) == 48
-    assert (SAMPLES / "CREDITS.md").read_text().count("|") > 24 * 3
+    assert (samples / "CREDITS.md").read_text().count("|") > 24 * 3
     assert not any("flickr" in n.lower() or n[:1].isdigit() for n in data.images)
