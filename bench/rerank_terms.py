@@ -50,7 +50,7 @@ def main() -> None:
         c.res_weight.fill_(w["joint"])
         with_joint = m.cross_logits(states, mask, temb, itok_t[top], iemb_t[top])
         terms["joint"] = with_joint - terms["cos"]
-        hub = torch.logsumexp(float(c.hub[2]) * iemb_t @ c.text_bank.T, dim=-1)
+        hub = torch.logsumexp(float(c.hub[2]) * iemb_t @ c.text_bank.T, dim=-1).clamp(min=float(c.hub_floor[0]))
         terms["hub_image"] = -w["hub_image"] * hub[top]
     rows = {}
     extra = ["li", "joint", "hub_image"]

@@ -31,6 +31,8 @@ class TrainConfig:
     crop_views: int = 0  # random-resized-crop views per photo cached besides the photo and its flip (2 gave no dev gain)
     calib_queries: int = 0  # dev captions the final calibration of the score weights uses (0: all of them)
     hub_bank: int = 512  # training captions / photos kept as hubness banks (0: no hubness correction)
+    hub_floor_pct: float = 5.0  # hubness statistics are floored at this percentile of the calibration
+    #                             photos' / captions' (0: no floor; out-of-domain photos are not rewarded)
     ckpt_every: int = 100  # steps between resumable checkpoints
     eval_queries: int = 500  # dev captions used by the periodic evaluation
     seed: int = 0  # random seed

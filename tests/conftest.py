@@ -33,6 +33,7 @@ def _tiny_model():
         m.cross.text_bank = torch.nn.functional.normalize(torch.randn(24, d, generator=g), dim=-1)
         m.cross.image_bank = torch.nn.functional.normalize(torch.randn(12, d, generator=g), dim=-1)
         m.cross.hub.copy_(torch.tensor([0.5, 0.3, 10.0]))
+        m.cross.hub_floor.copy_(torch.tensor([4.6, 5.4]))  # about the median of its photos' / texts' statistics
         m.cross.li_weight.fill_(2.0)  # late interaction on (training sets it; 0 at init)
     return m
 

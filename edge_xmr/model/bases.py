@@ -220,7 +220,7 @@ def load(model_dir: str | Path) -> JointModel:
 
 # added after the first checkpoints; their init values apply when absent (li_weight 0: no late interaction)
 OPTIONAL_BUFFERS = ("cross.res_weight", "cross.li_text.weight", "cross.li_text.bias", "cross.li_log_scale",
-                    "cross.li_weight")
+                    "cross.li_weight", "cross.hub_floor")
 
 
 def default_model_dir() -> Path:

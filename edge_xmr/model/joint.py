@@ -83,6 +83,10 @@ class CrossHead(nn.Module):
         self.register_buffer("text_bank", torch.zeros(0, embed_dim))  # (Kt, D)
         self.register_buffer("image_bank", torch.zeros(0, embed_dim))  # (Ki, D)
         self.register_buffer("hub", torch.tensor([0.0, 0.0, 20.0]))  # beta_image, beta_text, temperature
+        # floor of each hubness statistic (photo's, text's): a low percentile of the calibration photos' /
+        # captions'. Below it a photo (text) is far from every bank entry, out of the banks' domain, and
+        # the correction would only extrapolate (reward it for being unlike the training data).
+        self.register_buffer("hub_floor", torch.tensor([-1.0e4, -1.0e4]))
         self.register_buffer("res_weight", torch.tensor(1.0))  # weight of the joint-pass terms (set on dev)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(2.0)))  # weight of the joint-pass similarity
         # late interaction: each caption token (its final state from the shared blocks, projected to the
@@ -97,13 +101,16 @@ class CrossHead(nn.Module):
         return x + self.pos
 
     def hubness(self, t_emb: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
-        """t_emb (Q, D), img_emb (Q, K, D) -> (Q, K) correction beta_i*LSE(t*bank@img) + beta_t*LSE(t*bank@txt)."""
+        """t_emb (Q, D), img_emb (Q, K, D) -> (Q, K) correction
+        beta_i*max(LSE(t*bank@img), floor_i) + beta_t*max(LSE(t*bank@txt), floor_t)."""
         b_img, b_txt, temp = self.hub[0], self.hub[1], self.hub[2]
         out = torch.zeros(img_emb.shape[:2], dtype=img_emb.dtype, device=img_emb.device)
         if self.text_bank.shape[0]:
-            out = out + b_img * torch.logsumexp(temp * img_emb @ self.text_bank.T, dim=-1)  # (Q, K)
+            h_img = torch.logsumexp(temp * img_emb @ self.text_bank.T, dim=-1)  # (Q, K)
+            out = out + b_img * torch.maximum(h_img, self.hub_floor[0])
         if self.image_bank.shape[0]:
-            out = out + b_txt * torch.logsumexp(temp * t_emb @ self.image_bank.T, dim=-1)[:, None]  # (Q, 1)
+            h_txt = torch.logsumexp(temp * t_emb @ self.image_bank.T, dim=-1)  # (Q,)
+            out = out + b_txt * torch.maximum(h_txt, self.hub_floor[1])[:, None]  # (Q, 1)
         return out
 
     def text_tokens(self, h: torch.Tensor) -> torch.Tensor:

@@ -277,6 +277,11 @@ class Trainer:
             g["lr"] = self.cfg.lr_head * warm * max(cos, 0.05)
 
     # ---- hubness correction -----------------------------------------------------------------------
+    def _floor(self, stats: np.ndarray) -> float:
+        """The hubness floor: the ``hub_floor_pct`` percentile of a statistic (-1e4, none, at 0)."""
+        pct = self.cfg.hub_floor_pct
+        return float(np.percentile(stats, pct)) if pct > 0 and len(stats) else -1.0e4
+
     @torch.no_grad()
     def calibrate_hubness(self) -> dict[str, float]:
         """Fill the hubness banks from training data and choose the betas on dev (rerank@20 R@1)."""
@@ -296,7 +301,11 @@ class Trainer:
         m.cross.res_weight.fill_(1.0)
         li_on = self.cfg.li_loss > 0
         scale = float(m.cross.log_scale.exp())
-        if self.dev is None:
+        m.cross.hub_floor.fill_(-1.0e4)
+        if self.dev is None:  # floors from the bank photos (captions) themselves
+            m.cross.hub_floor.copy_(torch.tensor([
+                self._floor(torch.logsumexp(temp * image_bank @ text_bank.T, dim=-1).numpy()),
+                self._floor(torch.logsumexp(temp * text_bank @ image_bank.T, dim=-1).numpy())]))
             m.cross.hub.copy_(torch.tensor([0.5, 0.5, temp]))
             m.cross.li_weight.fill_(0.25 * scale if li_on else 0.0)
             return {"beta_image": 0.5, "beta_text": 0.5}
@@ -321,7 +330,9 @@ class Trainer:
             _, states = m.text_upper(m.text_lower(ids, mask), mask)
             li[sl] = m.cross.late_interaction(m.cross.text_tokens(states[-1]), mask, itok[top[sl]]).numpy()
         m.__dict__.pop("_text_cache", None)
-        hub_i = torch.logsumexp(temp * iemb @ text_bank.T, dim=-1).numpy()  # (I,)
+        hub_i = torch.logsumexp(temp * iemb @ text_bank.T, dim=-1).numpy()  # (I,) every dev photo
+        floor_i = self._floor(hub_i)
+        hub_i = np.maximum(hub_i, floor_i)
         grid = [(lw, gamma, beta) for lw in ((0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0) if li_on else (0.0,))
                 for gamma in (1.0, 0.75, 0.5, 0.25, 0.0) for beta in (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0)]
 
@@ -347,6 +358,8 @@ class Trainer:
         # image -> text on dev: captions' hubness against the photo bank
         all_t = torch.from_numpy(m.embed_texts(list(self.dev.captions)))
         hub_t = torch.logsumexp(temp * all_t @ image_bank.T, dim=-1).numpy()  # (C,)
+        floor_t = self._floor(hub_t)
+        hub_t = np.maximum(hub_t, floor_t)
         caps_of = self.dev.image_captions()
         n_i = len(self.dev.images) if not cfg.calib_queries else min(300, len(self.dev.images))
         qi = np.sort(rng.choice(len(self.dev.images), n_i, replace=False))
@@ -362,8 +375,10 @@ class Trainer:
             if r > best_rt + 1e-9:
                 best_t, best_rt = beta, r
         m.cross.hub.copy_(torch.tensor([best_i, best_t, temp]))
+        m.cross.hub_floor.copy_(torch.tensor([floor_i, floor_t]))
         m.train()
         return {"beta_image": best_i, "res_weight": best_g, "li_weight": best_l * scale,
+                "hub_floor_image": floor_i, "hub_floor_text": floor_t,
                 "dev_t2i_rerank20_R@1": best_r, "dev_t2i_rerank20_R@1_2fold": held_r,
                 "dev_t2i_bi_R@1": float((top[:, 0] == target).mean() * 100), "calib_queries": len(q),
                 "beta_text": best_t, "dev_i2t_rerank20_R@1": best_rt}
@@ -506,7 +521,8 @@ class Trainer:
         if cfg.hub_bank and not self._resumed.get("calibrated"):
             if self.dev is not None and (self.out / "model.safetensors").is_file():
                 best = {k: v for k, v in bases.load(self.out).state_dict().items()
-                        if k not in ("cross.text_bank", "cross.image_bank", "cross.hub", "cross.res_weight")}
+                        if k not in ("cross.text_bank", "cross.image_bank", "cross.hub", "cross.hub_floor",
+                                     "cross.res_weight")}
                 self.model.load_state_dict(best, strict=False)
             cal = self.calibrate_hubness()
             self.log("hubness correction: " + json.dumps(cal))
