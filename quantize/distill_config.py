@@ -30,6 +30,9 @@ STUDENTS: dict[str, StudentSpec] = {
     # same cut without the vocabulary pruning (measures what the pruning costs)
     "lite-half-fullvocab": StudentSpec("lite-half-fullvocab", text_layers=(1, 3, 5), cross_layers=2,
                                        n_image_tokens=4, hub_bank=512),
+    # the teacher's own shape ("born-again" self-distillation): does distillation alone improve it?
+    "lite-full": StudentSpec("lite-full", text_layers=(0, 1, 2, 3, 4, 5), cross_layers=3, n_image_tokens=8,
+                             hub_bank=512),
     # for tests: the 3-block tiny model cut to 2 blocks, 1 joint block, 2 image tokens
     "tiny-half": StudentSpec("tiny-half", text_layers=(0, 2), cross_layers=1, n_image_tokens=2, hub_bank=64),
 }
