@@ -255,7 +255,8 @@ SAMPLE_IMAGE_QUERY = "cat.png"  # the photo whose neighbours the demo shows on t
 
 
 def demo_db_path(photos: Path, model_id: str, cache: Path | None = None) -> Path:
-    """One index per (photo folder, model): ``<cache>/demo/<hash>.db``."""
+    """One index per (photo folder, model): ``<cache>/demo/<hash>.db``. Pass the bundle's
+    ``embedding_id`` where it has one: a bundle with only another reranker then reuses the index."""
     key = hashlib.sha256(f"{Path(photos).resolve()}\0{model_id}".encode()).hexdigest()[:16]
     return (cache or cache_dir()) / "demo" / f"{key}.db"
 

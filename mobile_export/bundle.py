@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from edge_xmr.bundle import FORMAT_VERSION, MANIFEST, sha256_path
 from edge_xmr.index.schema import SCHEMA_VERSION as INDEX_SCHEMA_VERSION
@@ -119,6 +120,37 @@ def model_id(root: Path) -> str:
     return h.hexdigest()
 
 
+EMBEDDING_GRAPHS = ("text_encoder", "image_encoder")  # what the vectors stored in an index depend on
+
+
+def embedding_id(root: Path, preprocessing: dict[str, Any], max_text_len: int) -> str:
+    """sha256 of what an index's stored vectors depend on: the fp32 text and image encoders (operators,
+    I/O and every weight), tokenizer.json, the preprocessing and the text length.
+
+    Two bundles that differ only in the cross-encoder (a recalibrated or retrained reranker) share
+    it, so an index built with one stays valid for the other. Node and weight names are left out
+    (the exporter may number them differently); weights are hashed by content, in graph order.
+    """
+    h = hashlib.sha256()
+    for g in EMBEDDING_GRAPHS:
+        m = onnx.load(str(root / "onnx" / "fp32" / f"{g}.onnx"))  # with its external weights
+        h.update(f"graph {g}\n".encode())
+        for v in (*m.graph.input, *m.graph.output):
+            h.update(f"io {v.name} {v.type.SerializeToString().hex()}\n".encode())
+        for t in m.graph.initializer:
+            h.update(f"w {t.data_type} {list(t.dims)} ".encode() + numpy_helper.to_array(t).tobytes())
+        for n in m.graph.node:
+            h.update(f"op {n.domain}:{n.op_type} {len(n.input)} {len(n.output)}\n".encode())
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    h.update(numpy_helper.to_array(a.t).tobytes())
+                elif a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                    h.update(f"{a.name}={helper.get_attribute_value(a)!r}\n".encode())
+    h.update(sha256_path(root / "tokenizer.json").encode())
+    h.update(json.dumps({"preprocessing": preprocessing, "max_text_len": max_text_len}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def write_manifest(root: Path, cfg: Any, tokenizer_pad_id: int, variants: dict[str, dict[str, Any]],
                    storage: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Hash every file and write ``manifest.json``; returns the manifest.
@@ -142,7 +174,8 @@ def write_manifest(root: Path, cfg: Any, tokenizer_pad_id: int, variants: dict[s
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": cfg.name, "base": cfg.base, "config": cfg.to_dict(), "id": model_id(root)},
+        "model": {"name": cfg.name, "base": cfg.base, "config": cfg.to_dict(), "id": model_id(root),
+                  "embedding_id": ""},  # filled below, from the preprocessing
         "files": file_hashes(root),
         "graphs": graphs,
         "max_text_len": cfg.max_text_len,
@@ -154,12 +187,13 @@ def write_manifest(root: Path, cfg: Any, tokenizer_pad_id: int, variants: dict[s
                           "formula": "x = (rgb / 255 - mean) / std after resizing the whole image to size x size"},
         "embedding": {"dim": cfg.embed_dim, "metric": "cosine", "normalized": True},
         "image_tokens": {"count": cfg.n_image_tokens, "dim": cfg.token_dim},
-        "score": "higher = better match; scores = scale * cosine(text, image) + residual(joint pass); "
-                 "comparable across candidates of one query",
+        "score": "higher = better match; scores = scale * cosine(text, image) + late interaction "
+                 "- hubness + residual(joint pass); comparable across candidates of one query",
         "storage": storage,
         "index_schema_version": INDEX_SCHEMA_VERSION,
         "sizes": sizes,
     }
+    manifest["model"]["embedding_id"] = embedding_id(root, manifest["preprocessing"], cfg.max_text_len)
     if extra:
         manifest.update(extra)
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

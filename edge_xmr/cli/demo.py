@@ -155,7 +155,8 @@ def run_demo(args: argparse.Namespace) -> int:
         queries = SAMPLE_QUERIES
     if args.query:
         queries = tuple(DemoQuery(q) for q in args.query)
-    db = Path(args.db).expanduser() if args.db else demo_db_path(photos, str(model.get("id", "")))
+    key = str(model.get("embedding_id") or model.get("id", ""))  # a new reranker alone keeps the index
+    db = Path(args.db).expanduser() if args.db else demo_db_path(photos, key)
     print(f"model:  {model.get('name', '?')} ({bundle_dir})\nphotos: {photos}\nindex:  {db}", file=sys.stderr)
     try:
         lib = Library.open(db, bundle_dir, threads=args.threads)  # the index remembers the bundle folder

@@ -85,6 +85,7 @@ class LibraryInfo:
     schema_version: int  # index schema version
     model_name: str  # name of the model that embedded the photos
     model_id: str  # sha256 identity of that model's bundle
+    embedding_id: str  # sha256 of what the stored vectors depend on (its encoders; "" in older indexes)
     dim: int  # embedding dimension D
     metric: str  # similarity of embeddings ("cosine")
     store: StoreKind  # how vec0 keeps embeddings (int8, float32, bit)
@@ -99,7 +100,8 @@ class LibraryInfo:
     def from_meta(meta: dict[str, str]) -> LibraryInfo:
         return LibraryInfo(
             schema_version=int(meta["schema_version"]), model_name=meta.get("model_name", ""),
-            model_id=meta.get("model_id", ""), dim=int(meta["embedding_dim"]), metric=meta.get("metric", "cosine"),
+            model_id=meta.get("model_id", ""), embedding_id=meta.get("embedding_id", ""),
+            dim=int(meta["embedding_dim"]), metric=meta.get("metric", "cosine"),
             store=schema.store_from_meta(meta).kind, embedding_scale=float(meta.get("embedding_int8_scale") or 0),
             token_scale=float(meta.get("token_int8_scale") or 0), token_count=int(meta["token_count"]),
             token_dim=int(meta["token_dim"]), created=meta.get("created", ""), bundle_path=meta.get("bundle_path", ""))
@@ -203,7 +205,18 @@ class Library:
             return
         name, mid = _manifest_name(self.bundle), self.bundle.model_id
         info = self._info
-        if mid != info.model_id:
+        eid = _manifest_embedding_id(self.bundle)
+        if mid != info.model_id and eid and eid == info.embedding_id:
+            # same encoders, another reranker (recalibrated or retrained cross-encoder): the stored
+            # embeddings and image tokens are what this bundle would compute, so the index stays valid
+            with write_transaction(self._conn):
+                schema.write_meta(self._conn, {"model_id": mid, "model_name": name})
+            self._reload_info()
+        elif mid == info.model_id and eid and not info.embedding_id:  # indexed before embedding ids
+            with write_transaction(self._conn):
+                schema.write_meta(self._conn, {"embedding_id": eid})
+            self._reload_info()
+        elif mid != info.model_id:
             raise ModelMismatchError(
                 f"{self.path} was indexed with model {info.model_name!r} (id {info.model_id[:12]}), but the "
                 f"loaded bundle is model {name!r} (id {mid[:12]}); open it with the bundle it was built with, "
@@ -535,6 +548,10 @@ def _manifest_name(bundle: EncoderBundle) -> str:
     return str(bundle.manifest.get("model", {}).get("name", ""))
 
 
+def _manifest_embedding_id(bundle: EncoderBundle) -> str:
+    return str(bundle.manifest.get("model", {}).get("embedding_id", ""))
+
+
 def _manifest_dim(bundle: EncoderBundle) -> int:
     return int(bundle.manifest["embedding"]["dim"])
 
@@ -544,6 +561,7 @@ def _new_meta(bundle: EncoderBundle, store: StoreKind, bundle_path: str) -> dict
     storage = m.get("storage") or {}
     return {
         "model_name": _manifest_name(bundle), "model_id": bundle.model_id,
+        "embedding_id": _manifest_embedding_id(bundle),
         "embedding_dim": str(_manifest_dim(bundle)), "metric": str(m.get("embedding", {}).get("metric", "cosine")),
         "store": store,
         "embedding_int8_scale": repr(float(storage.get("embedding_int8_scale") or 0.0) * EMBEDDING_HEADROOM),

@@ -59,7 +59,8 @@ def main() -> int:
 def _model_id(bundle: Path) -> str:
     import json
 
-    return str(json.loads((bundle / "manifest.json").read_text())["model"]["id"])
+    model = json.loads((bundle / "manifest.json").read_text())["model"]
+    return str(model.get("embedding_id") or model["id"])  # a new reranker alone keeps the index
 
 
 if __name__ == "__main__":

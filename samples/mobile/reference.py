@@ -130,14 +130,22 @@ class IndexMeta:
     emb_scale: float  # int8 scale of embeddings: q = clip(round(x * scale), -127, 127)
     tok_scale: float  # int8 scale of image tokens
     tokens: tuple[int, int]  # (T, Dt)
-    model_id: str  # must equal the bundle's manifest model.id
+    model_id: str  # the bundle's manifest model.id when indexed
+    embedding_id: str  # its model.embedding_id ("" in older indexes): equal ids = same stored vectors
 
 
 def read_meta(conn: Any) -> IndexMeta:
     m = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
     return IndexMeta(store=m.get("store", "int8"), dim=int(m["embedding_dim"]),
                      emb_scale=float(m["embedding_int8_scale"]), tok_scale=float(m["token_int8_scale"]),
-                     tokens=(int(m["token_count"]), int(m["token_dim"])), model_id=m["model_id"])
+                     tokens=(int(m["token_count"]), int(m["token_dim"])), model_id=m["model_id"],
+                     embedding_id=m.get("embedding_id", ""))
+
+
+def same_vectors(meta: IndexMeta, manifest: dict[str, Any]) -> bool:
+    """The index's vectors are this bundle's: same model, or same encoders (only the reranker differs)."""
+    eid = manifest["model"].get("embedding_id", "")
+    return meta.model_id == manifest["model"]["id"] or bool(eid and eid == meta.embedding_id)
 
 
 def quantize(x: np.ndarray, scale: float) -> np.ndarray:
@@ -222,7 +230,7 @@ def photos(conn: Any, ids: list[int]) -> dict[int, tuple[str, int]]:
 def search(model: Model, conn: Any, text: str, k: int = 10, rerank: int = 20) -> list[Result]:
     """Text -> the best k photos: KNN top max(k, rerank), the first ``rerank`` reranked."""
     meta = read_meta(conn)
-    if meta.model_id != model.manifest["model"]["id"]:
+    if not same_vectors(meta, model.manifest):
         raise SystemExit("this index was built with another model: its embeddings mean nothing to this bundle")
     query = model.encode_text(text)
     ids, embeds, bi = knn(conn, meta, query["text_embeds"][0], max(k, rerank))

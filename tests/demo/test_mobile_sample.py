@@ -92,3 +92,15 @@ def test_reference_imports_only_what_an_app_has():
     mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert mods <= {"__future__", "argparse", "json", "sys", "dataclasses", "pathlib", "typing", "numpy",
                     "onnxruntime", "PIL", "tokenizers", "sqlite3", "sqlite_vec", "apsw"}, mods
+
+
+def test_reference_accepts_an_index_of_the_same_encoders_only(ref):
+    meta = ref.IndexMeta(store="int8", dim=4, emb_scale=1.0, tok_scale=1.0, tokens=(2, 2), model_id="a",
+                         embedding_id="enc-1")
+    assert ref.same_vectors(meta, {"model": {"id": "a", "embedding_id": ""}})  # same model
+    assert ref.same_vectors(meta, {"model": {"id": "b", "embedding_id": "enc-1"}})  # another reranker
+    assert not ref.same_vectors(meta, {"model": {"id": "b", "embedding_id": "enc-2"}})
+    assert not ref.same_vectors(meta, {"model": {"id": "b"}})
+    old = ref.IndexMeta(store="int8", dim=4, emb_scale=1.0, tok_scale=1.0, tokens=(2, 2), model_id="a",
+                        embedding_id="")
+    assert not ref.same_vectors(old, {"model": {"id": "b", "embedding_id": ""}})

@@ -113,3 +113,28 @@ def test_fusion_on_ships_fused_graphs(_tiny_model, tmp_path):
         assert m["graphs"][g]["variants"]["onnx/fp32"]["fused"] is True
     assert m["graphs"]["image_encoder"]["variants"]["onnx/fp32"]["fused"] is False
     assert r["runtime"]["fp32"]["ok"]
+
+
+def test_embedding_id_changes_with_the_encoders_not_with_the_reranker(_tiny_model, tiny_bundle, tmp_path):
+    import copy
+
+    import torch
+
+    base = json.loads((tiny_bundle / "manifest.json").read_text())["model"]
+    assert len(base["embedding_id"]) == 64 and base["embedding_id"] != base["id"]
+    recal = copy.deepcopy(_tiny_model)
+    recal.tokenizer = _tiny_model.tokenizer
+    with torch.no_grad():  # what a recalibration changes: the score's weights, floors and banks
+        recal.cross.hub.mul_(0.5)
+        recal.cross.hub_floor.add_(0.1)
+        recal.cross.li_weight.fill_(1.0)
+    export_bundle(recal, tmp_path / "recal", precisions=("fp32",), fusion="off", mobile=False, threads=1)
+    m = json.loads((tmp_path / "recal" / "manifest.json").read_text())["model"]
+    assert m["id"] != base["id"] and m["embedding_id"] == base["embedding_id"]
+    other = copy.deepcopy(_tiny_model)
+    other.tokenizer = _tiny_model.tokenizer
+    with torch.no_grad():  # another image head: the stored vectors would differ
+        next(other.image_head.parameters()).add_(0.01)
+    export_bundle(other, tmp_path / "other", precisions=("fp32",), fusion="off", mobile=False, threads=1)
+    m = json.loads((tmp_path / "other" / "manifest.json").read_text())["model"]
+    assert m["embedding_id"] != base["embedding_id"]

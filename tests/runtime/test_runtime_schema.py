@@ -41,6 +41,38 @@ def test_other_model_is_refused_with_a_clear_message(tmp_path, fake_bundle):
     assert "edge-xmr-fake" in msg and "edge-xmr-other" in msg and "new database" in msg
 
 
+def _with_embedding_id(b: FakeBundle, eid: str) -> FakeBundle:
+    b.manifest["model"]["embedding_id"] = eid
+    return b
+
+
+def test_same_encoders_other_reranker_keeps_the_index(tmp_path, photo_tree):
+    first = _with_embedding_id(FakeBundle(model_id="model-a"), "enc-1")
+    with Library.open(tmp_path / "i.db", first) as lib:
+        lib.index(photo_tree)
+        before = lib.search("a red photo", k=3, rerank=0)
+    assert read_meta(connect(tmp_path / "i.db"))["embedding_id"] == "enc-1"
+    # a bundle with a recalibrated cross-encoder: other model id, same encoders -> opens, id moves on
+    second = _with_embedding_id(FakeBundle(model_id="model-b", name="edge-xmr-recal"), "enc-1")
+    with Library.open(tmp_path / "i.db", second) as lib:
+        assert [r.path for r in lib.search("a red photo", k=3, rerank=0)] == [r.path for r in before]
+        assert lib.info.model_id == "model-b" and lib.info.model_name == "edge-xmr-recal"
+        assert lib.stats().photos == 9
+    # other encoders: refused, whatever the model id
+    with pytest.raises(ModelMismatchError):
+        Library.open(tmp_path / "i.db", _with_embedding_id(FakeBundle(model_id="model-c"), "enc-2"))
+    # a bundle without an embedding id (older export) only matches by model id
+    with pytest.raises(ModelMismatchError):
+        Library.open(tmp_path / "i.db", FakeBundle(model_id="model-d"))
+
+
+def test_index_from_before_embedding_ids_gets_one(tmp_path, fake_bundle):
+    Library.open(tmp_path / "i.db", fake_bundle).close()  # the fake has no embedding id
+    assert read_meta(connect(tmp_path / "i.db"))["embedding_id"] == ""
+    with Library.open(tmp_path / "i.db", _with_embedding_id(FakeBundle(), "enc-1")) as lib:
+        assert lib.info.embedding_id == "enc-1"
+
+
 def test_open_without_a_model_for_maintenance(tmp_path, fake_bundle):
     Library.open(tmp_path / "i.db", fake_bundle).close()
     with Library.open(tmp_path / "i.db") as lib:
