@@ -171,20 +171,21 @@ def write_manifest(root: Path, cfg: Any, tokenizer_pad_id: int, variants: dict[s
                          for v, gs in variants.items() if name in gs},
         }
     img = cfg.image
+    preprocessing = {"size": img.size, "resize": "squash", "interpolation": "bicubic",
+                     "mean": list(img.mean), "std": list(img.std), "channel_order": "RGB",
+                     "value_range": [0, 1], "layout": "NCHW", "exif_orientation": True,
+                     "formula": "x = (rgb / 255 - mean) / std after resizing the whole image to size x size"}
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": cfg.name, "base": cfg.base, "config": cfg.to_dict(), "id": model_id(root),
-                  "embedding_id": ""},  # filled below, from the preprocessing
+                  "embedding_id": embedding_id(root, preprocessing, cfg.max_text_len)},
         "files": file_hashes(root),
         "graphs": graphs,
         "max_text_len": cfg.max_text_len,
         "tokenizer": {"file": "tokenizer.json", "pad_id": int(tokenizer_pad_id),
                       "truncation": "keep the first max_text_len - 1 tokens and the final special token"},
-        "preprocessing": {"size": img.size, "resize": "squash", "interpolation": "bicubic",
-                          "mean": list(img.mean), "std": list(img.std), "channel_order": "RGB",
-                          "value_range": [0, 1], "layout": "NCHW", "exif_orientation": True,
-                          "formula": "x = (rgb / 255 - mean) / std after resizing the whole image to size x size"},
+        "preprocessing": preprocessing,
         "embedding": {"dim": cfg.embed_dim, "metric": "cosine", "normalized": True},
         "image_tokens": {"count": cfg.n_image_tokens, "dim": cfg.token_dim},
         "score": "higher = better match; scores = scale * cosine(text, image) + late interaction "
@@ -193,7 +194,6 @@ def write_manifest(root: Path, cfg: Any, tokenizer_pad_id: int, variants: dict[s
         "index_schema_version": INDEX_SCHEMA_VERSION,
         "sizes": sizes,
     }
-    manifest["model"]["embedding_id"] = embedding_id(root, manifest["preprocessing"], cfg.max_text_len)
     if extra:
         manifest.update(extra)
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -324,7 +324,7 @@ class Distiller:
             self.save_checkpoint()
         if (self.out / "model.safetensors").is_file():  # the best student, then its hubness correction
             best = {k: v for k, v in bases.load(self.out).state_dict().items()
-                    if k not in ("cross.text_bank", "cross.image_bank", "cross.hub", "cross.hub_floor")}
+                    if k not in bases.CALIBRATED_BUFFERS}
             self.student.load_state_dict(best, strict=False)
         if self.spec.hub_bank:
             cal = self.base.calibrate_hubness()

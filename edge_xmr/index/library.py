@@ -206,24 +206,23 @@ class Library:
         name, mid = _manifest_name(self.bundle), self.bundle.model_id
         info = self._info
         eid = _manifest_embedding_id(self.bundle)
+        update: dict[str, str] = {}
         if mid != info.model_id and eid and eid == info.embedding_id:
             # same encoders, another reranker (recalibrated or retrained cross-encoder): the stored
             # embeddings and image tokens are what this bundle would compute, so the index stays valid
-            with write_transaction(self._conn):
-                schema.write_meta(self._conn, {"model_id": mid, "model_name": name})
-            self._reload_info()
+            update = {"model_id": mid, "model_name": name}
         elif mid == info.model_id and eid and not info.embedding_id:  # indexed before embedding ids
-            with write_transaction(self._conn):
-                schema.write_meta(self._conn, {"embedding_id": eid})
-            self._reload_info()
+            update = {"embedding_id": eid}
         elif mid != info.model_id:
             raise ModelMismatchError(
                 f"{self.path} was indexed with model {info.model_name!r} (id {info.model_id[:12]}), but the "
                 f"loaded bundle is model {name!r} (id {mid[:12]}); open it with the bundle it was built with, "
                 "or index into a new database")
         if bundle_path and bundle_path != info.bundle_path:
+            update["bundle_path"] = bundle_path
+        if update:
             with write_transaction(self._conn):
-                schema.write_meta(self._conn, {"bundle_path": bundle_path})
+                schema.write_meta(self._conn, update)
             self._reload_info()
 
     def _reload_info(self) -> None:

@@ -3,9 +3,10 @@
 Tables (one SQLite file):
 
 - ``meta(key, value)``: schema_version, model_name, model_id (sha256 of the bundle's fp32 graphs +
-  tokenizer), embedding_id (sha256 of its text and image encoders, tokenizer and preprocessing:
-  a bundle with the same embedding_id may open the index even if its model_id differs), embedding_dim, metric, store, embedding_int8_scale, token_int8_scale,
-  token_count, token_dim, created, bundle_path (a hint for later commands).
+  tokenizer), embedding_id (sha256 of its text and image encoders, tokenizer and preprocessing: a
+  bundle with the same embedding_id may open the index even if its model_id differs), embedding_dim,
+  metric, store, embedding_int8_scale, token_int8_scale, token_count, token_dim, created,
+  bundle_path (a hint for later commands).
 - ``folders(id, path)``: every folder holding photos, as a POSIX-style key ending in "/".
 - ``photos``: path, folder_id, content hash (sha256), size, mtime_ns, exif_time (EXIF capture
   time), taken (exif_time, else the file's mtime; what date filters use), width, height.

@@ -221,6 +221,9 @@ def load(model_dir: str | Path) -> JointModel:
 # added after the first checkpoints; their init values apply when absent (li_weight 0: no late interaction)
 OPTIONAL_BUFFERS = ("cross.res_weight", "cross.li_text.weight", "cross.li_text.bias", "cross.li_log_scale",
                     "cross.li_weight", "cross.hub_floor")
+# set by the dev calibration after training (banks, hubness weights and floors, joint-pass weight): when the
+# best checkpoint is reloaded before calibrating, these are left out (the calibration sets them afresh)
+CALIBRATED_BUFFERS = ("cross.text_bank", "cross.image_bank", "cross.hub", "cross.hub_floor", "cross.res_weight")
 
 
 def default_model_dir() -> Path:

@@ -521,8 +521,7 @@ class Trainer:
         if cfg.hub_bank and not self._resumed.get("calibrated"):
             if self.dev is not None and (self.out / "model.safetensors").is_file():
                 best = {k: v for k, v in bases.load(self.out).state_dict().items()
-                        if k not in ("cross.text_bank", "cross.image_bank", "cross.hub", "cross.hub_floor",
-                                     "cross.res_weight")}
+                        if k not in bases.CALIBRATED_BUFFERS}
                 self.model.load_state_dict(best, strict=False)
             cal = self.calibrate_hubness()
             self.log("hubness correction: " + json.dumps(cal))
