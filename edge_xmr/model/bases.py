@@ -111,7 +111,8 @@ def save(model: JointModel, out_dir: str | Path, half: bool = False) -> Path:
     """Write config, tokenizer and the non-pretrained tensors to ``out_dir``.
 
     ``half`` makes the compact form used for the embedded default: float16 tensors, and fine-tuned
-    pretrained matrices stored as int8 deltas from the pretrained weights with a float16 scale per row.
+    pretrained matrices stored as 4-bit deltas from the pretrained weights (see ``Q4_GROUP``, ``ROW_KEEP``).
+    Compact saves of earlier versions (int8 deltas, a float16 scale per row) still load.
     """
     from safetensors.torch import save_file
 
@@ -147,35 +148,79 @@ def _pretrained_tower(model: JointModel) -> dict[str, torch.Tensor]:
     return {"image_tower." + k: v for k, v in ref.state_dict().items()}
 
 
+# compact form: fine-tuning deltas from the pretrained weights, 4-bit with one float32 scale per Q4_GROUP
+# columns of a row (fine-tuning moves a matrix by 1-2 % of its norm: 4 bits of that change are far below what
+# the int8 ONNX export already rounds away). Rows of a table that fine-tuning barely moved (an embedding
+# table's tokens never seen in training, changed only by weight decay) are left out of the delta.
+Q4_GROUP = 64  # columns per 4-bit scale
+ROW_KEEP = 1e-3  # a row's delta is stored when its norm exceeds this fraction of the pretrained row's norm
+SPARSE_ROWS = 0.5  # ... and only those rows are stored when fewer than this fraction of the rows pass
+
+
+def _q4_pack(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) float -> packed nibbles (rows, ceil(cols / Q4_GROUP) * Q4_GROUP / 2) uint8,
+    scales (rows, ceil(cols / Q4_GROUP)) float32."""
+    rows, cols = d.shape
+    groups = -(-cols // Q4_GROUP)
+    dp = torch.nn.functional.pad(d, (0, groups * Q4_GROUP - cols)).reshape(rows, groups, Q4_GROUP)
+    scale = dp.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 7.0  # (rows, groups, 1)
+    u = (torch.round(dp / scale).clamp(-7, 7) + 8).to(torch.uint8).reshape(rows, groups * Q4_GROUP)  # 1..15
+    return u[:, 0::2] | (u[:, 1::2] << 4), scale.squeeze(-1)
+
+
+def _q4_unpack(packed: torch.Tensor, scale: torch.Tensor, cols: int) -> torch.Tensor:
+    """Inverse of :func:`_q4_pack`: (rows, cols) float32."""
+    lo = (packed & 0x0F).to(torch.int16) - 8
+    hi = (packed >> 4).to(torch.int16) - 8
+    q = torch.stack([lo, hi], dim=-1).reshape(scale.shape[0], scale.shape[1], Q4_GROUP).float()  # (rows, groups, G)
+    return (q * scale.float().unsqueeze(-1)).reshape(scale.shape[0], scale.shape[1] * Q4_GROUP)[:, :cols]
+
+
 def _compact(model: JointModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     pre = {**_pretrained_text(model), **_pretrained_tower(model)}
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         if k in pre and v.ndim >= 2 and v.shape == pre[k].shape:
-            d = (v - pre[k]).float().reshape(v.shape[0], -1)  # (rows = output channels, cols) fine-tuning delta
-            scale = d.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-            out[k + ".q8delta"] = torch.round(d / scale).clamp(-127, 127).to(torch.int8).reshape(v.shape)
-            out[k + ".q8scale"] = scale.half()
+            w0 = pre[k].float().reshape(v.shape[0], -1)
+            d = v.float().reshape(v.shape[0], -1) - w0  # (rows = output channels, cols) fine-tuning delta
+            moved = d.norm(dim=1) > ROW_KEEP * w0.norm(dim=1)
+            if int(moved.sum()) < SPARSE_ROWS * v.shape[0]:
+                rows = torch.nonzero(moved).squeeze(1)
+                out[k + ".q4rows"] = rows.to(torch.int32)
+                d = d[rows]
+            out[k + ".q4delta"], out[k + ".q4scale"] = _q4_pack(d)
         else:
             out[k] = v.half() if v.is_floating_point() else v
     return out
 
 
 def _expand(model: JointModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if not any(k.endswith(".q8delta") for k in state):
+    """Rebuild full float32 tensors from a compact state (4-bit deltas; int8 deltas of older saves)."""
+    deltas = [k for k in state if k.endswith((".q8delta", ".q4delta"))]
+    if not deltas:
         return state
     pre = _pretrained_text(model)
-    if any(k.startswith("image_tower.") and k.endswith(".q8delta") for k in state):
+    if any(k.startswith("image_tower.") for k in deltas):
         pre.update(_pretrained_tower(model))
-    out = {k: v for k, v in state.items() if not k.endswith((".q8delta", ".q8scale"))}
-    for k in state:
+    out = {k: v for k, v in state.items()
+           if not k.endswith((".q8delta", ".q8scale", ".q4delta", ".q4scale", ".q4rows"))}
+    for k in deltas:
+        name = k[: -len(".q8delta")]
+        if name not in pre:
+            raise ModelDirError(f"delta for {name} but no pretrained weight to add it to")
+        w0 = pre[name].float()
         if k.endswith(".q8delta"):
-            name = k[: -len(".q8delta")]
-            if name not in pre:
-                raise ModelDirError(f"int8 delta for {name} but no pretrained weight to add it to")
             q = state[k].float()
             delta = (q.reshape(q.shape[0], -1) * state[name + ".q8scale"].float()).reshape(q.shape)
-            out[name] = pre[name] + delta
+            out[name] = w0 + delta
+            continue
+        flat = w0.reshape(w0.shape[0], -1).clone()  # (rows, cols)
+        d = _q4_unpack(state[k], state[name + ".q4scale"], flat.shape[1])
+        if name + ".q4rows" in state:
+            flat[state[name + ".q4rows"].long()] += d
+        else:
+            flat += d
+        out[name] = flat.reshape(w0.shape)
     return out
 
 

