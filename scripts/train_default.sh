@@ -9,10 +9,14 @@ export HF_HUB_OFFLINE=1
 edge-xmr train --data "$DATA" --split train --eval-split dev --base lite --out "$OUT" \
   --epochs 8 --ce-queries 16 --ce-epochs 1 --li-loss 1.0 --class-distill 0.5 --crop-views 0 \
   --tower-blocks 3 --lr-tower 1e-4
-python - "$OUT" <<'PY'
+# born-again self-distillation: a student of the teacher's own shape (all 6 text blocks trainable) learns from
+# the teacher above; 10 epochs, about 33 minutes on 2 cores (docs/model.md)
+edge-xmr distill --teacher "$OUT" --data "$DATA" --split train --eval-split dev --student lite-full \
+  --out "${OUT}_sd" --epochs 10
+python - "${OUT}_sd" <<'PY'
 import sys
 from edge_xmr.model import bases
-bases.save(bases.load(sys.argv[1]), bases.default_model_dir(), half=True)  # compact form
+bases.save(bases.load(sys.argv[1]), bases.default_model_dir(), half=True)  # compact form (4-bit deltas)
 PY
 rm -f edge_xmr/assets/default_model/tokenizer.json  # the base package ships it
 du -sh edge_xmr/assets/default_model
