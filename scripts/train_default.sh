@@ -13,7 +13,10 @@ edge-xmr train --data "$DATA" --split train --eval-split dev --base lite --out "
 # the teacher above; 10 epochs, about 33 minutes on 2 cores (docs/model.md)
 edge-xmr distill --teacher "$OUT" --data "$DATA" --split train --eval-split dev --student lite-full \
   --out "${OUT}_sd" --epochs 10
-python - "${OUT}_sd" <<'PY'
+# WiSE-FT: average the teacher's and the distilled student's weights (0.5 each), then recalibrate on dev;
+# keeps the teacher's behaviour on photos unlike Flickr8k (docs/model.md)
+python scripts/interpolate.py "$OUT" "${OUT}_sd" 0.5 "${OUT}_wise" --data "$DATA"
+python - "${OUT}_wise" <<'PY'
 import sys
 from edge_xmr.model import bases
 bases.save(bases.load(sys.argv[1]), bases.default_model_dir(), half=True)  # compact form (4-bit deltas)
