@@ -209,13 +209,11 @@ def _expand(model: JointModel, state: dict[str, torch.Tensor]) -> dict[str, torc
         if name not in pre:
             raise ModelDirError(f"delta for {name} but no pretrained weight to add it to")
         w0 = pre[name].float()
-        if k.endswith(".q8delta"):
-            q = state[k].float()
-            delta = (q.reshape(q.shape[0], -1) * state[name + ".q8scale"].float()).reshape(q.shape)
-            out[name] = w0 + delta
-            continue
         flat = w0.reshape(w0.shape[0], -1).clone()  # (rows, cols)
-        d = _q4_unpack(state[k], state[name + ".q4scale"], flat.shape[1])
+        if k.endswith(".q8delta"):  # older saves: int8, a float16 scale per row, every row
+            d = state[k].float().reshape(flat.shape) * state[name + ".q8scale"].float()
+        else:
+            d = _q4_unpack(state[k], state[name + ".q4scale"], flat.shape[1])
         if name + ".q4rows" in state:
             flat[state[name + ".q4rows"].long()] += d
         else:
