@@ -54,6 +54,8 @@ class ModelConfig:
     tower_train_blocks: int = 0  # with a frozen tower: its last N blocks (and head conv) are fine-tuned anyway
     # (efficientnet_lite0 only; training caches the input of those blocks instead of the final grid)
     clip_path: str = ""  # for base "clip": the CLIPModel checkpoint directory or hub id
+    flip_average: bool = False  # a photo is encoded as the mean of itself and its mirror image (embedding
+    # and tokens): test-time augmentation at index time, twice the image-encoder cost, no query cost
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

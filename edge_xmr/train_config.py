@@ -30,7 +30,9 @@ class TrainConfig:
     class_refresh: int = 25  # steps between refreshes of the class-name embeddings it uses
     crop_views: int = 0  # random-resized-crop views per photo cached besides the photo and its flip (2 gave no dev gain)
     calib_queries: int = 0  # dev captions the final calibration of the score weights uses (0: all of them)
-    hub_bank: int = 512  # training captions / photos kept as hubness banks (0: no hubness correction)
+    hub_bank: int = 4096  # training captions kept as the bank of the photos' hubness statistic (0: no hubness
+    # correction); dev rerank@20 R@1 grew up to 4096 (docs/model.md), the compact save keeps it in int8 (1 MB)
+    hub_bank_images: int = 512  # training photos kept as the bank of the captions' statistic (image -> text)
     hub_floor_pct: float = 5.0  # hubness statistics are floored at this percentile of the calibration
     #                             photos' / captions' (0: no floor; out-of-domain photos are not rewarded)
     ckpt_every: int = 100  # steps between resumable checkpoints

@@ -132,7 +132,8 @@ class Distiller:
         # the project's Trainer provides the cached tower features, the dev evaluation and the hubness
         # calibration for the student (its own optimiser and loop are not used)
         self.base = Trainer(student, train, dev, self.out,
-                            TrainConfig(batch_size=cfg.batch_size, hub_bank=spec.hub_bank, seed=cfg.seed,
+                            TrainConfig(batch_size=cfg.batch_size, hub_bank=spec.hub_bank,
+                                        hub_bank_images=spec.hub_bank_images, seed=cfg.seed,
                                         eval_queries=cfg.eval_queries, threads=cfg.threads), log=log,
                             progress=progress)
         s_ids, s_mask = student.tokenizer.encode(list(train.captions), student.cfg.max_text_len)

@@ -14,7 +14,8 @@ class StudentSpec:
     cross_layers: int  # top student blocks that also run jointly over image tokens (cross-encoder)
     n_image_tokens: int  # image tokens per photo (the teacher's first ones are kept)
     vocab_size: int = 0  # 0: the teacher's vocabulary; N: keep N tokens (quantize.vocab.keep_tokens)
-    hub_bank: int = 512  # hubness bank size (captions / photos) of the student's cross-encoder
+    hub_bank: int = 512  # training captions in the student's hubness bank of photos (t2i)
+    hub_bank_images: int = 512  # training photos in its hubness bank of captions (i2t)
 
 
 STUDENTS: dict[str, StudentSpec] = {
@@ -32,9 +33,10 @@ STUDENTS: dict[str, StudentSpec] = {
                                        n_image_tokens=4, hub_bank=512),
     # the teacher's own shape ("born-again" self-distillation): does distillation alone improve it?
     "lite-full": StudentSpec("lite-full", text_layers=(0, 1, 2, 3, 4, 5), cross_layers=3, n_image_tokens=8,
-                             hub_bank=512),
+                             hub_bank=4096),
     # for tests: the 3-block tiny model cut to 2 blocks, 1 joint block, 2 image tokens
-    "tiny-half": StudentSpec("tiny-half", text_layers=(0, 2), cross_layers=1, n_image_tokens=2, hub_bank=64),
+    "tiny-half": StudentSpec("tiny-half", text_layers=(0, 2), cross_layers=1, n_image_tokens=2, hub_bank=64,
+                              hub_bank_images=64),
 }
 
 

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # subcommand modules, in the order shown by --help
-_MODULES = ["train", "eval", "export", "runtime", "quantize", "demo"]
+_MODULES = ["train", "calibrate", "eval", "export", "runtime", "quantize", "demo"]
 
 
 class UserError(Exception):

@@ -110,8 +110,9 @@ class _Proj(nn.Module):
 def save(model: JointModel, out_dir: str | Path, half: bool = False) -> Path:
     """Write config, tokenizer and the non-pretrained tensors to ``out_dir``.
 
-    ``half`` makes the compact form used for the embedded default: float16 tensors, and fine-tuned
-    pretrained matrices stored as 4-bit deltas from the pretrained weights (see ``Q4_GROUP``, ``ROW_KEEP``).
+    ``half`` makes the compact form used for the embedded default: float16 tensors, fine-tuned
+    pretrained matrices stored as 4-bit deltas from the pretrained weights (see ``Q4_GROUP``, ``ROW_KEEP``)
+    and the hubness banks as int8 rows (``BANKS``).
     Compact saves of earlier versions (int8 deltas, a float16 scale per row) still load.
     """
     from safetensors.torch import save_file
@@ -155,6 +156,7 @@ def _pretrained_tower(model: JointModel) -> dict[str, torch.Tensor]:
 Q4_GROUP = 64  # columns per 4-bit scale
 ROW_KEEP = 1e-3  # a row's delta is stored when its norm exceeds this fraction of the pretrained row's norm
 SPARSE_ROWS = 0.5  # ... and only those rows are stored when fewer than this fraction of the rows pass
+BANKS = ("cross.text_bank", "cross.image_bank")  # hubness banks (unit vectors): int8 rows in the compact form
 
 
 def _q4_pack(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,21 +191,28 @@ def _compact(model: JointModel, state: dict[str, torch.Tensor]) -> dict[str, tor
                 out[k + ".q4rows"] = rows.to(torch.int32)
                 d = d[rows]
             out[k + ".q4delta"], out[k + ".q4scale"] = _q4_pack(d)
+        elif k in BANKS and v.ndim == 2 and len(v):  # unit vectors: int8, one float32 scale per row
+            scale = v.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0  # (rows, 1)
+            out[k + ".i8"] = torch.round(v.float() / scale).clamp(-127, 127).to(torch.int8)
+            out[k + ".i8scale"] = scale.squeeze(1)
         else:
             out[k] = v.half() if v.is_floating_point() else v
     return out
 
 
 def _expand(model: JointModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rebuild full float32 tensors from a compact state (4-bit deltas; int8 deltas of older saves)."""
+    """Rebuild full float32 tensors from a compact state (4-bit deltas; int8 deltas of older saves; int8 banks)."""
     deltas = [k for k in state if k.endswith((".q8delta", ".q4delta"))]
+    out = {k: v for k, v in state.items()
+           if not k.endswith((".q8delta", ".q8scale", ".q4delta", ".q4scale", ".q4rows", ".i8", ".i8scale"))}
+    for k in state:
+        if k.endswith(".i8"):  # int8 rows (hubness banks)
+            out[k[: -len(".i8")]] = state[k].float() * state[k + "scale"].float()[:, None]
     if not deltas:
-        return state
+        return out
     pre = _pretrained_text(model)
     if any(k.startswith("image_tower.") for k in deltas):
         pre.update(_pretrained_tower(model))
-    out = {k: v for k, v in state.items()
-           if not k.endswith((".q8delta", ".q8scale", ".q4delta", ".q4scale", ".q4rows"))}
     for k in deltas:
         name = k[: -len(".q8delta")]
         if name not in pre:
@@ -246,7 +255,7 @@ def load(model_dir: str | Path) -> JointModel:
         raise ModelDirError(f"{d / 'model.safetensors'}: does not match config "
                             f"(unknown {unknown[:3]}, missing {missing[:3]})")
     with torch.no_grad():
-        for k in ("cross.text_bank", "cross.image_bank"):
+        for k in BANKS:
             if k in state:
                 setattr(model.cross, k.split(".")[1], torch.zeros_like(state[k], dtype=torch.float32))
         own = model.state_dict()

@@ -27,6 +27,13 @@ from ..config import ModelConfig
 from .text import TextTransformer
 
 
+def average_views(emb: torch.Tensor, tok: torch.Tensor, emb2: torch.Tensor,
+                  tok2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views of the same photos (embeddings (B, D) normalised, tokens (B, T, Dt)) -> one:
+    the normalised sum of the embeddings and the mean of the tokens."""
+    return F.normalize(emb + emb2, dim=-1), (tok + tok2) / 2
+
+
 class ImageHead(nn.Module):
     """Global vector -> bi-encoder embedding (MLP, or a plain projection for CLIP)."""
 
@@ -192,9 +199,17 @@ class JointModel(nn.Module):
         return F.normalize(self.image_head(g), dim=-1), self.token_pool(grid)
 
     def encode_image(self, px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) pixels -> (embedding (B, D), image tokens (B, T, Dt))."""
-        g, grid = self.image_tower(px)
-        return self.image_outputs(g, grid)
+        """(B, 3, S, S) pixels -> (embedding (B, D), image tokens (B, T, Dt)).
+
+        With ``cfg.flip_average`` the photo and its mirror image go through the tower as one batch and
+        their outputs are averaged (``average_views``)."""
+        if not self.cfg.flip_average:
+            g, grid = self.image_tower(px)
+            return self.image_outputs(g, grid)
+        g, grid = self.image_tower(torch.cat([px, px.flip(-1)]))  # (2B, C), (2B, P, C)
+        emb, tok = self.image_outputs(g, grid)  # (2B, D), (2B, T, Dt)
+        b = px.shape[0]
+        return average_views(emb[:b], tok[:b], emb[b:], tok[b:])
 
     def cross_logits(self, states: list[torch.Tensor], mask: torch.Tensor, t_emb: torch.Tensor,
                      tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:

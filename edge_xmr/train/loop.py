@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..data import CaptionSet
 from ..model import bases
-from ..model.joint import JointModel
+from ..model.joint import JointModel, average_views
 from ..train_config import TrainConfig
 from .features import tower_grids, tower_prefix
 
@@ -91,11 +91,14 @@ class Trainer:
             self.feats = [tower_prefix(self.model, paths, cut, flip=False, progress=self.progress),
                           tower_prefix(self.model, paths, cut, flip=True, progress=self.progress)]
         if self.dev is not None:
+            # the dev photos as the model encodes them at index time (and mirrored, with flip_average)
+            flips = (False, True) if self.model.cfg.flip_average else (False,)
             if self.tail:
-                self.dev_feats = tower_prefix(self.model, self.dev.image_paths(), self.cut, progress=self.progress)
+                self.dev_feats = [tower_prefix(self.model, self.dev.image_paths(), self.cut, flip=f,
+                                               progress=self.progress) for f in flips]
             else:
-                self.dev_grid = tower_grids(self.model, self.dev.image_paths(), progress=self.progress,
-                                            desc="dev features")
+                self.dev_grid = [tower_grids(self.model, self.dev.image_paths(), flip=f, progress=self.progress,
+                                             desc="dev features") for f in flips]
 
     @staticmethod
     def _gather(arrays: list, img: np.ndarray, view: np.ndarray | None) -> torch.Tensor:
@@ -120,13 +123,30 @@ class Trainer:
         return self._gather(self.grids, img, view).mean(1)
 
     @torch.no_grad()
-    def dev_grids(self) -> torch.Tensor:
-        """Grids (N, P, C) of every dev photo under the current model."""
+    def dev_grids(self, view: int = 0) -> torch.Tensor:
+        """Grids (N, P, C) of every dev photo under the current model (view 1: mirrored)."""
         if not self.tail:
-            return torch.from_numpy(np.asarray(self.dev_grid, np.float32))
-        return torch.cat([self.model.image_tower.suffix(torch.from_numpy(np.asarray(self.dev_feats[i:i + 256],
-                                                                                    np.float32)), self.cut)[1]
-                          for i in range(0, len(self.dev_feats), 256)])
+            return torch.from_numpy(np.asarray(self.dev_grid[view], np.float32))
+        feats = self.dev_feats[view]
+        return torch.cat([self.model.image_tower.suffix(torch.from_numpy(np.asarray(feats[i:i + 256], np.float32)),
+                                                        self.cut)[1] for i in range(0, len(feats), 256)])
+
+    @torch.no_grad()
+    def image_outputs(self, grids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (N, D) and tokens (N, T, Dt) of photos from their grids in one or two views
+        (the photo, its mirror image): what ``JointModel.encode_image`` gives at index time."""
+        m = self.model
+        outs = [[], []]
+        for i in range(0, len(grids[0]), 256):
+            views = [m.image_outputs(g[i:i + 256].mean(1), g[i:i + 256]) for g in grids]
+            e, t = average_views(*views[0], *views[1]) if m.cfg.flip_average else views[0]
+            outs[0].append(e)
+            outs[1].append(t)
+        return torch.cat(outs[0]), torch.cat(outs[1])
+
+    def dev_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and tokens of every dev photo under the current model."""
+        return self.image_outputs([self.dev_grids(v) for v in range(2 if self.model.cfg.flip_average else 1)])
 
     # ---- schedule ---------------------------------------------------------------------------------
     def _set_lr(self) -> None:
@@ -291,9 +311,9 @@ class Trainer:
         n = min(cfg.hub_bank, len(self.train_set.captions))
         caps = rng.choice(len(self.train_set.captions), n, replace=False)
         text_bank = torch.from_numpy(m.embed_texts([self.train_set.captions[c] for c in caps]))
-        imgs = np.sort(rng.choice(self.n_img, min(cfg.hub_bank, self.n_img), replace=False))
-        g = self._grid(imgs)
-        image_bank = F.normalize(m.image_head(g.mean(1)), dim=-1)
+        imgs = np.sort(rng.choice(self.n_img, min(cfg.hub_bank_images, self.n_img), replace=False))
+        views = [self._grid(imgs, np.full(len(imgs), v)) for v in range(2 if m.cfg.flip_average else 1)]
+        image_bank = self.image_outputs(views)[0]
         m.cross.text_bank = text_bank
         m.cross.image_bank = image_bank
         temp = float(m.logit_scale.exp())
@@ -312,8 +332,7 @@ class Trainer:
         # dev: each term over the bi-encoder's top-20 separately (cosine, late interaction, joint pass,
         # hubness), then the weights with the best rerank@20 R@1
         m.cross.li_weight.fill_(0.0)
-        dg = self.dev_grids()
-        iemb, itok = m.image_outputs(dg.mean(1), dg)
+        iemb, itok = self.dev_outputs()
         n_q = len(self.dev.captions) if not cfg.calib_queries else min(cfg.calib_queries, len(self.dev.captions))
         q = np.sort(rng.choice(len(self.dev.captions), n_q, replace=False))
         texts = [self.dev.captions[c] for c in q]
@@ -390,14 +409,7 @@ class Trainer:
         m = self.model
         m.eval()
         try:
-            iemb, itok = [], []
-            dg = self.dev_grids()
-            for i in range(0, len(dg), 256):
-                g = dg[i:i + 256]
-                e, t = m.image_outputs(g.mean(1), g)
-                iemb.append(e)
-                itok.append(t)
-            iemb_t, itok_t = torch.cat(iemb), torch.cat(itok)
+            iemb_t, itok_t = self.dev_outputs()
             rng = np.random.default_rng(123)
             caps = np.sort(rng.choice(len(self.dev.captions), size=min(self.cfg.eval_queries,
                                                                        len(self.dev.captions)), replace=False))

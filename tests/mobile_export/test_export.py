@@ -138,3 +138,19 @@ def test_embedding_id_changes_with_the_encoders_not_with_the_reranker(_tiny_mode
     export_bundle(other, tmp_path / "other", precisions=("fp32",), fusion="off", mobile=False, threads=1)
     m = json.loads((tmp_path / "other" / "manifest.json").read_text())["model"]
     assert m["embedding_id"] != base["embedding_id"]
+
+
+def test_flip_average_image_encoder_exports_with_parity(_tiny_model, tmp_path):
+    import copy
+
+    from mobile_export.onnx_export import export_onnx
+
+    m = copy.deepcopy(_tiny_model)
+    m.tokenizer = _tiny_model.tokenizer
+    m.cfg = replace(m.cfg, flip_average=True)
+    spec = GRAPHS["image_encoder"]
+    path = export_onnx(m, spec, tmp_path / "image_encoder.onnx")
+    r = parity.torch_vs_onnx(m, spec, path)
+    assert r["ok"] and r["max_abs_diff"] <= 1e-4, r
+    plain = parity.torch_vs_onnx(_tiny_model, spec, path)  # the graph without the mirror view differs
+    assert not plain["ok"]

@@ -245,3 +245,55 @@ def test_hubness_term_matches_its_definition(tiny_model):
         c.hub.zero_()
     plain = tiny_model.score_candidates("a dog", tok, emb)
     np.testing.assert_allclose(full, plain - hub.numpy(), atol=1e-4)
+
+
+def _flip_model(tiny_model):
+    from dataclasses import replace
+
+    tiny_model.cfg = replace(tiny_model.cfg, flip_average=True)
+    return tiny_model
+
+
+def test_flip_average_is_the_mean_of_the_photo_and_its_mirror(tiny_model):
+    px = tiny_model._pixels(_images(3))  # (3, 3, S, S)
+    mirrored = torch.from_numpy(np.ascontiguousarray(px.numpy()[..., ::-1]))  # numpy, not torch.flip
+    with torch.no_grad():
+        e1, t1 = tiny_model.encode_image(px)
+        e2, t2 = tiny_model.encode_image(mirrored)
+        m = _flip_model(tiny_model)
+        e, t = m.encode_image(px)
+        e_mirror, t_mirror = m.encode_image(mirrored)
+    ref = (e1 + e2).numpy()
+    np.testing.assert_allclose(e.numpy(), ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(t.numpy(), ((t1 + t2) / 2).numpy(), atol=1e-5)
+    np.testing.assert_allclose(e_mirror.numpy(), e.numpy(), atol=1e-5)  # a photo and its mirror: one embedding
+    np.testing.assert_allclose(t_mirror.numpy(), t.numpy(), atol=1e-5)
+    assert float((e1 * e2).sum(1).min()) < 0.9999  # the tiny tower does tell a photo from its mirror
+    assert np.abs(e.numpy() - e1.numpy()).max() > 1e-3
+
+
+def test_flip_average_survives_save_and_load(tiny_model, tmp_path):
+    m = _flip_model(tiny_model)
+    save(m, tmp_path / "m")
+    m2 = load(tmp_path / "m")
+    assert m2.cfg.flip_average
+    imgs = _images(2)
+    np.testing.assert_allclose(m.embed_images(imgs), m2.embed_images(imgs), atol=1e-6)
+
+
+def test_compact_save_stores_hubness_banks_as_int8_rows(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    save(tiny_model, tmp_path / "m", half=True)
+    stored = load_file(str(tmp_path / "m" / "model.safetensors"))
+    for k in ("cross.text_bank", "cross.image_bank"):
+        assert stored[k + ".i8"].dtype == torch.int8 and k not in stored
+    m2 = load(tmp_path / "m")
+    for name in ("text_bank", "image_bank"):
+        a, b = getattr(tiny_model.cross, name).numpy(), getattr(m2.cross, name).numpy()
+        step = np.abs(a).max(1, keepdims=True) / 127  # one int8 step per row
+        assert a.shape == b.shape and (np.abs(a - b) <= step / 2 + 1e-6).all()
+    e = torch.nn.functional.normalize(torch.randn(5, 1, tiny_model.cfg.embed_dim), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(5, tiny_model.cfg.embed_dim), dim=-1)
+    np.testing.assert_allclose(tiny_model.cross.hubness(t, e).detach().numpy(), m2.cross.hubness(t, e).detach().numpy(),
+                               atol=0.02)

@@ -1,0 +1,64 @@
+"""``edge-xmr calibrate``: rerun the dev calibration of a trained model, optionally after averaging its
+weights with another model's (WiSE-FT) or switching mirror-image averaging of photos on or off."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from . import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="recalibrate a trained model's rerank score on a dev split "
+                                         "(optionally averaged with another model first)")
+    p.add_argument("--model", required=True, help="trained model directory (or 'default')")
+    p.add_argument("--data", required=True, help="caption folder (images/, captions.tsv, splits/)")
+    p.add_argument("--split", default="train", help="split the hubness banks are drawn from (default: train)")
+    p.add_argument("--eval-split", default="dev", help="split the score weights are chosen on (default: dev)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--mix", default=None, help="another model directory of the same shape to average with")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of --mix in the average (default: 0.5)")
+    p.add_argument("--flip-average", choices=["on", "off"], default=None,
+                   help="encode photos as the mean of the photo and its mirror image (default: as the model)")
+    p.add_argument("--hub-bank", type=int, default=None, help="training captions in the hubness bank")
+    p.add_argument("--hub-bank-images", type=int, default=None, help="training photos in the caption bank")
+    p.add_argument("--half", action="store_true", help="save the compact form (the embedded default's)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import DataError, read_captions
+
+    try:
+        train = read_captions(args.data, args.split)
+        dev = read_captions(args.data, args.eval_split)
+    except DataError as e:
+        raise UserError(str(e)) from None
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("calibration needs torch: pip install torch==2.13.0 'edge-xmr[train]'") from None
+    from ..model import ModelDirError, bases
+    from ..train.calibrate import interpolate, recalibrate
+    from ..train_config import TrainConfig
+
+    try:
+        model = bases.load(bases.resolve(args.model))
+        if args.mix:
+            interpolate(model, bases.load(args.mix), args.alpha)
+    except (ModelDirError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if args.flip_average is not None:
+        model.cfg = dataclasses.replace(model.cfg, flip_average=args.flip_average == "on")
+    cfg = TrainConfig()
+    for k in ("hub_bank", "hub_bank_images"):
+        if getattr(args, k) is not None:
+            cfg = dataclasses.replace(cfg, **{k: getattr(args, k)})
+    result = recalibrate(model, train, dev, args.out, cfg, log=lambda s: print(s, file=sys.stderr, flush=True),
+                         half=args.half)
+    print(json.dumps(result))
+    print(f"saved {args.out}")
+    return 0
