@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 torch = pytest.importorskip("torch")
 
@@ -14,24 +13,6 @@ from edge_xmr.cli import main  # noqa: E402
 from edge_xmr.config import preset  # noqa: E402
 from edge_xmr.model import bases, build, save  # noqa: E402
 from edge_xmr.train.calibrate import interpolate  # noqa: E402
-
-
-@pytest.fixture()
-def folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGE_XMR_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "caps"
-    (root / "images").mkdir(parents=True)
-    (root / "splits").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(10):
-        arr = rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)
-        arr[..., i % 3] = 230
-        Image.fromarray(arr).save(root / "images" / f"p{i}.png")
-        rows += [f"p{i}.png\ta photo {['red', 'green', 'blue'][i % 3]}", f"p{i}.png\tnumber {i}"]
-    (root / "captions.tsv").write_text("image\tcaption\n" + "\n".join(rows) + "\n")
-    (root / "splits" / "all.txt").write_text("\n".join(f"p{i}.png" for i in range(10)) + "\n")
-    return root
 
 
 def _pair():
@@ -69,12 +50,12 @@ def test_interpolate_refuses_models_of_another_shape():
         interpolate(a, a, 1.5)
 
 
-def test_cli_calibrate_mixes_flips_and_recalibrates(folder, tmp_path, capsys):
+def test_cli_calibrate_mixes_flips_and_recalibrates(caption_folder, tmp_path, capsys):
     a, b = _pair()
     save(a, tmp_path / "a")
     save(b, tmp_path / "b")
     out = tmp_path / "out"
-    rc = main(["calibrate", "--model", str(tmp_path / "a"), "--mix", str(tmp_path / "b"), "--data", str(folder),
+    rc = main(["calibrate", "--model", str(tmp_path / "a"), "--mix", str(tmp_path / "b"), "--data", str(caption_folder),
                "--split", "all", "--eval-split", "all", "--out", str(out), "--flip-average", "on",
                "--hub-bank", "8", "--hub-bank-images", "6"])
     assert rc == 0
@@ -88,17 +69,17 @@ def test_cli_calibrate_mixes_flips_and_recalibrates(folder, tmp_path, capsys):
     interpolate(mixed, b, 0.5)
     np.testing.assert_allclose(m.text_proj.weight.detach().numpy(), mixed.text_proj.weight.detach().numpy(), atol=1e-6)
     # the banks hold the photos as the model now encodes them: mirror-averaged
-    caps = [ln.split("\t")[1] for ln in (folder / "captions.tsv").read_text().splitlines()[1:]]
+    caps = [ln.split("\t")[1] for ln in (caption_folder / "captions.tsv").read_text().splitlines()[1:]]
     np.testing.assert_allclose(np.linalg.norm(m.cross.text_bank.numpy(), axis=1), 1.0, atol=1e-5)
     bank = m.cross.text_bank.numpy()
     assert np.abs(m.embed_texts(caps)[:, None] - bank[None]).sum(-1).min(0).max() < 1e-4  # training captions
 
 
-def test_cli_calibrate_user_errors(folder, tmp_path, capsys):
+def test_cli_calibrate_user_errors(caption_folder, tmp_path, capsys):
     a, _ = _pair()
     save(a, tmp_path / "a")
     save(build(preset("tiny", n_image_tokens=3)), tmp_path / "c")
-    args = ["calibrate", "--model", str(tmp_path / "a"), "--data", str(folder), "--split", "all", "--eval-split",
+    args = ["calibrate", "--model", str(tmp_path / "a"), "--data", str(caption_folder), "--split", "all", "--eval-split",
             "all", "--out", str(tmp_path / "o")]
     assert main(args + ["--mix", str(tmp_path / "c")]) == 2
     assert "models differ" in capsys.readouterr().err
