@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     if args.flip_average is not None:
         model.cfg = dataclasses.replace(model.cfg, flip_average=args.flip_average == "on")
-    cfg = TrainConfig()
-    for k in ("hub_bank", "hub_bank_images"):
-        if getattr(args, k) is not None:
-            cfg = dataclasses.replace(cfg, **{k: getattr(args, k)})
+    cfg = TrainConfig(**{k: getattr(args, k) for k in ("hub_bank", "hub_bank_images") if getattr(args, k) is not None})
     result = recalibrate(model, train, dev, args.out, cfg, log=lambda s: print(s, file=sys.stderr, flush=True),
                          half=args.half)
     print(json.dumps(result))
