@@ -54,8 +54,21 @@ class ModelConfig:
     tower_train_blocks: int = 0  # with a frozen tower: its last N blocks (and head conv) are fine-tuned anyway
     # (efficientnet_lite0 only; training caches the input of those blocks instead of the final grid)
     clip_path: str = ""  # for base "clip": the CLIPModel checkpoint directory or hub id
-    flip_average: bool = False  # a photo is encoded as the mean of itself and its mirror image (embedding
-    # and tokens): test-time augmentation at index time, twice the image-encoder cost, no query cost
+    views: tuple[tuple[int, bool], ...] = ()  # test-time views a photo is encoded in at index time, each
+    # (side in pixels, mirrored), averaged (embeddings summed and normalised, tokens meaned); a side above
+    # image.size is a bicubic enlargement of the input made inside the model (model/views.py). () = the
+    # photo itself. Costs the views' image-encoder work per photo at index time, nothing per query.
+
+    def __post_init__(self) -> None:
+        for v in self.views:
+            if len(v) != 2 or not isinstance(v[1], bool) or int(v[0]) < self.image.size:
+                raise ValueError(f"bad view {v!r}: need (side >= image.size = {self.image.size}, mirrored)")
+        if self.image.tower == "clip_vision" and any(int(v[0]) != self.image.size for v in self.views):
+            raise ValueError("enlarged views need a convolutional image tower (clip_vision has fixed positions)")
+
+    def index_views(self) -> tuple[tuple[int, bool], ...]:
+        """The views a photo is encoded in: ``views``, or the photo itself."""
+        return self.views or ((self.image.size, False),)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +82,9 @@ class ModelConfig:
             if k in img:
                 img[k] = tuple(img[k])
         image = ImageConfig(**img)
+        if "flip_average" in d:  # configs before views: the photo and its mirror image
+            d["views"] = ((image.size, False), (image.size, True)) if d.pop("flip_average") else ()
+        d["views"] = tuple((int(v[0]), bool(v[1])) for v in d.get("views", ()))
         known = {f for f in ModelConfig.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:

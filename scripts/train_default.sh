@@ -13,10 +13,11 @@ edge-xmr train --data "$DATA" --split train --eval-split dev --base lite --out "
 # the teacher above; 10 epochs, about 33 minutes on 2 cores (docs/model.md)
 edge-xmr distill --teacher "$OUT" --data "$DATA" --split train --eval-split dev --student lite-full \
   --out "${OUT}_sd" --epochs 10
-# WiSE-FT: average the teacher's and the distilled student's weights (0.5 each), switch on mirror-image
-# averaging of photos, then recalibrate on dev (hubness bank of 4096 training captions); the average keeps
-# the teacher's behaviour on photos unlike Flickr8k (docs/model.md)
-edge-xmr calibrate --model "${OUT}_sd" --mix "$OUT" --alpha 0.5 --flip-average on --data "$DATA" \
+# WiSE-FT: average the teacher's and the distilled student's weights (0.5 each), encode each photo as the
+# average of two views (the photo, and its mirror image enlarged to 320 pixels), then recalibrate on dev
+# (hubness bank of 4096 training captions); the average keeps the teacher's behaviour on photos unlike
+# Flickr8k (docs/model.md)
+edge-xmr calibrate --model "${OUT}_sd" --mix "$OUT" --alpha 0.5 --views 224,320m --data "$DATA" \
   --out "${OUT}_wise"
 python - "${OUT}_wise" <<'PY'
 import sys

@@ -1,5 +1,5 @@
 """``edge-xmr calibrate``: rerun the dev calibration of a trained model, optionally after averaging its
-weights with another model's (WiSE-FT) or switching mirror-image averaging of photos on or off."""
+weights with another model's (WiSE-FT) or changing the test-time views photos are encoded in."""
 
 from __future__ import annotations
 
@@ -21,12 +21,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--mix", default=None, help="another model directory of the same shape to average with")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of --mix in the average (default: 0.5)")
-    p.add_argument("--flip-average", choices=["on", "off"], default=None,
-                   help="encode photos as the mean of the photo and its mirror image (default: as the model)")
+    p.add_argument("--views", default=None, metavar="SPEC",
+                   help="test-time views each photo is encoded in and averaged: comma-separated sides in pixels, "
+                        "'m' for mirrored, e.g. 224,320m (the photo + its mirror image enlarged to 320); "
+                        "'none' for the photo alone (default: as the model)")
     p.add_argument("--hub-bank", type=int, default=None, help="training captions in the hubness bank")
     p.add_argument("--hub-bank-images", type=int, default=None, help="training photos in the caption bank")
     p.add_argument("--half", action="store_true", help="save the compact form (the embedded default's)")
     p.set_defaults(func=run)
+
+
+def parse_views(spec: str) -> tuple[tuple[int, bool], ...]:
+    """'224,320m' -> ((224, False), (320, True)); 'none' -> ()."""
+    if spec.strip().lower() == "none":
+        return ()
+    out = []
+    for part in spec.split(","):
+        part = part.strip().lower()
+        mirror = part.endswith("m")
+        side = part[:-1] if mirror else part
+        if not side.isdigit():
+            raise ValueError(f"{part!r} is not a side in pixels with an optional 'm' (mirrored)")
+        out.append((int(side), mirror))
+    return tuple(out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
             interpolate(model, bases.load(args.mix), args.alpha)
     except (ModelDirError, ValueError) as e:
         raise UserError(str(e)) from None
-    if args.flip_average is not None:
-        model.cfg = dataclasses.replace(model.cfg, flip_average=args.flip_average == "on")
+    if args.views is not None:
+        try:
+            model.cfg = dataclasses.replace(model.cfg, views=parse_views(args.views))
+        except ValueError as e:
+            raise UserError(f"--views {args.views}: {e}") from None
     cfg = TrainConfig(**{k: getattr(args, k) for k in ("hub_bank", "hub_bank_images") if getattr(args, k) is not None})
     result = recalibrate(model, train, dev, args.out, cfg, log=lambda s: print(s, file=sys.stderr, flush=True),
                          half=args.half)

@@ -25,13 +25,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .text import TextTransformer
-
-
-def average_views(emb: torch.Tensor, tok: torch.Tensor, emb2: torch.Tensor,
-                  tok2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two views of the same photos (embeddings (B, D) normalised, tokens (B, T, Dt)) -> one:
-    the normalised sum of the embeddings and the mean of the tokens."""
-    return F.normalize(emb + emb2, dim=-1), (tok + tok2) / 2
+from .views import average_views, make_view
 
 
 class ImageHead(nn.Module):
@@ -201,15 +195,21 @@ class JointModel(nn.Module):
     def encode_image(self, px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) pixels -> (embedding (B, D), image tokens (B, T, Dt)).
 
-        With ``cfg.flip_average`` the photo and its mirror image go through the tower as one batch and
-        their outputs are averaged (``average_views``)."""
-        if not self.cfg.flip_average:
-            g, grid = self.image_tower(px)
-            return self.image_outputs(g, grid)
-        g, grid = self.image_tower(torch.cat([px, px.flip(-1)]))  # (2B, C), (2B, P, C)
-        emb, tok = self.image_outputs(g, grid)  # (2B, D), (2B, T, Dt)
+        With ``cfg.views`` each view of the photo (its mirror image, a bicubic enlargement: ``views.py``)
+        goes through the tower and the outputs are averaged (``average_views``); views of the input's size
+        run as one batch."""
+        views = self.cfg.views
+        if not views:
+            return self.image_outputs(*self.image_tower(px))
         b = px.shape[0]
-        return average_views(emb[:b], tok[:b], emb[b:], tok[b:])
+        embs, toks = [], []
+        for size in dict.fromkeys(v[0] for v in views):  # sizes in order, each once
+            mirrors = [m for s, m in views if s == size]
+            x = torch.cat([make_view(px, size, m, self.cfg.image.size) for m in mirrors])  # (n B, 3, size, size)
+            emb, tok = self.image_outputs(*self.image_tower(x))  # (n B, D), (n B, T, Dt)
+            embs += [emb[j * b:(j + 1) * b] for j in range(len(mirrors))]  # slices: CoreML needs no
+            toks += [tok[j * b:(j + 1) * b] for j in range(len(mirrors))]  # const split sizes
+        return average_views(embs, toks)
 
     def cross_logits(self, states: list[torch.Tensor], mask: torch.Tensor, t_emb: torch.Tensor,
                      tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 ``interpolate`` averages two models of the same shape in place; ``recalibrate`` reruns the end of
 training — hubness banks from the training split, score weights and floors chosen on the dev split —
-for a model whose weights or ``flip_average`` changed, and saves it.
+for a model whose weights or test-time views (``ModelConfig.views``) changed, and saves it.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..preprocess import ImageError, load_image, to_pixels
 from ..model.joint import JointModel
+from ..model.views import make_view
 
 
 def cache_dir() -> Path:
@@ -43,13 +44,19 @@ def random_crop(path: Path, size: int, seed: int, min_area: float = 0.45) -> Ima
     return im
 
 
+def _view_tag(model: JointModel, flip: bool, size: int | None) -> str:
+    """Cache-key part of a view: the mirror flag, and the side when it is not the input size."""
+    return f"|{flip}" + ("" if size in (None, model.cfg.image.size) else f"|side{size}")
+
+
 def tower_grids(model: JointModel, paths: list[Path], flip: bool = False, batch_size: int = 64,
-                progress: bool = True, desc: str = "image features", crop_seed: int | None = None) -> np.ndarray:
+                progress: bool = True, desc: str = "image features", crop_seed: int | None = None,
+                size: int | None = None) -> np.ndarray:
     """Grid features (N, P, C) float16 of the frozen tower for ``paths`` (horizontally flipped with
-    ``flip``; a random-resized crop per photo with ``crop_seed``), cached by tower, image size, view,
-    file names, sizes and mtimes."""
-    head = (f"{model.cfg.image}|{flip}".encode() + (b"" if crop_seed is None else f"|crop{crop_seed}".encode())
-            + tower_weights_tag(model).encode())
+    ``flip``; enlarged to ``size`` pixels as ``views.make_view`` does; a random-resized crop per photo with
+    ``crop_seed``), cached by tower, image size, view, file names, sizes and mtimes."""
+    head = (f"{model.cfg.image}{_view_tag(model, flip, size)}".encode()
+            + (b"" if crop_seed is None else f"|crop{crop_seed}".encode()) + tower_weights_tag(model).encode())
 
     def load(i: int, chunk: list[Path]) -> list:
         if crop_seed is None:
@@ -57,12 +64,12 @@ def tower_grids(model: JointModel, paths: list[Path], flip: bool = False, batch_
         return [random_crop(p, model.cfg.image.size, crop_seed * 1_000_003 + i + j) for j, p in enumerate(chunk)]
 
     return _cached_features(model, paths, head, model.cfg.image.tower, _GridOnly(model.image_tower), flip,
-                            batch_size, progress, desc, load)
+                            batch_size, progress, desc, load, size)
 
 
 def _cached_features(model: JointModel, paths: list[Path], head: bytes, stem: str, module: torch.nn.Module,
                      flip: bool, batch_size: int, progress: bool, desc: str,
-                     load: Any = lambda i, chunk: list(chunk)) -> np.ndarray:
+                     load: Any = lambda i, chunk: list(chunk), size: int | None = None) -> np.ndarray:
     """``module`` (pixels -> features) over ``paths`` in batches, float16, cached on disk under a key of
     ``head`` and the files' names, sizes and mtimes (memory-mapped when cached)."""
     h = hashlib.sha256(head)
@@ -72,15 +79,16 @@ def _cached_features(model: JointModel, paths: list[Path], head: bytes, stem: st
     f = cache_dir() / f"{stem}-{h.hexdigest()[:20]}.npy"
     if f.is_file():
         return np.load(f, mmap_mode="r")
-    run = _ort_module(module, model.cfg.image.size)  # onnxruntime: depthwise convs ~10x faster than eager torch
+    side = size or model.cfg.image.size
+    run = _ort_module(module, side)  # onnxruntime: depthwise convs ~10x faster than eager torch
     out = None
     for i in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=not progress):
         try:
             px = to_pixels(load(i, list(paths[i:i + batch_size])), model.cfg.image)
         except ImageError as e:
             raise DataError(str(e)) from None
-        if flip:
-            px = np.ascontiguousarray(px[..., ::-1])
+        if flip or side != model.cfg.image.size:
+            px = make_view(torch.from_numpy(px), side, flip).contiguous().numpy()
         x = run(px)
         if out is None:
             out = np.empty((len(paths), *x.shape[1:]), np.float16)
@@ -118,12 +126,12 @@ def tower_weights_tag(model: JointModel) -> str:
 
 
 def tower_prefix(model: JointModel, paths: list[Path], upto: int, flip: bool = False, batch_size: int = 64,
-                 progress: bool = True) -> np.ndarray:
+                 progress: bool = True, size: int | None = None) -> np.ndarray:
     """Activations (N, C, h, w) float16 of the frozen start of the tower (stem + blocks[:upto]): the input
     of its trained last blocks. Cached like ``tower_grids``."""
-    return _cached_features(model, paths, f"{model.cfg.image}|{flip}|prefix{upto}".encode(),
+    return _cached_features(model, paths, f"{model.cfg.image}{_view_tag(model, flip, size)}|prefix{upto}".encode(),
                             f"{model.cfg.image.tower}-prefix{upto}", _Prefix(model.image_tower, upto), flip,
-                            batch_size, progress, f"tower blocks <{upto}")
+                            batch_size, progress, f"tower blocks <{upto}", size=size)
 
 
 class _Prefix(torch.nn.Module):

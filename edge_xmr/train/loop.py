@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from ..data import CaptionSet
 from ..model import bases
-from ..model.joint import JointModel, average_views
+from ..model.joint import JointModel
+from ..model.views import average_views
 from ..train_config import TrainConfig
 from .features import tower_grids, tower_prefix
 
@@ -91,14 +92,9 @@ class Trainer:
             self.feats = [tower_prefix(self.model, paths, cut, flip=False, progress=self.progress),
                           tower_prefix(self.model, paths, cut, flip=True, progress=self.progress)]
         if self.dev is not None:
-            # the dev photos as the model encodes them at index time (and mirrored, with flip_average)
-            flips = (False, True) if self.model.cfg.flip_average else (False,)
-            if self.tail:
-                self.dev_feats = [tower_prefix(self.model, self.dev.image_paths(), self.cut, flip=f,
-                                               progress=self.progress) for f in flips]
-            else:
-                self.dev_grid = [tower_grids(self.model, self.dev.image_paths(), flip=f, progress=self.progress,
-                                             desc="dev features") for f in flips]
+            # the dev photos in each view the model encodes them in at index time (ModelConfig.views)
+            self.dev_feats = [self._frozen_view(self.dev.image_paths(), v, "dev features")
+                              for v in self.model.cfg.index_views()]
 
     @staticmethod
     def _gather(arrays: list, img: np.ndarray, view: np.ndarray | None) -> torch.Tensor:
@@ -122,31 +118,43 @@ class Trainer:
         """Pooled features (B, C) of the pretrained tower: the ImageNet classifier's input."""
         return self._gather(self.grids, img, view).mean(1)
 
+    def _frozen_view(self, paths: list, view: tuple[int, bool], desc: str) -> np.ndarray:
+        """Cached frozen-tower features of ``paths`` in ``view`` (side, mirrored): the input of the
+        fine-tuned tower blocks, or the final grid when the whole tower is frozen."""
+        size, mirror = view
+        if self.tail:
+            return tower_prefix(self.model, paths, self.cut, flip=mirror, progress=self.progress, size=size)
+        return tower_grids(self.model, paths, flip=mirror, progress=self.progress, desc=desc, size=size)
+
     @torch.no_grad()
-    def dev_grids(self, view: int = 0) -> torch.Tensor:
-        """Grids (N, P, C) of every dev photo under the current model (view 1: mirrored)."""
+    def _view_grids(self, feats: np.ndarray) -> torch.Tensor:
+        """Grids (N, P, C) under the current model from ``_frozen_view`` features."""
         if not self.tail:
-            return torch.from_numpy(np.asarray(self.dev_grid[view], np.float32))
-        feats = self.dev_feats[view]
+            return torch.from_numpy(np.asarray(feats, np.float32))
         return torch.cat([self.model.image_tower.suffix(torch.from_numpy(np.asarray(feats[i:i + 256], np.float32)),
                                                         self.cut)[1] for i in range(0, len(feats), 256)])
 
+    def dev_grids(self, view: int = 0) -> torch.Tensor:
+        """Grids (N, P, C) of every dev photo under the current model in view ``view`` of
+        ``ModelConfig.index_views()``."""
+        return self._view_grids(self.dev_feats[view])
+
     @torch.no_grad()
     def image_outputs(self, grids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings (N, D) and tokens (N, T, Dt) of photos from their grids in one or two views
-        (the photo, its mirror image): what ``JointModel.encode_image`` gives at index time."""
+        """Embeddings (N, D) and tokens (N, T, Dt) of photos from their grids in each of the model's
+        views: what ``JointModel.encode_image`` gives at index time."""
         m = self.model
         outs = [[], []]
         for i in range(0, len(grids[0]), 256):
             views = [m.image_outputs(g[i:i + 256].mean(1), g[i:i + 256]) for g in grids]
-            e, t = average_views(*views[0], *views[1]) if m.cfg.flip_average else views[0]
+            e, t = average_views([v[0] for v in views], [v[1] for v in views]) if len(views) > 1 else views[0]
             outs[0].append(e)
             outs[1].append(t)
         return torch.cat(outs[0]), torch.cat(outs[1])
 
     def dev_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings and tokens of every dev photo under the current model."""
-        return self.image_outputs([self.dev_grids(v) for v in range(2 if self.model.cfg.flip_average else 1)])
+        return self.image_outputs([self.dev_grids(v) for v in range(len(self.dev_feats))])
 
     # ---- schedule ---------------------------------------------------------------------------------
     def _set_lr(self) -> None:
@@ -312,7 +320,10 @@ class Trainer:
         caps = rng.choice(len(self.train_set.captions), n, replace=False)
         text_bank = torch.from_numpy(m.embed_texts([self.train_set.captions[c] for c in caps]))
         imgs = np.sort(rng.choice(self.n_img, min(cfg.hub_bank_images, self.n_img), replace=False))
-        views = [self._grid(imgs, np.full(len(imgs), v)) for v in range(2 if m.cfg.flip_average else 1)]
+        paths = self.train_set.image_paths()
+        views = [self._grid(imgs, np.full(len(imgs), int(mirror))) if size == m.cfg.image.size  # cached at training
+                 else self._view_grids(self._frozen_view([paths[i] for i in imgs], (size, mirror), "bank photos"))
+                 for size, mirror in m.cfg.index_views()]
         image_bank = self.image_outputs(views)[0]
         m.cross.text_bank = text_bank
         m.cross.image_bank = image_bank
@@ -353,7 +364,7 @@ class Trainer:
         floor_i = self._floor(hub_i)
         hub_i = np.maximum(hub_i, floor_i)
         grid = [(lw, gamma, beta) for lw in ((0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0) if li_on else (0.0,))
-                for gamma in (1.0, 0.75, 0.5, 0.25, 0.0) for beta in (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0)]
+                for gamma in (1.0, 0.75, 0.5, 0.25, 0.1, 0.0) for beta in (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0)]
 
         def hits(rows: np.ndarray, w: tuple[float, float, float]) -> np.ndarray:
             lw, gamma, beta = w

@@ -61,7 +61,7 @@ def test_check_detects_a_mismatch(image_packages, _tiny_model):
     assert not r["ok"] and "no dequantize ops" in r["problems"][0]
 
 
-def test_flip_average_image_encoder_converts(_tiny_model, tmp_path):
+def test_image_encoder_with_views_converts(_tiny_model, tmp_path):
     pytest.importorskip("coremltools", reason="coremltools not installed (pip install 'edge-xmr[coreml]')")
     import copy
     from dataclasses import replace
@@ -69,7 +69,7 @@ def test_flip_average_image_encoder_converts(_tiny_model, tmp_path):
     from mobile_export.coreml_export import check_coreml, export_coreml
 
     m = copy.deepcopy(_tiny_model)
-    m.cfg = replace(m.cfg, flip_average=True)  # the mirror view runs inside the graph
+    m.cfg = replace(m.cfg, views=((32, False), (40, True)))  # the enlarged mirror view runs inside the graph
     for variant, path in export_coreml(m, GRAPHS["image_encoder"], tmp_path).items():
         r = check_coreml(path, GRAPHS["image_encoder"], m.cfg, variant)
         assert r["ok"], (variant, r["problems"])

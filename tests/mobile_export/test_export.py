@@ -140,17 +140,17 @@ def test_embedding_id_changes_with_the_encoders_not_with_the_reranker(_tiny_mode
     assert m["embedding_id"] != base["embedding_id"]
 
 
-def test_flip_average_image_encoder_exports_with_parity(_tiny_model, tmp_path):
+def test_image_encoder_with_views_exports_with_parity(_tiny_model, tmp_path):
     import copy
 
     from mobile_export.onnx_export import export_onnx
 
     m = copy.deepcopy(_tiny_model)
     m.tokenizer = _tiny_model.tokenizer
-    m.cfg = replace(m.cfg, flip_average=True)
+    m.cfg = replace(m.cfg, views=((32, False), (40, True)))  # the enlarged mirror view runs inside the graph
     spec = GRAPHS["image_encoder"]
     path = export_onnx(m, spec, tmp_path / "image_encoder.onnx")
     r = parity.torch_vs_onnx(m, spec, path)
     assert r["ok"] and r["max_abs_diff"] <= 1e-4, r
-    plain = parity.torch_vs_onnx(_tiny_model, spec, path)  # the graph without the mirror view differs
+    plain = parity.torch_vs_onnx(_tiny_model, spec, path)  # the graph without the views differs
     assert not plain["ok"]

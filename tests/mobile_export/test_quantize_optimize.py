@@ -54,3 +54,30 @@ def test_fusion_keeps_parity(tiny_graphs, tmp_path, _tiny_model):
     feeds = GRAPHS["text_encoder"].dummy(_tiny_model.cfg, {"batch": 2, "length": 5}, np.random.default_rng(0))
     s = fusion_speedup(tiny_graphs["text_encoder"], tmp_path / "f.onnx", feeds, rounds=3)
     assert s["ms_plain"] > 0 and s["ms_fused"] > 0 and s["speedup"] > 0
+
+
+def test_int8_leaves_the_views_resampling_in_float(tiny_graphs, tmp_path, _tiny_model):
+    """The enlarged view's bicubic resampling (constant matrices on the left of MatMul) is not quantized,
+    and the int8 image graph with views stays as close to its fp32 graph as the plain one does."""
+    import copy
+    from dataclasses import replace
+
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    m = copy.deepcopy(_tiny_model)
+    m.cfg = replace(m.cfg, views=((32, False), (40, True)))
+    graphs = {"plain": tiny_graphs["image_encoder"],
+              "views": export_onnx(m, GRAPHS["image_encoder"], tmp_path / "views.onnx")}
+    px = np.random.default_rng(0).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    err = {}
+    for k, src in graphs.items():
+        q = tmp_path / f"{k}8.onnx"
+        assert quantize_int8(src, q, weight_only=".")["weight_only_matmul"] > 0
+        out = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": px})[0]
+               for f in (src, q)]
+        err[k] = float(np.abs(out[0] - out[1]).max())
+    resample = [numpy_helper.to_array(a.t) for n in onnx.load(str(tmp_path / "views8.onnx")).graph.node
+                if n.op_type == "Constant" for a in n.attribute if a.name == "value" and tuple(a.t.dims) == (40, 32)]
+    assert resample and all(r.dtype == np.float32 for r in resample)
+    assert err["views"] <= 2 * err["plain"] + 1e-3, err

@@ -247,20 +247,20 @@ def test_hubness_term_matches_its_definition(tiny_model):
     np.testing.assert_allclose(full, plain - hub.numpy(), atol=1e-4)
 
 
-def _flip_model(tiny_model):
+def _views_model(tiny_model, views=((32, False), (32, True))):
     from dataclasses import replace
 
-    tiny_model.cfg = replace(tiny_model.cfg, flip_average=True)
+    tiny_model.cfg = replace(tiny_model.cfg, views=views)
     return tiny_model
 
 
-def test_flip_average_is_the_mean_of_the_photo_and_its_mirror(tiny_model):
+def test_mirror_view_is_the_mean_of_the_photo_and_its_mirror(tiny_model):
     px = tiny_model._pixels(_images(3))  # (3, 3, S, S)
     mirrored = torch.from_numpy(np.ascontiguousarray(px.numpy()[..., ::-1]))  # numpy, not torch.flip
     with torch.no_grad():
         e1, t1 = tiny_model.encode_image(px)
         e2, t2 = tiny_model.encode_image(mirrored)
-        m = _flip_model(tiny_model)
+        m = _views_model(tiny_model)
         e, t = m.encode_image(px)
         e_mirror, t_mirror = m.encode_image(mirrored)
     ref = (e1 + e2).numpy()
@@ -272,11 +272,59 @@ def test_flip_average_is_the_mean_of_the_photo_and_its_mirror(tiny_model):
     assert np.abs(e.numpy() - e1.numpy()).max() > 1e-3
 
 
-def test_flip_average_survives_save_and_load(tiny_model, tmp_path):
-    m = _flip_model(tiny_model)
+def test_enlarged_view_is_the_tower_on_bicubic_upsampled_pixels(tiny_model):
+    """Oracle: torch's own bicubic interpolate, then a numpy mirror, through the plain model."""
+    import torch.nn.functional as F
+
+    px = tiny_model._pixels(_images(3))
+    big = F.interpolate(px, size=(44, 44), mode="bicubic", align_corners=False)
+    big_mirror = torch.from_numpy(np.ascontiguousarray(big.numpy()[..., ::-1]))
+    with torch.no_grad():
+        e1, t1 = tiny_model.encode_image(px)
+        e2, t2 = tiny_model.encode_image(big_mirror)
+        e, t = _views_model(tiny_model, ((32, False), (44, True))).encode_image(px)
+    ref = (e1 + e2).numpy()
+    np.testing.assert_allclose(e.numpy(), ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(t.numpy(), ((t1 + t2) / 2).numpy(), atol=1e-5)
+
+
+def test_resize_matrix_equals_torch_bicubic_interpolate():
+    import torch.nn.functional as F
+
+    from edge_xmr.model.views import make_view, resize_matrix
+
+    x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    for side in (24, 31, 40, 64):
+        ref = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False)
+        np.testing.assert_allclose(make_view(x, side, False).numpy(), ref.numpy(), atol=1e-4)
+        np.testing.assert_allclose(make_view(x, side, True).numpy(), ref.flip(-1).numpy(), atol=1e-4)
+    r = resize_matrix(24, 40)
+    assert r.shape == (40, 24)
+    np.testing.assert_allclose(r.sum(1).numpy(), 1.0, atol=1e-5)  # an interpolation: rows sum to one
+
+
+def test_views_are_validated_and_old_configs_load():
+    from edge_xmr.config import ModelConfig
+
+    with pytest.raises(ValueError, match="bad view"):
+        preset("tiny", views=((16, False),))  # smaller than the input
+    with pytest.raises(ValueError, match="convolutional"):
+        preset("clip", views=((224, False), (288, True)))
+    old = preset("lite").to_dict()
+    del old["views"]
+    assert ModelConfig.from_dict({**old, "flip_average": True}).views == ((224, False), (224, True))
+    assert ModelConfig.from_dict({**old, "flip_average": False}).views == ()
+    cfg = preset("lite", views=((224, False), (320, True)))
+    import json
+
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # json lists back to tuples
+
+
+def test_views_survive_save_and_load(tiny_model, tmp_path):
+    m = _views_model(tiny_model, ((32, False), (40, True)))
     save(m, tmp_path / "m")
     m2 = load(tmp_path / "m")
-    assert m2.cfg.flip_average
+    assert m2.cfg.views == ((32, False), (40, True))
     imgs = _images(2)
     np.testing.assert_allclose(m.embed_images(imgs), m2.embed_images(imgs), atol=1e-6)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -50,25 +51,32 @@ def test_interpolate_refuses_models_of_another_shape():
         interpolate(a, a, 1.5)
 
 
-def test_cli_calibrate_mixes_flips_and_recalibrates(caption_folder, tmp_path, capsys):
+def test_cli_calibrate_mixes_sets_views_and_recalibrates(caption_folder, tmp_path, capsys):
     a, b = _pair()
     save(a, tmp_path / "a")
     save(b, tmp_path / "b")
     out = tmp_path / "out"
     rc = main(["calibrate", "--model", str(tmp_path / "a"), "--mix", str(tmp_path / "b"), "--data", str(caption_folder),
-               "--split", "all", "--eval-split", "all", "--out", str(out), "--flip-average", "on",
+               "--split", "all", "--eval-split", "all", "--out", str(out), "--views", "32,40m",
                "--hub-bank", "8", "--hub-bank-images", "6"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out.splitlines()[0])
     assert 0 <= result["dev_t2i_rerank20_R@1"] <= 100
     m = bases.load(out)
-    assert m.cfg.flip_average
+    assert m.cfg.views == ((32, False), (40, True))
     assert m.cross.text_bank.shape[0] == 8 and m.cross.image_bank.shape[0] == 6
     assert float(m.cross.hub[0]) == result["beta_image"] and float(m.cross.hub_floor[0]) > -1e3
     mixed, _ = _pair()
     interpolate(mixed, b, 0.5)
     np.testing.assert_allclose(m.text_proj.weight.detach().numpy(), mixed.text_proj.weight.detach().numpy(), atol=1e-6)
-    # the banks hold the photos as the model now encodes them: mirror-averaged
+    # the banks hold the photos as the model now encodes them: the photo and its enlarged mirror image
+    photos = sorted((caption_folder / "images").iterdir())
+    got = m.cross.image_bank.numpy()
+    dist = lambda e: np.abs(e[:, None] - got[None]).sum(-1).min(0).max()  # noqa: E731
+    assert dist(m.embed_images(photos)) < 2e-2  # cached float16 tower features: not exact
+    plain = bases.load(out)
+    plain.cfg = replace(plain.cfg, views=())
+    assert dist(plain.embed_images(photos)) > 5e-2
     caps = [ln.split("\t")[1] for ln in (caption_folder / "captions.tsv").read_text().splitlines()[1:]]
     np.testing.assert_allclose(np.linalg.norm(m.cross.text_bank.numpy(), axis=1), 1.0, atol=1e-5)
     bank = m.cross.text_bank.numpy()
@@ -87,3 +95,8 @@ def test_cli_calibrate_user_errors(caption_folder, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(args[:-4] + ["--eval-split", "nosuch", "--out", str(tmp_path / "o")]) == 2
     assert "nosuch" in capsys.readouterr().err
+    assert main(args + ["--views", "16m"]) == 2  # below the input size (32)
+    assert "--views 16m: bad view (16, True)" in capsys.readouterr().err
+    assert main(args + ["--views", "32,big"]) == 2
+    assert "'big' is not a side" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -77,3 +77,23 @@ def test_prefix_and_suffix_compose_to_the_lite_tower():
             g, grid = m.image_tower.suffix(m.image_tower.prefix(px, cut), cut)
             torch.testing.assert_close(grid, ref)
             torch.testing.assert_close(g, ref.mean(1))
+
+
+@pytest.mark.parametrize("tail", [0, 1])
+def test_dev_outputs_equal_the_model_encoding_photos_in_its_views(data, tmp_path, tail):
+    """The trainer's cached path (frozen features per view + tuned blocks) gives what ``encode_images``
+    gives at index time, enlarged and mirrored views included."""
+    from dataclasses import replace
+
+    model = build(preset("tiny", freeze_image_tower=bool(tail), tower_train_blocks=tail))
+    model.cfg = replace(model.cfg, views=((32, False), (40, True), (48, False)))
+    tr = Trainer(model, data, data, tmp_path / "out", TrainConfig(class_distill=0.0, threads=1), progress=False)
+    tr.load_features()
+    model.eval()
+    emb, tok = tr.dev_outputs()
+    ref_e, ref_t = model.encode_images(data.image_paths())
+    err_e, err_t = np.abs(emb.numpy() - ref_e).max(), np.abs(tok.numpy() - ref_t).max()
+    model.cfg = replace(model.cfg, views=())
+    plain_e, plain_t = model.encode_images(data.image_paths())
+    assert err_e < 1e-3 and err_t < 5e-3  # float16 cache
+    assert np.abs(plain_e - ref_e).max() > 10 * err_e  # the views do matter
