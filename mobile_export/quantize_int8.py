@@ -156,7 +156,10 @@ def _gather_rows_int8(model: onnx.ModelProto) -> list[str]:
 
 
 def _conv_weights_int8(model: onnx.ModelProto) -> int:
-    """Conv weight W (O, I, kh, kw) -> int8 per output channel, back to float by Cast + Mul."""
+    """Conv weight W (O, I, kh, kw) -> int8 per output channel, back to float by Cast + Mul.
+
+    A weight that several Conv nodes share (an image graph that runs its tower on views of two sizes)
+    is quantized once; its float form is made before the first of them. Returns the weights done."""
     inits = _float_inits(model)
     n_done = 0
     for node in list(model.graph.node):
@@ -164,13 +167,18 @@ def _conv_weights_int8(model: onnx.ModelProto) -> int:
             continue
         name = node.input[1]
         t = inits[name]
-        if int(np.prod(t.dims)) < MIN_ELEMENTS or len(_users(model, name)) != 1:
+        users = _users(model, name)
+        if int(np.prod(t.dims)) < MIN_ELEMENTS or any(u.op_type != "Conv" or list(u.input).index(name) != 1
+                                                     for u in users):
             continue
         w = numpy_helper.to_array(t).astype(np.float32)
         scale = np.maximum(np.abs(w).reshape(w.shape[0], -1).max(axis=1), 1e-12) / 127.0  # (O,)
         q = np.clip(np.round(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
         model.graph.initializer.remove(t)
-        node.input[1] = _int8_weight(model, name, q, scale, axis=0, before=node)
+        del inits[name]
+        deq = _int8_weight(model, name, q, scale, axis=0, before=node)  # node: the first user in graph order
+        for u in users:
+            u.input[1] = deq
         n_done += 1
     return n_done
 

@@ -58,7 +58,8 @@ def test_fusion_keeps_parity(tiny_graphs, tmp_path, _tiny_model):
 
 def test_int8_leaves_the_views_resampling_in_float(tiny_graphs, tmp_path, _tiny_model):
     """The enlarged view's bicubic resampling (constant matrices on the left of MatMul) is not quantized,
-    and the int8 image graph with views stays as close to its fp32 graph as the plain one does."""
+    the tower's conv weights, which both views' passes share, are, and the int8 image graph with views
+    stays as close to its fp32 graph as the plain one does."""
     import copy
     from dataclasses import replace
 
@@ -70,14 +71,50 @@ def test_int8_leaves_the_views_resampling_in_float(tiny_graphs, tmp_path, _tiny_
     graphs = {"plain": tiny_graphs["image_encoder"],
               "views": export_onnx(m, GRAPHS["image_encoder"], tmp_path / "views.onnx")}
     px = np.random.default_rng(0).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
-    err = {}
+    err, convs = {}, {}
     for k, src in graphs.items():
         q = tmp_path / f"{k}8.onnx"
-        assert quantize_int8(src, q, weight_only=".")["weight_only_matmul"] > 0
+        r = quantize_int8(src, q, weight_only=".")
+        assert r["weight_only_matmul"] > 0
+        convs[k] = r["int8_conv"]
         out = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": px})[0]
                for f in (src, q)]
         err[k] = float(np.abs(out[0] - out[1]).max())
     resample = [numpy_helper.to_array(a.t) for n in onnx.load(str(tmp_path / "views8.onnx")).graph.node
                 if n.op_type == "Constant" for a in n.attribute if a.name == "value" and tuple(a.t.dims) == (40, 32)]
     assert resample and all(r.dtype == np.float32 for r in resample)
+    assert convs["views"] == convs["plain"]  # conv weights that both views' towers share are int8 too
     assert err["views"] <= 2 * err["plain"] + 1e-3, err
+
+
+def test_conv_weight_shared_by_two_convs_is_stored_int8_once(tmp_path):
+    """An image graph with views of two sizes runs the tower twice on the same conv weights: they are
+    stored as int8 once, and both convolutions read the dequantized weight."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 32, 3, 3)).astype(np.float32)  # 4608 elements: above MIN_ELEMENTS
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["a", "w"], ["ya"], name="conv_a", pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["b", "w"], ["yb"], name="conv_b", pads=[1, 1, 1, 1])],
+        "shared", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 32, 6, 6]),
+                   helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 32, 9, 9])],
+        [helper.make_tensor_value_info("ya", TensorProto.FLOAT, [1, 16, 6, 6]),
+         helper.make_tensor_value_info("yb", TensorProto.FLOAT, [1, 16, 9, 9])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    src = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    r = quantize_int8(src, tmp_path / "q.onnx", op_types=(), embeddings=False)
+    assert r["int8_conv"] == 1
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert [t.name for t in q.graph.initializer if t.data_type == TensorProto.INT8] == ["w_int8"]
+    assert not [t for t in q.graph.initializer if t.name == "w"]
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert len({n.input[1] for n in convs}) == 1 and convs[0].input[1] != "w"
+    feeds = {"a": rng.standard_normal((1, 32, 6, 6)).astype(np.float32),
+             "b": rng.standard_normal((1, 32, 9, 9)).astype(np.float32)}
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for x, y in zip(ref, got):
+        assert np.abs(x - y).max() < 0.02 * np.abs(x).max()
