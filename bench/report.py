@@ -40,6 +40,7 @@ SHARED_RESULTS = REPO / "bench" / "results"  # what the benchmarks write when ru
 RESULTS = SHARED_RESULTS / "report"  # what this script's runs write (never overwrites the files above)
 FIGURES = REPO / "bench" / "figures"
 DOC = REPO / "BENCHMARKS.md"
+NOTE = REPO / "bench" / "results" / "report" / "NOTE.md"  # placed under the header when present
 PROVENANCE = RESULTS / "provenance.json"
 FLICKR_CITE = "Flickr8k: Hodosh, Young & Hockenmaier 2013, JAIR 47"
 STEPS = ("export", "quantize", "recall_depth", "runtime", "demo")
@@ -438,6 +439,8 @@ def write_doc(rd: dict[str, Any] | None, rt: dict[str, Any] | None, ex: dict[str
     p_ex = provenance("export", shown(cmds["export"]), "export_lite.json")
     p_demo = provenance("demo", "python -m edge_xmr.cli demo (fresh cache)", "demo.json")
     parts = [HEADER.format(cmd="python bench/report.py --run")]
+    if NOTE.is_file():  # a hand-written note on which model each section ran on (kept across runs)
+        parts.append(NOTE.read_text())
 
     parts.append("## 1. Recall@1 vs rerank depth\n")
     if rd:
