@@ -317,13 +317,23 @@ class Gallery:
 
     # ---- background indexing ----
     def start_indexing(self, root: Path, open_library: Callable[[], Library]) -> threading.Thread:
-        """Index ``root`` in a daemon thread (its own connection); progress goes to ``indexing``."""
+        """Index ``root`` in a daemon thread; progress goes to ``indexing``.
+
+        The library is opened here, before the thread starts: a new index file gets its schema before
+        any request can open it (a status request that opened the half-created file raced the indexer,
+        and the page then reported 'not an index yet' for good)."""
         self.indexing = IndexingState(running=True)
+        try:
+            lib: Library | None = open_library()
+        except Exception as e:  # reported on the page, the server keeps serving
+            self.indexing.error = f"{type(e).__name__}: {e}"
+            lib = None
 
         def work() -> None:
             try:
-                with open_library() as lib:
-                    lib.index(root, progress=self._on_progress)
+                if lib is not None:
+                    with lib:
+                        lib.index(root, progress=self._on_progress)
             except Exception as e:  # reported on the page, the server keeps serving
                 self.indexing.error = f"{type(e).__name__}: {e}"
             finally:

@@ -201,6 +201,29 @@ def test_background_indexing_is_reported_then_searchable(tmp_path, colour_bundle
     assert g.status()["photos"] == 6
 
 
+def test_status_during_background_indexing_never_sees_a_half_created_index(tmp_path, colour_bundle, colour_photos):
+    """The index file has its schema when ``start_indexing`` returns, so a status request that a page
+    sends right away opens a (still empty) index instead of racing the indexer that creates it."""
+    import time
+
+    from edge_xmr.index.library import Library
+
+    db = tmp_path / "race.db"
+    g = Gallery(db=db, bundle=colour_bundle, thumbs=tmp_path / "t")
+
+    def slow_open() -> Library:  # the indexer's connection takes a moment (a loaded machine)
+        time.sleep(0.5)
+        return Library.open(db, colour_bundle)
+
+    t = g.start_indexing(colour_photos, slow_open)
+    with Library.open(db, None, create=False) as lib:  # no "not an index yet": the schema is there
+        assert lib.count() <= 6
+    s = g.status()
+    assert s.get("model") == "colour-fake", s  # read from the (empty) index, not the "no index yet" path
+    t.join(60)
+    assert g.indexing.error is None and g.status()["photos"] == 6
+
+
 # ---- pure helpers -------------------------------------------------------------------------------------
 def test_clean_query_and_parse_id():
     assert clean_query("  a\tcat\n on\u200b a mat ") == "a cat on a mat"
