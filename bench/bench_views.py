@@ -48,20 +48,13 @@ def main() -> None:
     target = np.array(data.caption_image)
     c = m.cross
     scale, temp = float(c.log_scale.detach().exp()), float(c.hub[2])
+    chunks = []  # per 250 captions: (embeddings, late-interaction text tokens, mask)
     with torch.no_grad():
-        temb, ttok, masks = [], [], []
         for i in range(0, len(data.captions), 250):
             ids, mask = m._tokens(list(data.captions[i:i + 250]))
             t, states = m.text_upper(m.text_lower(ids, mask), mask)
-            tt = c.text_tokens(states[-1])
-            pad = torch.zeros(len(t), m.cfg.max_text_len, tt.shape[-1])
-            pad[:, :tt.shape[1]] = tt
-            mk = torch.zeros(len(t), m.cfg.max_text_len)
-            mk[:, :mask.shape[1]] = mask
-            temb.append(t)
-            ttok.append(pad)
-            masks.append(mk)
-        temb, ttok, masks = torch.cat(temb), torch.cat(ttok), torch.cat(masks)
+            chunks.append((t, c.text_tokens(states[-1]), mask))
+        temb = torch.cat([t for t, _, _ in chunks])
 
     enc: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     seconds: dict[str, float] = {}
@@ -84,9 +77,11 @@ def main() -> None:
             cos = temb @ e.T  # (Q, N)
             top = cos.argsort(1, descending=True)[:, :20]
             cos_part = scale * torch.gather(cos, 1, top)
-            v = torch.nn.functional.normalize(tok, dim=-1)[top]  # (Q, 20, T, Dt)
-            sim = torch.einsum("qld,qktd->qklt", ttok, v).amax(-1)
-            li = (sim * masks[:, None]).sum(-1) / masks.sum(-1)[:, None]
+            li, start = [], 0
+            for _, t_tok, mask in chunks:  # the model's own late interaction over each caption's top 20
+                li.append(c.late_interaction(t_tok, mask, tok[top[start:start + len(mask)]]))
+                start += len(mask)
+            li = torch.cat(li)  # (Q, 20)
             hub = torch.logsumexp(temp * e @ c.text_bank.T, -1)
             hub = torch.maximum(hub, torch.quantile(hub, 0.05))[top]  # floored at the 5th percentile
         top_n = top.numpy()

@@ -205,7 +205,8 @@ class JointModel(nn.Module):
         embs, toks = [], []
         for size in dict.fromkeys(v[0] for v in views):  # sizes in order, each once
             mirrors = [m for s, m in views if s == size]
-            x = torch.cat([make_view(px, size, m, self.cfg.image.size) for m in mirrors])  # (n B, 3, size, size)
+            big = make_view(px, size, False, self.cfg.image.size)  # enlarged once per size: (B, 3, size, size)
+            x = torch.cat([big.flip(-1) if m else big for m in mirrors])  # (n B, 3, size, size)
             emb, tok = self.image_outputs(*self.image_tower(x))  # (n B, D), (n B, T, Dt)
             embs += [emb[j * b:(j + 1) * b] for j in range(len(mirrors))]  # slices: CoreML needs no
             toks += [tok[j * b:(j + 1) * b] for j in range(len(mirrors))]  # const split sizes

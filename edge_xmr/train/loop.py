@@ -134,11 +134,6 @@ class Trainer:
         return torch.cat([self.model.image_tower.suffix(torch.from_numpy(np.asarray(feats[i:i + 256], np.float32)),
                                                         self.cut)[1] for i in range(0, len(feats), 256)])
 
-    def dev_grids(self, view: int = 0) -> torch.Tensor:
-        """Grids (N, P, C) of every dev photo under the current model in view ``view`` of
-        ``ModelConfig.index_views()``."""
-        return self._view_grids(self.dev_feats[view])
-
     @torch.no_grad()
     def image_outputs(self, grids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings (N, D) and tokens (N, T, Dt) of photos from their grids in each of the model's
@@ -147,14 +142,14 @@ class Trainer:
         outs = [[], []]
         for i in range(0, len(grids[0]), 256):
             views = [m.image_outputs(g[i:i + 256].mean(1), g[i:i + 256]) for g in grids]
-            e, t = average_views([v[0] for v in views], [v[1] for v in views]) if len(views) > 1 else views[0]
+            e, t = average_views([v[0] for v in views], [v[1] for v in views])
             outs[0].append(e)
             outs[1].append(t)
         return torch.cat(outs[0]), torch.cat(outs[1])
 
     def dev_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings and tokens of every dev photo under the current model."""
-        return self.image_outputs([self.dev_grids(v) for v in range(len(self.dev_feats))])
+        """Embeddings and tokens of every dev photo under the current model, in each of its views."""
+        return self.image_outputs([self._view_grids(f) for f in self.dev_feats])
 
     # ---- schedule ---------------------------------------------------------------------------------
     def _set_lr(self) -> None:
