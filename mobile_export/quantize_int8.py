@@ -36,7 +36,7 @@ MIN_ELEMENTS = 4096  # smaller Gather / Conv weights stay float: the first, smal
 
 def quantize_int8(src: str | Path, dst: str | Path, op_types: Sequence[str] = DEFAULT_OPS,
                   per_channel: bool = True, weight_only: str | None = None, embeddings: bool = True,
-                  conv_weights: bool = True) -> dict[str, Any]:
+                  conv_weights: bool = True, reduce_range: bool = True) -> dict[str, Any]:
     """Write an int8 version of the ONNX graph ``src`` to ``dst``; returns what was quantized.
 
     Args:
@@ -61,7 +61,7 @@ def quantize_int8(src: str | Path, dst: str | Path, op_types: Sequence[str] = DE
         excluded = _matching_nodes(onnx.load(str(src), load_external_data=False), weight_only)
         if op_types:  # an empty list would mean "every op" to quantize_dynamic
             quantize_dynamic(str(src), str(mid), op_types_to_quantize=list(op_types), per_channel=per_channel,
-                             reduce_range=False, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                             reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                              extra_options={"MatMulConstBOnly": True})
         else:
             mid = src
