@@ -18,6 +18,27 @@ INT8_MIN_COSINE = 0.99  # mean cosine int8 vs fp32 on embeddings
 TOP_K = 10
 
 
+# CPU features that decide which onnxruntime int8 kernels run (x86: VNNI or not; ARM: dot products)
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddot", "i8mm")
+
+
+def cpu_isa() -> dict[str, Any]:
+    """The machine and the int8-relevant CPU features of this machine (Linux /proc/cpuinfo; elsewhere
+    the machine name only), recorded next to every int8 figure the export measures."""
+    import platform
+
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "features": [x for x in ISA_FLAGS if x in flags]}
+
+
 def session(path: str | Path, threads: int | None = None) -> Any:
     """A CPU onnxruntime session (``threads`` intra-op threads; None: onnxruntime's default)."""
     import onnxruntime as ort
@@ -142,6 +163,7 @@ def int8_vs_fp32(fp32: dict[str, Path], int8: dict[str, Path], ids: np.ndarray, 
     ok = text_cos.mean() >= INT8_MIN_COSINE and img_cos.mean() >= INT8_MIN_COSINE
     return {
         "ok": bool(ok), "min_cosine": INT8_MIN_COSINE, "n_texts": len(ids), "n_images": len(pixels),
+        "cpu": cpu_isa(),
         "text_cosine": _cos_stats(text_cos), "image_cosine": _cos_stats(img_cos),
         "token_cosine": _cos_stats(tok_cos),
         "retrieval_top10_overlap": {"mean": round(float(np.mean(overlap)), 3), "min": int(min(overlap)),

@@ -3,6 +3,13 @@
 - MatMul / Gemm with a constant weight: onnxruntime ``quantize_dynamic`` (int8 weights per output
   channel, activations quantized at run time). Static QDQ on every op wrecked a text tower in the
   team's measurements (cosine 0.32); dynamic MatMul/Gemm keeps cosine ~0.999.
+  The weights use onnxruntime's reduced range, [-64, 64] (``reduce_range``): on x86 CPUs without
+  VNNI (AVX2-only, or AVX-512 without VNNI) onnxruntime's u8s8 kernels add pairs of
+  uint8 x int8 products in int16 (``vpmaddubsw``), which saturates once 2 * 255 * |w| > 32767; with
+  |w| <= 64 it cannot, so the integer results are the same on every x86 ISA and on ARM (whose
+  dot-product kernels accumulate in int32). Measured on the default text encoder (16 captions,
+  cosine to fp32): full range 0.99648 with VNNI, 0.99493 emulated AVX2 (qemu -cpu Haswell);
+  reduced range 0.99605 on both (docs/quantize.md).
 - Large Gather tables (token / position embeddings): int8 rows with one scale per row, read back with
   Gather -> Cast -> Mul (standard ops; exact per-row dequantisation of the rows looked up).
 - Conv weights: int8 per output channel, turned back into float by Cast + Mul (weight-only: the
@@ -48,6 +55,8 @@ def quantize_int8(src: str | Path, dst: str | Path, op_types: Sequence[str] = DE
             weights behind a DequantizeLinear instead of dynamic quantization (for sensitive layers).
         embeddings: store large Gather tables as int8 rows (one float scale per row).
         conv_weights: store Conv weights as int8 per output channel (weight-only).
+        reduce_range: dynamic-quantize weights into [-64, 64] so that no CPU's integer kernel can
+            saturate (see the module doc); False gives 8-bit weights whose results depend on the ISA.
 
     Returns:
         ``{"dynamic_ops": {op: count}, "int8_gather": [names], "int8_conv": count}``.
@@ -71,9 +80,54 @@ def quantize_int8(src: str | Path, dst: str | Path, op_types: Sequence[str] = DE
     report["weight_only_matmul"] = _matmul_weights_int8(model, set(excluded))
     report["int8_gather"] = _gather_rows_int8(model) if embeddings else []
     report["int8_conv"] = _conv_weights_int8(model) if conv_weights else 0
+    report["int16_saturation_risk"] = saturation_risk(model)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return report
+
+
+# Integer kernels that multiply uint8 activations by a constant int8 weight (input index of the weight
+# and of its zero point): onnxruntime runs them on u8s8 kernels, which on x86 without VNNI saturate
+# int16 pair sums unless |weight - zero point| <= SAFE_INT8_WEIGHT.
+_INTEGER_MATMULS = {"MatMulInteger": (1, 3), "DynamicQuantizeMatMul": (1, 4), "MatMulIntegerToFloat": (1, 5),
+                    "ConvInteger": (1, 3), "QLinearMatMul": (3, 5), "QLinearConv": (3, 5)}
+SAFE_INT8_WEIGHT = 64  # 2 * 255 * 64 = 32640 <= 32767: a pair of u8 x s8 products fits int16
+
+
+def saturation_risk(model: onnx.ModelProto) -> list[str]:
+    """Names of the constant int8 weights of integer MatMul/Conv nodes (and of int8 weights that a
+    DequantizeLinear turns into a MatMul/Gemm/Conv input, which onnxruntime fuses into such nodes)
+    with some ``|w - zero_point| > SAFE_INT8_WEIGHT``: the ones whose results can depend on the CPU.
+    Constant weights that are turned into float (Cast + Mul) run in float and are never at risk."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    weights: list[tuple[str, str | None, bool]] = []  # (weight, zero point, per-channel axis is 0)
+    for node in model.graph.node:
+        conv = "Conv" in node.op_type
+        if node.op_type in _INTEGER_MATMULS:
+            w, zp = _INTEGER_MATMULS[node.op_type]
+            weights.append((node.input[w], _input(node, zp), conv))
+        elif node.op_type in ("MatMul", "Gemm", "Conv"):
+            for x in node.input[:2]:
+                dq = producers.get(x)
+                if dq is not None and dq.op_type == "DequantizeLinear":
+                    weights.append((dq.input[0], _input(dq, 2), conv))
+    risky: list[str] = []
+    for w, zp, axis0 in weights:
+        if w in risky or w not in inits or inits[w].data_type != onnx.TensorProto.INT8:
+            continue  # a uint8 weight (u8u8 kernels do not saturate) or one computed at run time
+        q = numpy_helper.to_array(inits[w]).astype(np.int32)
+        z = numpy_helper.to_array(inits[zp]).astype(np.int32) if zp in inits else np.zeros((), np.int32)
+        if axis0 and z.ndim == 1:
+            z = z.reshape((-1,) + (1,) * (q.ndim - 1))  # per output channel of a Conv weight (O, I, kh, kw)
+        if np.abs(q - z).max(initial=0) > SAFE_INT8_WEIGHT:
+            risky.append(w)
+    return risky
+
+
+def _input(node: onnx.NodeProto, i: int) -> str | None:
+    """The node's i-th input name, None where it is absent or empty (an optional input left out)."""
+    return node.input[i] if len(node.input) > i and node.input[i] else None
 
 
 def _int8_weight(model: onnx.ModelProto, name: str, q: np.ndarray, scale: np.ndarray, axis: int,

@@ -19,6 +19,7 @@ def test_every_check_passed(export_report):
     for g in GRAPHS:
         assert checks[f"fp32_parity:{g}"] and checks[f"ort_format:int8:{g}"]
     assert checks["int8_cosine"] and checks["runtime:fp32"] and checks["shared_weights:int8"]
+    assert checks["int8_no_saturation"]
 
 
 def test_fp32_parity_vs_torch_at_several_sizes(tiny_bundle, _tiny_model):
