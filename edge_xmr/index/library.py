@@ -293,16 +293,18 @@ class Library:
     def remove(self, path: str | os.PathLike[str]) -> int:
         """Forget a photo, or every photo under a folder (files are not touched); returns the count."""
         c = self._conn
+        where = "path = ? OR (path >= ? AND path < ?)"
         with write_transaction(c):
-            ids: set[int] = set()
-            for key in lookup_keys(path):
-                lo, hi = path_range(key)
-                ids.update(int(r[0]) for r in c.execute(
-                    "SELECT id FROM photos WHERE path = ? OR (path >= ? AND path < ?)", (key, lo, hi)))
-                c.execute("DELETE FROM skipped WHERE path = ? OR (path >= ? AND path < ?)", (key, lo, hi))
-            self.delete_photos(sorted(ids))
-            self.prune_folders()
-        return len(ids)
+            for key in lookup_keys(path):  # the first spelling that names anything indexed
+                args = (key, *path_range(key))
+                ids = [int(r[0]) for r in c.execute(f"SELECT id FROM photos WHERE {where}", args)]
+                skipped = c.execute(f"SELECT count(*) FROM skipped WHERE {where}", args).fetchone()[0]
+                if ids or skipped:
+                    self.delete_photos(ids)
+                    c.execute(f"DELETE FROM skipped WHERE {where}", args)
+                    self.prune_folders()
+                    return len(ids)
+        return 0
 
     def stats(self, max_skipped: int = 100) -> Stats:
         c = self._conn
