@@ -5,7 +5,7 @@ usage: python runtime_index_worker.py index DB ROOT [--delay S] [--batch N] [--f
        python runtime_index_worker.py open DB
        python runtime_index_worker.py search DB --until N
 
-``index`` prints ``done N`` after each batch, then ``report ADDED SKIPPED`` and ``json REPORT``.
+``index`` prints ``open`` once the library is open, ``done N`` after each batch, then ``report ADDED SKIPPED`` and ``json REPORT``.
 ``remove`` prints ``ready`` before removing (``--slow``: S seconds between photos, inside the one
 transaction, so that a kill lands mid-way) and ``removed N``. ``search`` searches until the index
 holds N photos and prints ``searches K``; it fails if a search raised, returned a photo twice, or
@@ -32,6 +32,7 @@ from edge_xmr.indexer import IndexOptions  # noqa: E402
 
 def _index(a: argparse.Namespace) -> None:
     with Library.open(a.db, FakeBundle(delay=a.delay)) as lib:
+        print("open", flush=True)
         r = lib.index(a.root, progress=lambda p: print(f"done {p.done}", flush=True),
                       options=IndexOptions(batch_size=a.batch, workers=1, follow_symlinks=a.follow))
     print(f"report {r.added} {r.skipped}", flush=True)
