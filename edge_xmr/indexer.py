@@ -132,7 +132,7 @@ class _ScanErrors:
     reasons: dict[str, str] = field(default_factory=dict)
 
     def add(self, path: str, error: OSError) -> None:
-        self.reasons.setdefault(path_key(path), error.strerror or str(error))
+        self.reasons.setdefault(path_key(path), path_key(error.strerror or str(error)))
 
     def covers(self, key: str, root: str) -> bool:
         """Whether ``key`` (below ``root``) lies at or below a path that could not be read."""
@@ -303,7 +303,7 @@ def _prepare(entry: _Entry, size: int, known: Callable[[bytes], bool], heif: boo
             image = None if known(digest) else _decode(f, size)
     except _GONE:
         return _Prepared(entry, None, None, "vanished", vanished=True)
-    except Exception as e:  # noqa: BLE001 - one file never stops the run; _failure sorts the cause
+    except Exception as e:  # noqa: BLE001 - one file never stops the run; _failed sorts the cause
         return _failed(entry, e)
     return _Prepared(entry, record, image, None)
 

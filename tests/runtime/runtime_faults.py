@@ -1,8 +1,8 @@
 """Fault injection for the photo-library tests.
 
 - ``Faults`` (in-process): paths whose opening or listing fails the way a real machine fails them:
-  permission denied (``deny``) or a drive that drops while a folder is being listed (``drop``:
-  EIO after the first entry). It patches ``os.scandir``, ``os.open`` and ``open``, the calls any
+  permission denied (``deny``), a drive that drops while a folder is being listed (``drop``:
+  EIO after the first entry), a file deleted between the scan and its reading (``vanish``). It patches ``os.scandir``, ``os.open`` and ``open``, the calls any
   implementation must go through, and counts the faults it raised (``hits``), so a test can check
   that the fault was really met. Works as root, where ``chmod 000`` blocks nothing.
 - ``unprivileged_preexec`` (subprocess): where the tests run as root, a child without the
@@ -59,6 +59,7 @@ class Faults:
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.denied: set[str] = set()
         self.dropped: set[str] = set()
+        self.vanished: set[str] = set()
         self.hits: Counter[str] = Counter()  # path -> faults raised
         self.opens: Counter[str] = Counter()  # path -> opens that went through
         real_scandir, real_os_open, real_open = os.scandir, os.open, builtins.open
@@ -97,6 +98,9 @@ class Faults:
         if p in self.denied:
             self._hit(p)
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        if p in self.vanished:
+            self._hit(p)
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", os.fspath(path))
         self.opens[p] += 1
 
     def deny(self, *paths: str | Path) -> None:
@@ -105,10 +109,15 @@ class Faults:
     def drop(self, *paths: str | Path) -> None:
         self.dropped.update(_norm(p) for p in paths)  # type: ignore[misc]
 
+    def vanish(self, *paths: str | Path) -> None:
+        """Listed by the scan, gone when opened (deleted in between)."""
+        self.vanished.update(_norm(p) for p in paths)  # type: ignore[misc]
+
     def heal(self) -> None:
         """The cause is fixed: permissions restored, the drive back."""
         self.denied.clear()
         self.dropped.clear()
+        self.vanished.clear()
 
 
 def _drop_dac_capabilities() -> None:

@@ -16,6 +16,7 @@ from runtime_fakes import FakeBundle
 from runtime_faults import Faults
 from runtime_photos import write_photo
 
+from edge_xmr import indexer
 from edge_xmr.index import Library, PhotoRecord
 from edge_xmr.index.db import connect
 from edge_xmr.index.pathkeys import ESCAPE, fs_path, lookup_keys, path_key
@@ -104,6 +105,28 @@ def test_unreadable_folder_keeps_its_indexed_photos(tmp_path, photo_tree, faults
     os.remove(photo_tree / "a" / "img2.jpg")
     r = lib.index(photo_tree)  # the folder is back: now its absences are proven
     assert (r.removed, r.unreadable, r.kept) == (1, 0, 0) and lib.count() == 7
+
+
+def test_file_gone_when_read_is_removed_at_once(tmp_path, photo_tree, faults):
+    target = photo_tree / "a" / "img1.jpg"
+    lib = _lib(tmp_path)
+    lib.index(photo_tree)
+    os.utime(target, ns=(10**18, 10**18))  # changed, so it is read again ... and is gone by then
+    faults.vanish(target)
+    r = lib.index(photo_tree)
+    assert faults.hits[str(target)] == 1 and (r.removed, r.skipped) == (1, 0)
+    assert lib.photo_id(target) is None and lib.count() == 8
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_in_place_of_a_photo_never_blocks(tmp_path):
+    """A photo replaced by a FIFO between the scan and its reading (no writer: a blocking open would hang)."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    os.mkfifo(tmp_path / "fifo.jpg")
+    entry = indexer._Entry(str(tmp_path / "fifo.jpg"), 100, 1)
+    p = indexer._prepare(entry, 32, lambda digest: False, heif=False)
+    assert (p.record, p.error) == (None, "not a regular file")
 
 
 def test_unreadable_root_removes_nothing(tmp_path, photo_tree, faults):
@@ -203,6 +226,22 @@ def test_duplicates_from_an_index_built_through_a_symlink_are_merged(tmp_path, p
     r = lib.index(link)
     assert lib.count() == 9 and len({h.path for h in lib.search("x", k=50)}) == 9
     assert r.merged == 9
+
+
+def test_photos_indexed_under_a_symlink_move_to_the_real_path(tmp_path, photo_tree):
+    """An index from before resolved paths, built through a link only: indexing the real folder
+    moves each photo to its real path (no re-embedding, no second row)."""
+    link = tmp_path / "Pictures"
+    os.symlink(photo_tree, link)
+    bundle = FakeBundle()
+    lib = Library.open(tmp_path / "i.db", bundle)
+    lib.index(photo_tree)
+    for pid, key in lib.connection.execute("SELECT id, path FROM photos").fetchall():
+        lib.move_photo(int(pid), PhotoRecord(str(link) + str(key)[len(str(photo_tree)):], b"", 0, 0, None, 4, 4))
+    calls = bundle.image_calls
+    r = lib.index(photo_tree)
+    assert lib.count() == 9 and all(k.startswith(str(photo_tree)) for k in _keys(lib))
+    assert (r.moved, r.copied, bundle.image_calls) == (9, 0, calls)
 
 
 def test_links_loops_and_hard_links_inside_the_tree(tmp_path, photo_tree):
