@@ -435,6 +435,12 @@ class Library:
         return {str(p): (int(s), int(m)) for p, s, m in self._conn.execute(
             "SELECT path, size, mtime_ns FROM skipped WHERE path >= ? AND path < ?", (lo, hi))}
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Several reads that see one state of the index, whatever other processes commit meanwhile."""
+        with read_transaction(self._conn):
+            yield
+
     # ---- writing -------------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
