@@ -2,7 +2,7 @@
 
 usage: python runtime_index_worker.py index DB ROOT [--delay S] [--batch N] [--follow]
        python runtime_index_worker.py remove DB PATH [--slow S]
-       python runtime_index_worker.py open DB
+       python runtime_index_worker.py open DB [--at TIME]
        python runtime_index_worker.py search DB --until N
 
 ``index`` prints ``open`` once the library is open, ``done N`` after each batch, then ``report ADDED SKIPPED`` and ``json REPORT``.
@@ -56,6 +56,7 @@ def _remove(a: argparse.Namespace) -> None:
 
 
 def _open(a: argparse.Namespace) -> None:
+    time.sleep(max(0.0, a.at - time.time()))  # all openers start together
     with Library.open(a.db, FakeBundle()) as lib:
         print(f"opened {lib.info.schema_version}", flush=True)
 
@@ -90,6 +91,7 @@ def main() -> None:
     r.add_argument("--slow", type=float, default=0.0)
     o = sub.add_parser("open")
     o.add_argument("db")
+    o.add_argument("--at", type=float, default=0.0, help="wall-clock time to open at")
     s = sub.add_parser("search")
     s.add_argument("db")
     s.add_argument("--until", type=int, required=True)

@@ -231,8 +231,9 @@ def test_concurrent_writers_and_readers_on_a_new_index(tmp_path):
 
 
 def _open_new_index_at_once(db: Path, n: int) -> None:
-    procs = [subprocess.Popen(_worker("open", str(db)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(n)]
+    at = str(time.time() + 0.3 * n)  # started one by one, they open together
+    procs = [subprocess.Popen(_worker("open", str(db), "--at", at), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(n)]
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0 and out.startswith("opened 3"), err[-3000:]
