@@ -231,7 +231,7 @@ def test_concurrent_writers_and_readers_on_a_new_index(tmp_path):
 
 
 def _open_new_index_at_once(db: Path, n: int) -> None:
-    at = str(time.time() + 0.3 * n)  # started one by one, they open together
+    at = str(time.time() + 0.2 * n)  # started one by one, they open together (imports take ~0.3 s each)
     procs = [subprocess.Popen(_worker("open", str(db), "--at", at), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(n)]
     for p in procs:
