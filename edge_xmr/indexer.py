@@ -1,15 +1,22 @@
 """Incremental indexing of a folder tree into a Library.
 
-1. Scan: every image file under the root (size, mtime) goes into a temporary table; files whose
-   path, size and mtime match an indexed photo (or a skipped file) are not touched again.
+1. Scan: every image file under the root (size, mtime) goes into a temporary table under one key
+   per file (its resolved path, in valid Unicode whatever bytes its name holds: ``index.pathkeys``;
+   a file reached twice, through a symlink or a hard link, counts once by device and inode); files
+   whose key, size and mtime match an indexed photo (or a file whose content could not be used) are
+   not touched again. Folders and entries that cannot be read are recorded as scan errors.
 2. The rest is read by worker threads: sha256 of the bytes, header (size, EXIF orientation and
    capture time), and, unless the content is already indexed, a reduced-size decode (JPEG draft
    mode; 12 MP photos decode at 1/4 or 1/8 size) oriented and resized to the model's input.
 3. The main thread embeds decoded photos in batches and commits each batch in one transaction:
    new files are added; changed files re-embedded; files with an indexed content hash are moved
    (the old path is gone) or copied (it still exists) without re-embedding; same content with a
-   new mtime is re-stamped; unreadable files are recorded in ``skipped`` with the reason.
-4. Indexed photos under the root that were not found are removed.
+   new mtime is re-stamped; files that fail are recorded in ``skipped`` with the reason and its
+   kind: unusable content is tried again once the file changes, a file that could not be read
+   (permission, I/O error) on every run.
+4. Indexed photos under the root that are proven absent are removed: the folder holding them (or
+   one above) was listed and they were not in it. Nothing below a folder or entry that could not be
+   read is removed: a scan error is never read as "the file is gone".
 
 Every batch is one transaction: a run killed at any point (even ``kill -9``) resumes where it
 stopped, with no duplicate rows. Memory does not grow with library size (the scan lives in a
@@ -19,15 +26,15 @@ temporary table; worker threads keep at most a few batches of decoded photos in 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
+import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, BinaryIO
 
 import apsw
 from PIL import Image
@@ -35,13 +42,19 @@ from PIL import Image
 from .index.db import connect
 from .index.filters import path_range, to_wall_seconds
 from .index.library import Library, LibraryError, PhotoRecord
-from .preprocess import ImageError, load_image
+from .index.pathkeys import fs_path, path_key, resolve
+from .index.schema import SKIP_CONTENT, SKIP_UNREADABLE, SKIP_UNSUPPORTED
+from .preprocess import ImageError, ImageReadError, load_image
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
 HEIF_MISSING = "HEIC/HEIF support is not installed (pip install 'edge-xmr[heif]')"
+_EXTENSIONS = IMAGE_EXTENSIONS | HEIF_EXTENSIONS
 
 _EXIF_IFD, _DATETIME_ORIGINAL, _DATETIME, _ORIENTATION = 0x8769, 0x9003, 0x0132, 0x0112
+_GONE = (FileNotFoundError, NotADirectoryError)  # errors that prove a path absent
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO never blocks
+MAX_REPORTED_ERRORS = 100  # scan errors listed by path in an IndexReport
 
 
 @dataclass(frozen=True)
@@ -82,13 +95,24 @@ class IndexReport:
     removed: int = 0  # photos whose file is gone
     skipped: int = 0  # files that could not be indexed in this run (see ``stats``)
     seconds: float = 0.0  # wall time of the run
+    merged: int = 0  # rows of a photo indexed twice under two paths (a symlink), folded into one
+    unreadable: int = 0  # folders and entries the scan could not read (permission, I/O error)
+    kept: int = 0  # indexed photos below those, kept as they were (not removed, not checked)
+    errors: tuple[tuple[str, str], ...] = ()  # (path, reason) of the first scan errors
 
 
 @dataclass(frozen=True)
 class _Entry:
-    path: str  # absolute path
+    key: str  # index key of the file (``pathkeys``: resolved path, valid Unicode)
     size: int  # bytes at scan time
     mtime_ns: int  # mtime at scan time
+    dev: int | None = None  # st_dev, st_ino: one file reached by two paths is indexed once
+    ino: int | None = None
+
+    @property
+    def path(self) -> str:
+        """The OS path to open."""
+        return fs_path(self.key)
 
 
 @dataclass(frozen=True)
@@ -97,7 +121,28 @@ class _Prepared:
     record: PhotoRecord | None  # metadata and hash (None: the file failed)
     image: Image.Image | None  # decoded S x S RGB image (None: content already indexed, or failed)
     error: str | None  # why the file failed
+    kind: str = SKIP_CONTENT  # when a failed file is tried again (``index.schema``)
     vanished: bool = False  # the file disappeared since the scan
+
+
+@dataclass
+class _ScanErrors:
+    """Paths (keys) the scan could not read, with the reason; nothing below them is proven absent."""
+
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def add(self, path: str, error: OSError) -> None:
+        self.reasons.setdefault(path_key(path), path_key(error.strerror or str(error)))
+
+    def covers(self, key: str, root: str) -> bool:
+        """Whether ``key`` (below ``root``) lies at or below a path that could not be read."""
+        while True:
+            if key in self.reasons:
+                return True
+            parent = os.path.dirname(key)
+            if parent == key or len(parent) < len(root):
+                return False
+            key = parent
 
 
 # ---- public entry points ---------------------------------------------------------------------------
@@ -113,61 +158,97 @@ def heif_available() -> bool:
 
 def index_folder(lib: Library, root: str | os.PathLike[str], progress: Callable[[Progress], None] | None = None,
                  options: IndexOptions = IndexOptions()) -> IndexReport:
-    """Bring the index up to date with a folder tree (or a single file)."""
-    root_s = os.path.abspath(os.path.expanduser(root))
+    """Bring the index up to date with a folder tree (or a single file). The folder is indexed
+    under its resolved path, whatever symlink leads to it."""
+    given = os.path.abspath(os.path.expanduser(root))
+    root_s = resolve(given)
     if os.path.isfile(root_s):
-        return index_files(lib, [root_s], progress, options)
+        return index_files(lib, [given], progress, options)
     if not os.path.isdir(root_s):
         raise LibraryError(f"not a folder: {root_s}")
-    return _Run(lib, options, progress).run(_scan(root_s, options), root_s)
+    errors = _ScanErrors()
+    return _Run(lib, options, progress).run(_scan(root_s, options, errors), errors, root_s, {given: root_s})
 
 
-def index_files(lib: Library, paths: Sequence[str], progress: Callable[[Progress], None] | None = None,
+def index_files(lib: Library, paths: Sequence[str | os.PathLike[str]],
+                progress: Callable[[Progress], None] | None = None,
                 options: IndexOptions = IndexOptions()) -> IndexReport:
-    """Index the given files (no removal of anything else)."""
-    entries = []
+    """Index the given files, each under its resolved path (no removal of anything else)."""
+    entries, aliases = [], {}
     for p in paths:
-        st = _stat(p, options.follow_symlinks)
-        if st is None:
-            raise LibraryError(f"not a file: {p}")
-        entries.append(_Entry(os.path.abspath(p), st.st_size, st.st_mtime_ns))
-    return _Run(lib, options, progress).run(iter(entries), None)
+        given = os.path.abspath(os.path.expanduser(p))
+        real = resolve(given)
+        try:
+            st = os.stat(real)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise LibraryError(f"not a file: {path_key(given)}")
+        entries.append(_entry(real, st))
+        aliases[given] = real
+    return _Run(lib, options, progress).run(iter(entries), _ScanErrors(), None, aliases)
 
 
 # ---- scanning -----------------------------------------------------------------------------------
-def _scan(root: str, options: IndexOptions) -> Iterator[_Entry]:
-    exts = IMAGE_EXTENSIONS | HEIF_EXTENSIONS
+def _entry(path: str, st: os.stat_result) -> _Entry:
+    ino = (st.st_dev, st.st_ino) if st.st_ino else (None, None)  # 0: no inode numbers (some Windows calls)
+    return _Entry(path_key(path), st.st_size, st.st_mtime_ns, *ino)
+
+
+def _scan(root: str, options: IndexOptions, errors: _ScanErrors) -> Iterator[_Entry]:
+    """Image files below ``root`` (depth first, names sorted). What cannot be read goes to ``errors``;
+    what vanished meanwhile is simply not there. Each folder is walked once (by device and inode):
+    symlink loops and a folder reached twice are harmless."""
+    walked: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
         folder = stack.pop()
-        try:
-            with os.scandir(folder) as it:
-                items = sorted(it, key=lambda d: d.name)
-        except OSError:
-            continue  # unreadable folder
-        for d in items:
+        items = _list(folder, walked, errors)
+        for d in items or ():
             if d.name.startswith(".") and not options.include_hidden:
                 continue
             try:
-                if d.is_dir(follow_symlinks=options.follow_symlinks):
-                    stack.append(d.path)
-                elif os.path.splitext(d.name)[1].lower() in exts and d.is_file(follow_symlinks=options.follow_symlinks):
-                    st = d.stat(follow_symlinks=options.follow_symlinks)
-                    yield _Entry(d.path, st.st_size, st.st_mtime_ns)
-            except OSError:
+                entry, sub = _visit(d, options.follow_symlinks)
+            except _GONE:
+                continue  # vanished since the listing: absent
+            except OSError as e:
+                errors.add(d.path, e)
                 continue
+            if sub is not None:
+                stack.append(sub)
+            elif entry is not None:
+                yield entry
 
 
-def _stat(path: str, follow: bool) -> os.stat_result | None:
+def _list(folder: str, walked: set[tuple[int, int]], errors: _ScanErrors) -> list[os.DirEntry[str]] | None:
+    """The folder's entries sorted by name; None if it was walked already, vanished or failed."""
     try:
-        st = os.stat(path, follow_symlinks=follow)
-    except OSError:
+        st = os.stat(folder)
+        if st.st_ino and (st.st_dev, st.st_ino) in walked:
+            return None
+        walked.add((st.st_dev, st.st_ino))
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda d: d.name)  # a read error midway fails the whole folder
+    except _GONE:
         return None
-    return st if os.path.isfile(path) else None
+    except OSError as e:
+        errors.add(folder, e)
+        return None
+
+
+def _visit(d: os.DirEntry[str], follow: bool) -> tuple[_Entry | None, str | None]:
+    """(an image file, or a folder to walk) for one directory entry; links resolved when followed."""
+    link = follow and d.is_symlink()
+    if d.is_dir(follow_symlinks=follow):
+        return None, resolve(d.path) if link else d.path
+    if os.path.splitext(d.name)[1].lower() not in _EXTENSIONS or not d.is_file(follow_symlinks=follow):
+        return None, None
+    path = resolve(d.path) if link else d.path
+    return _entry(path, os.stat(path) if link else d.stat(follow_symlinks=False)), None
 
 
 # ---- reading one file (worker threads) ------------------------------------------------------------
-def _sha256(f: io.BufferedReader) -> bytes:
+def _sha256(f: BinaryIO) -> bytes:
     h = hashlib.sha256()
     for block in iter(lambda: f.read(1 << 20), b""):
         h.update(block)
@@ -185,9 +266,9 @@ def _exif_time(exif: Image.Exif) -> int | None:
         return None
 
 
-def _header(path: str) -> tuple[int, int, int | None]:
+def _header(f: BinaryIO) -> tuple[int, int, int | None]:
     """(width, height) after EXIF orientation and the EXIF capture time, from the header only."""
-    with Image.open(path) as im:
+    with Image.open(f) as im:
         w, h = im.size
         exif = im.getexif()
         if exif.get(_ORIENTATION) in (5, 6, 7, 8):
@@ -195,37 +276,55 @@ def _header(path: str) -> tuple[int, int, int | None]:
         return w, h, _exif_time(exif)
 
 
-def _decode(path: str, size: int) -> Image.Image:
-    im = load_image(path, size)  # draft-mode decode, EXIF orientation, RGB
+def _decode(source: str | BinaryIO, size: int) -> Image.Image:
+    im = load_image(source, size)  # draft-mode decode, EXIF orientation, RGB
     return im if im.size == (size, size) else im.resize((size, size), Image.BICUBIC)
 
 
 def _prepare(entry: _Entry, size: int, known: Callable[[bytes], bool], heif: bool) -> _Prepared:
+    """Read one file: its hash, header and (unless its content is indexed) decoded image, all from
+    one open file, so that what is hashed is what is decoded."""
     path = entry.path
     if os.path.splitext(path)[1].lower() in HEIF_EXTENSIONS and not heif:
-        return _Prepared(entry, None, None, HEIF_MISSING)
+        return _Prepared(entry, None, None, HEIF_MISSING, SKIP_UNSUPPORTED)
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=lambda p, _: os.open(p, _OPEN_FLAGS)) as f:
             st = os.fstat(f.fileno())
-            entry = _Entry(path, st.st_size, st.st_mtime_ns)
+            entry = replace(entry, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            if not stat.S_ISREG(st.st_mode):
+                return _Prepared(entry, None, None, "not a regular file")
             if st.st_size == 0:
                 return _Prepared(entry, None, None, "empty file")
-            digest = _sha256(f)  # type: ignore[arg-type]
-    except FileNotFoundError:
+            digest = _sha256(f)
+            f.seek(0)
+            w, h, taken = _header(f)
+            record = PhotoRecord(entry.key, digest, entry.size, entry.mtime_ns, taken, w, h)
+            f.seek(0)
+            image = None if known(digest) else _decode(f, size)
+    except _GONE:
         return _Prepared(entry, None, None, "vanished", vanished=True)
-    except OSError as e:
-        return _Prepared(entry, None, None, f"cannot read file ({e.strerror or e})")
-    try:
-        w, h, taken = _header(path)
-        record = PhotoRecord(path, digest, entry.size, entry.mtime_ns, taken, w, h)
-        image = None if known(digest) else _decode(path, size)
-    except ImageError as e:
-        return _Prepared(entry, None, None, _reason(str(e), path))
-    except Image.DecompressionBombError as e:
-        return _Prepared(entry, None, None, f"decompression bomb ({e})")
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        return _Prepared(entry, None, None, f"cannot decode image ({e})")
+    except Exception as e:  # noqa: BLE001 - one file never stops the run; _failed sorts the cause
+        return _failed(entry, e)
     return _Prepared(entry, record, image, None)
+
+
+def _failed(entry: _Entry, e: Exception) -> _Prepared:
+    """Why a file failed and when to try it again: I/O errors every run, bad content once it changes."""
+    if isinstance(e, ImageReadError) or (isinstance(e, OSError) and e.errno is not None):
+        cause = e.__cause__ if isinstance(e, ImageReadError) else e
+        return _Prepared(entry, None, None, f"cannot read file ({getattr(cause, 'strerror', None) or cause})",
+                         SKIP_UNREADABLE)
+    if isinstance(e, Image.UnidentifiedImageError):
+        reason = "cannot identify image file"
+    elif isinstance(e, ImageError):
+        reason = _reason(str(e), entry.path)
+    elif isinstance(e, Image.DecompressionBombError):
+        reason = f"decompression bomb ({e})"
+    elif isinstance(e, OSError):
+        reason = f"cannot decode image ({e})"
+    else:  # a decoder tripping over malformed bytes (struct.error, IndexError, ...)
+        reason = f"cannot decode image ({type(e).__name__}: {e})"
+    return _Prepared(entry, None, None, path_key(reason))  # a message may quote an undecodable name
 
 
 def _reason(message: str, path: str) -> str:
@@ -246,7 +345,8 @@ class _Run:
         self.options = options
         self.progress = progress
         self.heif = heif_available()
-        self.counts: dict[str, int] = dict.fromkeys(IndexReport.__dataclass_fields__, 0)
+        self.counts: dict[str, int] = {k: 0 for k, f in IndexReport.__dataclass_fields__.items()
+                                       if f.type in (int, "int")}
         self._local = threading.local()
         self._conns: list[apsw.Connection] = []
         self._lock = threading.Lock()
@@ -261,35 +361,46 @@ class _Run:
                 self._conns.append(conn)
         return conn.execute("SELECT 1 FROM photos WHERE hash = ? LIMIT 1", (digest,)).fetchone() is not None
 
-    def run(self, entries: Iterator[_Entry], root: str | None) -> IndexReport:
+    def run(self, entries: Iterator[_Entry], errors: _ScanErrors, root: str | None,
+            aliases: dict[str, str]) -> IndexReport:
+        """Index ``entries`` (scan errors collect in ``errors`` meanwhile); below ``root`` remove what
+        is proven absent. ``aliases``: given path -> resolved path, for rows indexed under the former."""
         t0 = time.perf_counter()
         conn = self.lib.connection
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS scan(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
-                     " todo INTEGER NOT NULL DEFAULT 1)")
+                     " dev INTEGER, ino INTEGER, todo INTEGER NOT NULL DEFAULT 1, UNIQUE(dev, ino))")
         conn.execute("DELETE FROM temp.scan")
         try:
+            for given, real in aliases.items():
+                if given != real:
+                    self.counts["merged"] += self.lib.adopt_alias(path_key(given), path_key(real))
             total = self._load_scan(entries)
             self._process(total)
             if root is not None:
-                self._remove_missing(root)
+                self._remove_missing(path_key(root), errors)
         finally:
             conn.execute("DROP TABLE IF EXISTS temp.scan")
             for c in self._conns:
                 c.close()
-        return IndexReport(**{**self.counts, "seconds": round(time.perf_counter() - t0, 3)})
+        listed = tuple(list(errors.reasons.items())[:MAX_REPORTED_ERRORS])
+        return IndexReport(**{**self.counts, "unreadable": len(errors.reasons), "errors": listed,
+                              "seconds": round(time.perf_counter() - t0, 3)})
 
     def _load_scan(self, entries: Iterator[_Entry]) -> int:
-        """Fill temp.scan; mark files unchanged since the last run; returns how many need work."""
+        """Fill temp.scan (one row per key and per file: a hard link or alias seen again is ignored);
+        mark files unchanged since the last run; returns how many need work."""
         conn = self.lib.connection
         while True:
-            chunk = [(e.path, e.size, e.mtime_ns) for e in _take(entries, 2000)]
+            chunk = [(e.key, e.size, e.mtime_ns, e.dev, e.ino) for e in _take(entries, 2000)]
             if not chunk:
                 break
-            conn.executemany("INSERT OR IGNORE INTO temp.scan(path, size, mtime_ns) VALUES (?, ?, ?)", chunk)
+            conn.executemany("INSERT OR IGNORE INTO temp.scan(path, size, mtime_ns, dev, ino) VALUES (?, ?, ?, ?, ?)",
+                             chunk)
         conn.execute(
             "UPDATE temp.scan SET todo = 0 WHERE EXISTS (SELECT 1 FROM main.photos p WHERE p.path = scan.path"
             " AND p.size = scan.size AND p.mtime_ns = scan.mtime_ns) OR EXISTS (SELECT 1 FROM main.skipped s"
-            " WHERE s.path = scan.path AND s.size = scan.size AND s.mtime_ns = scan.mtime_ns)")
+            " WHERE s.path = scan.path AND s.size = scan.size AND s.mtime_ns = scan.mtime_ns AND s.kind = ?)",
+            (SKIP_CONTENT,))
         n, todo = conn.execute("SELECT count(*), coalesce(sum(todo), 0) FROM temp.scan").fetchone()
         self.counts["scanned"] = int(n)
         self.counts["unchanged"] = int(n) - int(todo)
@@ -303,8 +414,8 @@ class _Run:
                 " LIMIT 1000", (last,)).fetchall()
             if not rows:
                 return
-            for rid, path, size, mtime in rows:
-                yield _Entry(str(path), int(size), int(mtime))
+            for rid, key, size, mtime in rows:
+                yield _Entry(str(key), int(size), int(mtime))
             last = int(rows[-1][0])
 
     def _prepared(self, pool: ThreadPoolExecutor) -> Iterator[_Prepared]:
@@ -340,6 +451,8 @@ class _Run:
                 if p.image is not None:
                     self._add(p, embeds[j:j + 1], tokens[j:j + 1])  # type: ignore[index]
                     j += 1
+                elif p.vanished:  # open() said ENOENT: proven absent
+                    self.counts["removed"] += lib.forget_key(p.entry.key)
                 elif p.record is None:
                     self._skip(p)
                 else:
@@ -347,27 +460,26 @@ class _Run:
 
     def _add(self, p: _Prepared, embed: Any, tokens: Any) -> None:
         assert p.record is not None
-        existed = self.lib.photo_id(p.record.path) is not None
+        existed = self.lib.key_id(p.record.path) is not None
         self.lib.add_photos([p.record], embed, tokens)
         self.counts["updated" if existed else "added"] += 1
 
     def _skip(self, p: _Prepared) -> None:
-        if p.vanished:
-            return
-        self.lib.record_skipped(p.entry.path, p.entry.size, p.entry.mtime_ns, p.error or "unknown error")
+        self.lib.record_skipped(p.entry.key, p.entry.size, p.entry.mtime_ns, p.error or "unknown error", p.kind)
         self.counts["skipped"] += 1
 
     def _reuse(self, rec: PhotoRecord) -> None:
-        """Content already indexed: same path (re-stamp), a vanished path (move), else a copy."""
+        """Content already indexed: same path (re-stamp), a path that is gone or leads to this same
+        file (move), else a copy."""
         lib, conn = self.lib, self.lib.connection
         rows = conn.execute("SELECT id, path FROM photos WHERE hash = ? ORDER BY id", (rec.hash,)).fetchall()
-        for pid, path in rows:
-            if path == rec.path:
+        for pid, key in rows:
+            if key == rec.path:
                 lib.touch_photo(int(pid), rec.size, rec.mtime_ns)
                 self.counts["unchanged"] += 1
                 return
-        for pid, path in rows:
-            if not os.path.exists(str(path)):
+        for pid, key in rows:
+            if _gone_or_same(fs_path(str(key)), fs_path(rec.path)):
                 lib.move_photo(int(pid), rec)
                 self.counts["moved"] += 1
                 return
@@ -381,8 +493,10 @@ class _Run:
             if p.record is not None and p.image is None and not self._known_now(p.record.hash):
                 try:
                     p = replace(p, image=_decode(p.entry.path, self.size))
-                except (ImageError, OSError) as e:
-                    p = _Prepared(p.entry, None, None, _reason(str(e), p.entry.path))
+                except _GONE:
+                    p = _Prepared(p.entry, None, None, "vanished", vanished=True)
+                except Exception as e:  # noqa: BLE001 - sorted by _failed, as in the workers
+                    p = _failed(p.entry, e)
             out.append(p)
         return out
 
@@ -390,21 +504,38 @@ class _Run:
         row = self.lib.connection.execute("SELECT 1 FROM photos WHERE hash = ? LIMIT 1", (digest,)).fetchone()
         return row is not None
 
-    def _remove_missing(self, root: str) -> None:
-        """Photos and skipped entries under ``root`` whose file was not found in this scan."""
+    def _remove_missing(self, root: str, errors: _ScanErrors) -> None:
+        """Photos and skipped entries below ``root`` (a key) that this scan proved absent: not found,
+        and not below a folder or entry that could not be read (those are kept as they are)."""
         lib, conn = self.lib, self.lib.connection
         lo, hi = path_range(root)
-        gone = [int(r[0]) for r in conn.execute(
-            "SELECT id FROM photos WHERE path >= ? AND path < ? AND path NOT IN (SELECT path FROM temp.scan)",
-            (lo, hi))]
+        unseen = "path >= ? AND path < ? AND path NOT IN (SELECT path FROM temp.scan)"
+        gone = []
+        for pid, key in conn.execute(f"SELECT id, path FROM photos WHERE {unseen}", (lo, hi)).fetchall():
+            if errors.covers(str(key), root):
+                self.counts["kept"] += 1
+            else:
+                gone.append(int(pid))
+        stale = [(str(k),) for (k,) in conn.execute(f"SELECT path FROM skipped WHERE {unseen}", (lo, hi)).fetchall()
+                 if not errors.covers(str(k), root)]
         for chunk in _chunked(gone, 500):
             with lib.transaction():
                 lib.delete_photos(chunk)
         with lib.transaction():
-            conn.execute("DELETE FROM skipped WHERE path >= ? AND path < ? AND path NOT IN"
-                         " (SELECT path FROM temp.scan)", (lo, hi))
+            conn.executemany("DELETE FROM skipped WHERE path = ?", stale)
             lib.prune_folders()
-        self.counts["removed"] = len(gone)
+        self.counts["removed"] += len(gone)
+
+
+def _gone_or_same(old: str, new: str) -> bool:
+    """Whether an indexed path no longer exists, or leads to the file at ``new`` (an alias). A path
+    that cannot be checked (permission, I/O error) is neither: it is kept."""
+    try:
+        return os.path.samefile(old, new)
+    except _GONE:
+        return True
+    except OSError:
+        return False
 
 
 def _take(it: Iterator[_Entry], n: int) -> list[_Entry]:

@@ -74,10 +74,11 @@ def search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: DateLi
     if lib.is_empty():
         return []
     query = bundle.encode_query(text)  # one text pass: its embedding retrieves, its states rerank
-    cands = lib.candidates(np.asarray(query.embedding, np.float32), max(k, rerank), filters)
-    cross = _cross_scores(lib, query, cands, rerank)
-    order = list(np.argsort(-cross, kind="stable")) + list(range(len(cross), len(cands.ids)))
-    return _hits(lib, cands, cross, order[:k])
+    with lib.snapshot():  # a writer replacing photos meanwhile (re-indexing) cannot pull rows from under us
+        cands = lib.candidates(np.asarray(query.embedding, np.float32), max(k, rerank), filters)
+        cross = _cross_scores(lib, query, cands, rerank)
+        order = list(np.argsort(-cross, kind="stable")) + list(range(len(cross), len(cands.ids)))
+        return _hits(lib, cands, cross, order[:k])
 
 
 def _cross_scores(lib: Library, query: Any, cands: Candidates, rerank: int) -> FloatArray:
@@ -107,10 +108,12 @@ def similar(lib: Library, photo: str | os.PathLike[str] | int, k: int = 10, afte
             before: DateLike = None, folder: str | os.PathLike[str] | None = None) -> list[Hit]:
     """Image -> image: the ``k`` photos closest to ``photo`` by bi-encoder cosine (itself excluded)."""
     _check_k(k)
-    pid, emb, _ = photo_vectors(lib, photo)
-    cands = lib.candidates(emb, k + 1, make_filters(after, before, folder))
-    keep = [i for i, c in enumerate(cands.ids) if int(c) != pid][:k]
-    return _hits(lib, cands, np.zeros((0,), np.float32), keep)
+    filters = make_filters(after, before, folder)
+    with lib.snapshot():
+        pid, emb, _ = photo_vectors(lib, photo)
+        cands = lib.candidates(emb, k + 1, filters)
+        keep = [i for i, c in enumerate(cands.ids) if int(c) != pid][:k]
+        return _hits(lib, cands, np.zeros((0,), np.float32), keep)
 
 
 def rank_texts(lib: Library, photo: str | os.PathLike[str] | int, texts: Sequence[str]) -> list[TextHit]:
@@ -130,10 +133,10 @@ def rank_texts(lib: Library, photo: str | os.PathLike[str] | int, texts: Sequenc
 def photo_vectors(lib: Library, photo: str | os.PathLike[str] | int) -> tuple[int, FloatArray, FloatArray]:
     """(photo id or -1, unit embedding (D,), tokens (T, Dt)): stored data for an indexed photo,
     else the image file is encoded with the bundle (as stored: int8 round trip)."""
-    pid = photo if isinstance(photo, int) else lib.photo_id(photo)
-    if pid is not None:
-        emb, tok = lib.stored([pid])
-        if len(emb):
+    with lib.snapshot():
+        pid = photo if isinstance(photo, int) else lib.photo_id(photo)
+        if pid is not None and lib.photo_info([pid]):
+            emb, tok = lib.stored([pid])
             return pid, emb[0], tok[0]
     if isinstance(photo, int):
         raise LibraryError(f"no photo with id {photo} in the index")

@@ -9,6 +9,7 @@ to us (no implicit BEGIN as in ``sqlite3``), which batch commits and WAL readers
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,9 +34,24 @@ def connect(path: str | Path, readonly: bool = False) -> apsw.Connection:
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         # WAL: searches (readers) run while the indexer writes; the rollback journal lost writes
         # under contention in our tests
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")  # durable against process crashes (kill -9)
     return conn
+
+
+def _use_wal(conn: apsw.Connection) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while busy. On a new file, connections switching at
+    once each hold a read lock while upgrading it: SQLite answers one of them BUSY at once, without
+    its busy handler (that would deadlock); a retry then finds the file in WAL mode already."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except apsw.BusyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _is_empty(conn: apsw.Connection) -> bool:

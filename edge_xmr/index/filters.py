@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import PurePath
 
+from .pathkeys import path_key, resolve
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -33,7 +35,7 @@ def make_filters(after: DateLike = None, before: DateLike = None,
                  folder: str | os.PathLike[str] | None = None) -> Filters:
     """User filter values -> Filters (dates: ``date``, ``datetime``, ISO text, or epoch seconds)."""
     return Filters(after=to_wall_seconds(after), before=to_wall_seconds(before),
-                   folder=folder_key(os.path.abspath(folder)) if folder is not None else None)
+                   folder=folder_key(path_key(resolve(folder))) if folder is not None else None)
 
 
 def to_wall_seconds(value: DateLike) -> int | None:
@@ -66,7 +68,8 @@ def wall_to_iso(seconds: int) -> str:
 
 
 def folder_key(folder: str) -> str:
-    """An absolute folder path -> POSIX-style key ending in "/" ("C:\\a" -> "C:/a/")."""
+    """An absolute folder path's key (``pathkeys.path_key``) -> POSIX-style key ending in "/"
+    ("C:\\a" -> "C:/a/")."""
     key = PurePath(folder).as_posix()
     return key if key.endswith("/") else key + "/"
 
@@ -77,6 +80,6 @@ def key_range(key: str) -> tuple[str, str]:
 
 
 def path_range(folder: str) -> tuple[str, str]:
-    """[low, high) bounds of every native path strictly below the folder."""
+    """[low, high) bounds of every native path (or path key) strictly below the folder."""
     base = folder.rstrip("/\\") + os.sep
     return base, base[:-1] + chr(ord(os.sep) + 1)

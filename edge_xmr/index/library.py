@@ -27,6 +27,7 @@ import numpy.typing as npt
 from . import schema
 from .db import connect, file_bytes, read_transaction, write_transaction
 from .filters import DateLike, Filters, folder_key, key_range, path_range, wall_seconds_from_epoch, wall_to_iso
+from .pathkeys import lookup_keys
 from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, Store, StoreKind, calibrate_scale, dequantize, quantize
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class EncoderBundle(Protocol):
 
 @dataclass(frozen=True)
 class PhotoRecord:
-    path: str  # absolute path of the file
+    path: str  # the file's index key: its resolved path, in valid Unicode (``pathkeys.path_key``)
     hash: bytes  # sha256 of the file's bytes
     size: int  # file size in bytes
     mtime_ns: int  # modification time, ns since the epoch
@@ -117,7 +118,7 @@ class Candidates:
 @dataclass(frozen=True)
 class PhotoInfo:
     id: int  # photo id (rowid in photos and vectors)
-    path: str  # absolute file path
+    path: str  # the file's resolved path as an index key (``pathkeys.fs_path`` gives the OS path)
     taken: str  # capture time (EXIF, else mtime), ISO wall clock
     width: int  # oriented width in pixels
     height: int  # oriented height in pixels
@@ -130,6 +131,7 @@ class Stats:
     folders: int  # folders holding them
     skipped: int  # files that could not be indexed
     skipped_files: tuple[tuple[str, str], ...]  # (path, reason) of the first skipped files
+    retrying: int  # of the skipped files, those tried again on every run (unreadable, needing an extra)
     model_name: str  # model that embedded the photos
     model_id: str  # its bundle identity
     store: str  # int8, float32 or bit
@@ -290,16 +292,19 @@ class Library:
 
     def remove(self, path: str | os.PathLike[str]) -> int:
         """Forget a photo, or every photo under a folder (files are not touched); returns the count."""
-        p = os.path.abspath(path)
-        with write_transaction(self._conn):
-            ids = [int(r[0]) for r in self._conn.execute("SELECT id FROM photos WHERE path = ?", (p,))]
-            lo, hi = path_range(p)
-            ids += [int(r[0]) for r in self._conn.execute(
-                "SELECT id FROM photos WHERE path >= ? AND path < ?", (lo, hi))]
-            self.delete_photos(ids)
-            self._conn.execute("DELETE FROM skipped WHERE path = ? OR (path >= ? AND path < ?)", (p, lo, hi))
-            self.prune_folders()
-        return len(ids)
+        c = self._conn
+        where = "path = ? OR (path >= ? AND path < ?)"
+        with write_transaction(c):
+            for key in lookup_keys(path):  # the first spelling that names anything indexed
+                args = (key, *path_range(key))
+                ids = [int(r[0]) for r in c.execute(f"SELECT id FROM photos WHERE {where}", args)]
+                skipped = c.execute(f"SELECT count(*) FROM skipped WHERE {where}", args).fetchone()[0]
+                if ids or skipped:
+                    self.delete_photos(ids)
+                    c.execute(f"DELETE FROM skipped WHERE {where}", args)
+                    self.prune_folders()
+                    return len(ids)
+        return 0
 
     def stats(self, max_skipped: int = 100) -> Stats:
         c = self._conn
@@ -307,12 +312,15 @@ class Library:
             n = self.count()
             folders = int(c.execute("SELECT count(*) FROM folders").fetchone()[0])
             n_skip = int(c.execute("SELECT count(*) FROM skipped").fetchone()[0])
+            retrying = int(c.execute("SELECT count(*) FROM skipped WHERE kind != ?",
+                                     (schema.SKIP_CONTENT,)).fetchone()[0])
             skipped = tuple((str(p), str(r)) for p, r in c.execute(
                 "SELECT path, reason FROM skipped ORDER BY path LIMIT ?", (max_skipped,)))
             lo, hi = c.execute("SELECT min(taken), max(taken) FROM photos").fetchone()
         size = file_bytes(self.path)
         i = self._info
         return Stats(db_path=str(self.path), photos=n, folders=folders, skipped=n_skip, skipped_files=skipped,
+                     retrying=retrying,
                      model_name=i.model_name, model_id=i.model_id, store=i.store, dim=i.dim,
                      schema_version=i.schema_version, db_bytes=size, bytes_per_photo=size / n if n else 0.0,
                      first_taken=wall_to_iso(int(lo)) if lo is not None else None,
@@ -328,7 +336,16 @@ class Library:
         return self._conn.execute("SELECT 1 FROM photos LIMIT 1").fetchone() is None
 
     def photo_id(self, path: str | os.PathLike[str]) -> int | None:
-        row = self._conn.execute("SELECT id FROM photos WHERE path = ?", (os.path.abspath(path),)).fetchone()
+        """The id of the photo at ``path`` (any path leading to it, or the path as the library printed it)."""
+        for key in lookup_keys(path):
+            pid = self.key_id(key)
+            if pid is not None:
+                return pid
+        return None
+
+    def key_id(self, key: str) -> int | None:
+        """The id of the photo stored under exactly this index key."""
+        row = self._conn.execute("SELECT id FROM photos WHERE path = ?", (key,)).fetchone()
         return int(row[0]) if row else None
 
     def photo_info(self, ids: Sequence[int]) -> dict[int, PhotoInfo]:
@@ -418,6 +435,12 @@ class Library:
         return {str(p): (int(s), int(m)) for p, s, m in self._conn.execute(
             "SELECT path, size, mtime_ns FROM skipped WHERE path >= ? AND path < ?", (lo, hi))}
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Several reads that see one state of the index, whatever other processes commit meanwhile."""
+        with read_transaction(self._conn):
+            yield
+
     # ---- writing -------------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -476,18 +499,57 @@ class Library:
         """A known photo found at a new path (moved or renamed): keep its vectors, update the rest."""
         c = self._conn
         with write_transaction(c):
-            fid = self._folder_id(record.path)
-            c.execute("DELETE FROM photos WHERE path = ? AND id != ?", (record.path, photo_id))
-            c.execute("UPDATE photos SET path = ?, folder_id = ?, size = ?, mtime_ns = ?, exif_time = ?, taken = ?,"
-                      " width = ?, height = ? WHERE id = ?",
-                      (record.path, fid, record.size, record.mtime_ns, record.exif_time, record.taken,
-                       record.width, record.height, photo_id))
-            c.execute("UPDATE vectors SET folder = ?, taken = ? WHERE rowid = ?", (fid, record.taken, photo_id))
-            c.execute("DELETE FROM skipped WHERE path = ?", (record.path,))
+            other = self.key_id(record.path)
+            if other is not None and other != photo_id:
+                self.delete_photos([other])
+            self._rekey(photo_id, record.path)
+            c.execute("UPDATE photos SET size = ?, mtime_ns = ?, exif_time = ?, taken = ?, width = ?, height = ?"
+                      " WHERE id = ?", (record.size, record.mtime_ns, record.exif_time, record.taken,
+                                        record.width, record.height, photo_id))
+            c.execute("UPDATE vectors SET taken = ? WHERE rowid = ?", (record.taken, photo_id))
+
+    def _rekey(self, photo_id: int, key: str) -> None:
+        fid = self._folder_id(key)
+        self._conn.execute("UPDATE photos SET path = ?, folder_id = ? WHERE id = ?", (key, fid, photo_id))
+        self._conn.execute("UPDATE vectors SET folder = ? WHERE rowid = ?", (fid, photo_id))
+        self._conn.execute("DELETE FROM skipped WHERE path = ?", (key,))
+
+    def adopt_alias(self, alias: str, target: str) -> int:
+        """Photos indexed under the key ``alias`` (a file or folder path that now resolves to the key
+        ``target``: a symlink) take their resolved keys, keeping their vectors; a row whose resolved
+        key is indexed too was the same photo twice and is dropped. Returns the rows dropped."""
+        c, dropped = self._conn, 0
+        lo, hi = path_range(alias)
+        where = "path = ? OR (path >= ? AND path < ?)"
+        with write_transaction(c):
+            for pid, key in c.execute(f"SELECT id, path FROM photos WHERE {where}", (alias, lo, hi)).fetchall():
+                new = target + str(key)[len(alias):]
+                if self.key_id(new) is None:
+                    self._rekey(int(pid), new)
+                else:
+                    self.delete_photos([int(pid)])
+                    dropped += 1
+            c.execute(f"DELETE FROM skipped WHERE {where}", (alias, lo, hi))  # found again under the target
+            self.prune_folders()
+        return dropped
 
     def touch_photo(self, photo_id: int, size: int, mtime_ns: int) -> None:
-        """Same content, new size/mtime stamp (e.g. the file was rewritten unchanged)."""
-        self._conn.execute("UPDATE photos SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, photo_id))
+        """Same content, new size/mtime stamp (e.g. the file was rewritten unchanged, or read again
+        after a failure)."""
+        c = self._conn
+        with write_transaction(c):
+            c.execute("UPDATE photos SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, photo_id))
+            c.execute("DELETE FROM skipped WHERE path = (SELECT path FROM photos WHERE id = ?)", (photo_id,))
+
+    def forget_key(self, key: str) -> int:
+        """The file at this key is gone: drop its photo and skipped rows; returns the photos dropped."""
+        c = self._conn
+        with write_transaction(c):
+            pid = self.key_id(key)
+            if pid is not None:
+                self.delete_photos([pid])
+            c.execute("DELETE FROM skipped WHERE path = ?", (key,))
+        return int(pid is not None)
 
     def delete_photos(self, ids: Sequence[int]) -> None:
         c = self._conn
@@ -500,16 +562,20 @@ class Library:
     def prune_folders(self) -> None:
         self._conn.execute("DELETE FROM folders WHERE id NOT IN (SELECT DISTINCT folder_id FROM photos)")
 
-    def record_skipped(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
-        """Remember a file that could not be indexed (retried only once it changes)."""
+    def record_skipped(self, path: str, size: int, mtime_ns: int, reason: str,
+                       kind: str = schema.SKIP_CONTENT) -> None:
+        """Remember a file (by key) that could not be indexed, and when to try again (``kind``, see
+        ``schema``). A file whose new content is unusable loses its indexed photo; a file that cannot
+        be read now keeps it (the photo may well be fine: a scan error is not a change)."""
         c = self._conn
         with write_transaction(c):
-            old = c.execute("SELECT id FROM photos WHERE path = ?", (path,)).fetchone()
-            if old is not None:
-                self.delete_photos([int(old[0])])
-            c.execute("INSERT INTO skipped(path, size, mtime_ns, reason, at) VALUES (?, ?, ?, ?, ?)"
+            old = self.key_id(path)
+            if old is not None and kind == schema.SKIP_CONTENT:
+                self.delete_photos([old])
+            c.execute("INSERT INTO skipped(path, size, mtime_ns, reason, at, kind) VALUES (?, ?, ?, ?, ?, ?)"
                       " ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
-                      " reason = excluded.reason, at = excluded.at", (path, size, mtime_ns, reason, int(time.time())))
+                      " reason = excluded.reason, at = excluded.at, kind = excluded.kind",
+                      (path, size, mtime_ns, reason, int(time.time()), kind))
 
     def _check_shapes(self, embeds: FloatArray, tokens: FloatArray) -> None:
         i = self._info
@@ -520,8 +586,11 @@ class Library:
 
     def _ensure_scales(self, embeds: FloatArray, tokens: FloatArray) -> None:
         """Calibrate int8 scales on the first photos when the bundle's manifest has none."""
+        if (self._info.embedding_scale and self._info.token_scale) or not len(embeds):
+            return
+        self._reload_info()  # inside the write transaction: another process may have calibrated first
         i = self._info
-        if (i.embedding_scale and i.token_scale) or not len(embeds):
+        if i.embedding_scale and i.token_scale:
             return
         schema.write_meta(self._conn, {
             "embedding_int8_scale": repr(i.embedding_scale or calibrate_scale(embeds, 1.0) * EMBEDDING_HEADROOM),

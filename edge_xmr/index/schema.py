@@ -15,10 +15,21 @@ Tables (one SQLite file):
 - ``rerank(id, tokens, embedding)``: int8 image tokens (T x Dt) for the cross-encoder, and the
   embedding refinement used for exact rescoring (int8 store: the 4-bit rounding residual of the
   vec0 codes; bit store: int8 codes + residual; float32 store: NULL).
-- ``skipped(path, size, mtime_ns, reason, at)``: files that could not be indexed, and why.
+- ``skipped(path, size, mtime_ns, reason, at, kind)``: files that could not be indexed, and why;
+  ``kind`` says when to try again: ``content`` (the bytes are not a usable image: once the file's
+  size or mtime changes), ``unreadable`` (permission denied, an I/O error: every run),
+  ``unsupported`` (HEIC without the optional extra: every run).
+
+Paths (photos.path, skipped.path, folders.path) are index keys: resolved, valid Unicode
+(``pathkeys``).
+
+Creating and migrating are safe when several processes open a new or old index at once: each
+step runs in one ``BEGIN IMMEDIATE`` transaction that checks again, under the write lock, whether
+another process did it first.
 
 Version history: 1 had no folders table and no vec0 metadata columns (filters ran after the
-KNN, which silently returned too few results) and no size/mtime on skipped files.
+KNN, which silently returned too few results) and no size/mtime on skipped files; 2 had no
+``skipped.kind`` (a file that failed was tried again only once its size or mtime changed).
 """
 
 from __future__ import annotations
@@ -30,16 +41,24 @@ import apsw
 from .db import write_transaction
 from .stores import STORE_KINDS, Store
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+# skipped.kind: when a file that could not be indexed is tried again
+SKIP_CONTENT = "content"  # not a usable image: when its size or mtime changes
+SKIP_UNREADABLE = "unreadable"  # permission denied, I/O error: every run
+SKIP_UNSUPPORTED = "unsupported"  # a format that needs an optional extra: every run
 
 
 class SchemaError(RuntimeError):
     """The index file cannot be used by this version of edge_xmr."""
 
 
-def create(conn: apsw.Connection, store: Store, meta: dict[str, str]) -> None:
-    """Create all tables of the current schema and write ``meta`` (in one transaction)."""
+def create(conn: apsw.Connection, store: Store, meta: dict[str, str]) -> bool:
+    """Create all tables of the current schema and write ``meta``, in one transaction; returns
+    False (and changes nothing) when another connection created them first."""
     with write_transaction(conn):
+        if has_schema(conn):  # checked again under the write lock: another process won the race
+            return False
         conn.execute(
             "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
             "CREATE TABLE folders(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);"
@@ -50,10 +69,12 @@ def create(conn: apsw.Connection, store: Store, meta: dict[str, str]) -> None:
             "CREATE INDEX photos_hash ON photos(hash);"
             "CREATE TABLE rerank(id INTEGER PRIMARY KEY, tokens BLOB NOT NULL, embedding BLOB);"
             "CREATE TABLE skipped(path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
-            " mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL);"
+            " mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL,"
+            f" kind TEXT NOT NULL DEFAULT '{SKIP_CONTENT}');"
         )
         create_vectors(conn, store)
         write_meta(conn, {**meta, "schema_version": str(SCHEMA_VERSION)})
+    return True
 
 
 def create_vectors(conn: apsw.Connection, store: Store, name: str = "vectors") -> None:
@@ -88,12 +109,13 @@ def migrate(conn: apsw.Connection) -> int:
     if found > SCHEMA_VERSION:
         raise SchemaError(f"index schema version {found} is newer than this edge_xmr supports "
                           f"({SCHEMA_VERSION}); upgrade edge-xmr")
-    v = found
-    while v < SCHEMA_VERSION:
+    while True:
         with write_transaction(conn):
+            v = version(conn)  # again under the write lock: another process may have migrated
+            if v >= SCHEMA_VERSION:
+                break
             _STEPS[v](conn)
             write_meta(conn, {"schema_version": str(v + 1)})
-        v += 1
     return found
 
 
@@ -135,4 +157,11 @@ def _v1_to_v2(conn: apsw.Connection) -> None:
     write_meta(conn, {"metric": "cosine"})
 
 
-_STEPS = {1: _v1_to_v2}
+def _v2_to_v3(conn: apsw.Connection) -> None:
+    """skipped.kind: files that could not be read (or needed an extra) are tried again every run."""
+    conn.execute(f"ALTER TABLE skipped ADD COLUMN kind TEXT NOT NULL DEFAULT '{SKIP_CONTENT}'")
+    conn.execute(f"UPDATE skipped SET kind = '{SKIP_UNREADABLE}' WHERE reason LIKE 'cannot read file%'")
+    conn.execute(f"UPDATE skipped SET kind = '{SKIP_UNSUPPORTED}' WHERE reason LIKE 'HEIC/HEIF support%'")
+
+
+_STEPS = {1: _v1_to_v2, 2: _v2_to_v3}

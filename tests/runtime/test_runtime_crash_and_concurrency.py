@@ -27,7 +27,8 @@ def _photos(root: Path, n: int = N) -> Path:
 
 
 def _start(db: Path, root: Path, delay: float, batch: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(WORKER), str(db), str(root), str(delay), str(batch)],
+    return subprocess.Popen([sys.executable, str(WORKER), "index", str(db), str(root), "--delay", str(delay),
+                             "--batch", str(batch)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
