@@ -69,6 +69,7 @@ class Trainer:
         self.tail = model.cfg.tower_train_blocks if model.cfg.freeze_image_tower else 0
         if self.tail and cfg.crop_views:
             raise ValueError("crop_views are not cached for a tower with fine-tuned blocks (set one of them to 0)")
+        self.cut = model.image_tower.n_blocks - self.tail if self.tail else 0  # first fine-tuned tower block
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         text_p = [p for n, p in named if n.startswith("text.")]
         tower_p = [p for n, p in named if n.startswith("image_tower.")]
@@ -94,14 +95,16 @@ class Trainer:
                 tp.feat_mean.copy_(torch.from_numpy(sample.mean(0)))
                 tp.feat_std.copy_(torch.from_numpy(sample.std(0) + 1e-3))
         if self.tail:  # the frozen grids above stay the class teacher's input; the model sees the tail's
-            cut = self.model.image_tower.n_blocks - self.tail
-            self.cut = cut
-            self.feats = [tower_prefix(self.model, paths, cut, flip=False, progress=self.progress),
-                          tower_prefix(self.model, paths, cut, flip=True, progress=self.progress)]
+            self.feats = [tower_prefix(self.model, paths, self.cut, flip=False, progress=self.progress),
+                          tower_prefix(self.model, paths, self.cut, flip=True, progress=self.progress)]
         if self.dev is not None:
-            # the dev photos in each view the model encodes them in at index time (ModelConfig.views)
-            self.dev_feats = [self._frozen_view(self.dev.image_paths(), v, "dev features")
-                              for v in self.model.cfg.index_views()]
+            self.load_dev_features()
+
+    def load_dev_features(self) -> None:
+        """The dev photos' cached tower features in each view the model encodes them in at index time
+        (``ModelConfig.views``): all that ``dev_outputs`` (the dev checks, the calibration) needs."""
+        self.dev_feats = [self._frozen_view(self.dev.image_paths(), v, "dev features")
+                          for v in self.model.cfg.index_views()]
 
     @staticmethod
     def _gather(arrays: list, img: np.ndarray, view: np.ndarray | None) -> torch.Tensor:
