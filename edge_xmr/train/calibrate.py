@@ -144,15 +144,12 @@ def dev_halves(images: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     is by photo and fixed for any folder."""
     tune_names = set(read_names(HALVES_DIR / "dev_tune.txt"))
     report_names = set(read_names(HALVES_DIR / "dev_report.txt"))
-    tune = []
-    for name in images:
-        if name in tune_names:
-            tune.append(True)
-        elif name in report_names:
-            tune.append(False)
-        else:
-            tune.append(hashlib.sha256(name.encode()).digest()[0] % 2 == 0)
-    mask = np.array(tune, bool)
+    digest = [hashlib.sha256(n.encode()).digest() for n in images]
+    mask = np.array([n in tune_names or (n not in report_names and d[0] % 2 == 0)
+                     for n, d in zip(images, digest)], bool)
+    free = [i for i, n in enumerate(images) if n not in tune_names and n not in report_names]
+    if len(images) >= 2 and free and (mask.all() or not mask.any()):  # a small folder: neither half empty
+        mask[min(free, key=lambda i: digest[i])] = not mask[0]
     return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 

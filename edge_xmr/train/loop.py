@@ -321,7 +321,9 @@ class Trainer:
         tokens ``itok``): the terms of their bi-encoder top ``k`` (the joint pass in chunks: it is the
         large part) and which candidate is right. Returns (set, top (Q, k) photo indices)."""
         m = self.model
-        target = np.array([self.dev.caption_image[c] for c in caps])
+        target = np.array([self.dev.caption_image[c] for c in caps], np.int64)
+        if not len(caps):
+            return _empty_set(terms, min(k, len(iemb))), np.zeros((0, min(k, len(iemb))), np.int64)
         tops, parts = [], []
         for c in range(0, len(caps), 250):
             q = self._encoded([self.dev.captions[i] for i in caps[c:c + 250]])
@@ -338,6 +340,8 @@ class Trainer:
         """Dev photos ``imgs`` as photo -> text queries over every dev caption (embeddings ``temb``): the
         terms of their bi-encoder top ``k`` captions. Returns (set, top (Q, k) caption indices)."""
         m = self.model
+        if not len(imgs):
+            return _empty_set(terms, min(k, len(temb))), np.zeros((0, min(k, len(temb))), np.int64)
         top = (iemb[imgs] @ temb.T).topk(min(k, len(temb)), dim=1).indices.numpy()  # (Q, k)
         owner = np.asarray(self.dev.caption_image)
         parts = []
@@ -614,6 +618,10 @@ def ce_logits(model: JointModel, terms: dict[str, torch.Tensor]) -> torch.Tensor
     parameter it is (the loss moves it)."""
     return (model.cross.log_scale.exp() * terms["cosine"] + model.cfg.score.late_interaction * terms["late_interaction"]
             + terms["joint"])
+
+
+def _empty_set(terms: tuple[str, ...], k: int) -> RerankSet:
+    return RerankSet({t: np.zeros((0, k), np.float32) for t in terms}, np.zeros((0, k), bool))
 
 
 def _pct(x: np.ndarray) -> float:
