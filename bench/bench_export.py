@@ -121,7 +121,7 @@ def print_table(result: dict) -> None:
               f"text cos mean {p['text_cosine']['mean']} min {p['text_cosine']['min']}, "
               f"image cos mean {p['image_cosine']['mean']} min {p['image_cosine']['min']}, "
               f"retrieval top-10 overlap {p['retrieval_top10_overlap']['mean']}/10, "
-              f"rerank top-10 overlap {p['rerank_top10_overlap']['mean']}/10")
+              f"joint-pass term top-10 overlap {p['joint_top10_overlap']['mean']}/10")
     for g, f in r.get("fusion", {}).items():
         print(f"fusion {g}: {f['fused_ops']} plain {f['ms_plain']} ms fused {f['ms_fused']} ms "
               f"speed-up {f['speedup']}x kept {f['kept']}")

@@ -47,7 +47,7 @@ def main() -> None:
     paths = data.image_paths()
     target = np.array(data.caption_image)
     c = m.cross
-    scale, temp = float(c.log_scale.detach().exp()), float(c.hub[2])
+    scale, temp = float(c.log_scale.detach().exp()), m.cfg.score.hubness_temperature
     chunks = []  # per 250 captions: (embeddings, late-interaction text tokens, mask)
     with torch.no_grad():
         for i in range(0, len(data.captions), 250):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import score as sc
 from .preprocess import to_pixels
 from .providers import create_session
+from .score import ScoreConfig, ScoreConfigError, combine
 from .tokenizer import Tokenizer
 
 FloatArray = npt.NDArray[np.float32]
 
-FORMAT_VERSION = 2  # manifest format this runtime reads (2: the cross-encoder starts from the text states)
+FORMAT_VERSION = 3  # manifest format this runtime reads (2: the cross-encoder starts from the text states;
+#                    3: the score's weights and data in the manifest and score.npz, the graph gives the joint term)
 MANIFEST = "manifest.json"
 GRAPH_NAMES = ("text_encoder", "image_encoder", "cross_encoder")
 PRECISIONS = ("fp32", "int8")
@@ -144,7 +148,12 @@ def validate_manifest(m: Any) -> list[str]:
     if it is not None:
         need(it, "count", int, "image_tokens")
         need(it, "dim", int, "image_tokens")
-    need(m, "score", str, "manifest")
+    score = need(m, "score", dict, "manifest")
+    if score is not None:
+        need(score, "config", dict, "score")
+        data = need(score, "data", str, "score")
+        if data is not None and files is not None and data not in files:
+            p.append(f"score.data {data!r} is not listed in files")
     st = need(m, "storage", dict, "manifest")
     if st is not None:
         for k in ("embedding_int8_scale", "token_int8_scale"):
@@ -185,8 +194,14 @@ def verify_files(root: str | Path, manifest: dict[str, Any]) -> None:
             raise BundleError(f"{f}: sha256 does not match the manifest (file changed or corrupted)")
 
 
+SCORE_ARRAYS = ("li_weight", "li_bias", "text_bank", "image_bank")  # what score.npz holds (docs/bundle.md)
+
+
 class Bundle:
-    """A loaded bundle: the three ONNX graphs of one precision, the tokenizer and the manifest."""
+    """A loaded bundle: the three ONNX graphs of one precision, the tokenizer, the score's weights and
+    data, and the manifest. The rerank score (``edge_xmr/score.py``) is computed in numpy from the text
+    encoder's states and the stored photo data; the cross_encoder graph (the joint-attention pass) runs
+    only when the score weights it (``score_config.joint != 0``)."""
 
     def __init__(self, root: Path, manifest: dict[str, Any], precision: str,
                  providers: list[str] | None = None, threads: int | None = None):
@@ -205,6 +220,11 @@ class Bundle:
         self.n_tokens = int(manifest["image_tokens"]["count"])
         self.token_dim = int(manifest["image_tokens"]["dim"])
         self.max_candidates = int(manifest["graphs"]["cross_encoder"]["dim_ranges"]["n"][1])
+        try:
+            self.score_config = ScoreConfig.from_dict(manifest["score"]["config"])
+        except ScoreConfigError as e:
+            raise BundleError(f"{root / MANIFEST}: {e}") from None
+        self._score_data = _read_score_data(root / manifest["score"]["data"])
 
     @classmethod
     def load(cls, path: str | Path, precision: str = "fp32", providers: list[str] | None = None,
@@ -289,7 +309,7 @@ class Bundle:
 
     # ---- reranking -----------------------------------------------------------------------------
     def score_candidates(self, text: str, tokens: npt.NDArray[Any], embeds: npt.NDArray[Any]) -> FloatArray:
-        """Cross-encoder scores (N,) of one text against N photos' stored data (higher = better).
+        """Rerank scores (N,) of one text against N photos' stored data (higher = better).
 
         tokens (N, T, Dt) and embeds (N, D) are float32, or int8 as stored in the index (they are
         then dequantized with the manifest's storage scales). N = 0 returns an empty array.
@@ -301,16 +321,52 @@ class Bundle:
         return self.score_encoded(self.encode_query(text), tokens, embeds)
 
     def score_encoded(self, query: EncodedText, tokens: npt.NDArray[Any], embeds: npt.NDArray[Any]) -> FloatArray:
-        """``score_candidates`` for a text already through the text encoder (no second text pass)."""
+        """``score_candidates`` for a text already through the text encoder (no second text pass):
+        ``score_config`` applied to ``score_terms``."""
         self._check_candidates(tokens, embeds)
+        if len(tokens) == 0:
+            return np.zeros((0,), np.float32)
+        cfg = self.score_config
+        return np.asarray(combine(self.score_terms(query, tokens, embeds, cfg.needed()), cfg), np.float32)
+
+    def score_terms(self, query: EncodedText, tokens: npt.NDArray[Any], embeds: npt.NDArray[Any],
+                    terms: Sequence[str] = sc.TERMS) -> dict[str, FloatArray]:
+        """The score's named terms (unweighted, each (N,)) of one encoded text against N candidates (tokens
+        (N, T, Dt) and embeds (N, D), float32 or int8 as stored). Only ``terms`` are computed: the joint
+        pass (the cross_encoder graph) only when asked for."""
+        self._check_candidates(tokens, embeds)
+        unknown = set(terms) - set(sc.TERMS)
+        if unknown:
+            raise KeyError(f"unknown score terms {sorted(unknown)}")
         tokens, embeds = self._float(tokens, "token"), self._float(embeds, "embedding")
+        cfg, data, n = self.score_config, self._score_data, len(tokens)
+        t_emb = np.asarray(query.embedding, np.float32)
+        out: dict[str, FloatArray] = {}
+        if "cosine" in terms:
+            out["cosine"] = (embeds @ t_emb).astype(np.float32)
+        if "late_interaction" in terms:
+            h = query.states[-1, 0][np.asarray(query.mask[0]) > 0]  # (L, W) final states of the real tokens
+            t_tok = sc.unit(h @ data["li_weight"].T + data["li_bias"])
+            out["late_interaction"] = sc.late_interaction(t_tok, tokens) if n else np.zeros(0, np.float32)
+        if "photo_hubness" in terms:
+            out["photo_hubness"] = sc.hubness(embeds, data["text_bank"], cfg.hubness_temperature,
+                                              cfg.photo_hubness_floor)
+        if "text_hubness" in terms:
+            t = sc.hubness(t_emb[None], data["image_bank"], cfg.hubness_temperature, cfg.text_hubness_floor)
+            out["text_hubness"] = np.full(n, t[0], np.float32)
+        if "joint" in terms:
+            out["joint"] = self._joint(query, tokens, embeds)
+        return out
+
+    def _joint(self, query: EncodedText, tokens: FloatArray, embeds: FloatArray) -> FloatArray:
+        """The joint pass's term (N,): the cross_encoder graph, in chunks of its largest n."""
         if len(tokens) == 0:
             return np.zeros((0,), np.float32)  # onnxruntime fails on n = 0: never call it
         sess = self.session("cross_encoder")
         feed = {"text_states": query.states, "attention_mask": query.mask,
                 "text_embeds": np.ascontiguousarray(query.embedding[None], np.float32)}
-        out = [sess.run(["scores"], {**feed, "image_tokens": tokens[i:i + self.max_candidates],
-                                     "image_embeds": embeds[i:i + self.max_candidates]})[0]
+        out = [sess.run(["joint"], {**feed, "image_tokens": tokens[i:i + self.max_candidates],
+                                    "image_embeds": embeds[i:i + self.max_candidates]})[0]
                for i in range(0, len(tokens), self.max_candidates)]
         return np.concatenate(out).astype(np.float32)
 
@@ -332,3 +388,13 @@ class Bundle:
         if x.dtype == np.int8:
             return (x.astype(np.float32) / float(self.manifest["storage"][f"{kind}_int8_scale"]))
         return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _read_score_data(path: Path) -> dict[str, FloatArray]:
+    """The arrays of ``score.npz`` (``SCORE_ARRAYS``), float32."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: np.ascontiguousarray(z[k], np.float32) for k in SCORE_ARRAYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise BundleError(f"{path}: unreadable score data ({e})") from None
+    return data

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .score import ScoreConfig
+
 Base = Literal["lite", "clip", "tiny"]
 
 
@@ -58,6 +60,8 @@ class ModelConfig:
     # (side in pixels, mirrored), averaged (embeddings summed and normalised, tokens meaned); a side above
     # image.size is a bicubic enlargement of the input made inside the model (model/views.py). () = the
     # photo itself. Costs the views' image-encoder work per photo at index time, nothing per query.
+    score: ScoreConfig = field(default_factory=ScoreConfig)  # the rerank score's weights (edge_xmr/score.py),
+    # set by the calibration; model dirs written before it kept them in the weights file (bases.load migrates)
 
     def __post_init__(self) -> None:
         for v in self.views:
@@ -85,6 +89,8 @@ class ModelConfig:
         if "flip_average" in d:  # configs before views: the photo and its mirror image
             d["views"] = ((image.size, False), (image.size, True)) if d.pop("flip_average") else ()
         d["views"] = tuple((int(v[0]), bool(v[1])) for v in d.get("views", ()))
+        if "score" in d:
+            d["score"] = ScoreConfig.from_dict(d["score"])
         known = {f for f in ModelConfig.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:

@@ -81,3 +81,13 @@ def read_captions(root: str | Path, split: str | None = None) -> CaptionSet:
             captions.append(c)
             owner.append(i)
     return CaptionSet(root, tuple(names), tuple(captions), tuple(owner))
+
+
+def read_names(path: str | Path) -> list[str]:
+    """Photo names from a list file, one per line ('#' starts a comment line)."""
+    f = Path(path)
+    try:
+        text = f.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{f}: cannot read the photo list ({e})") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]

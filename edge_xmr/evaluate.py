@@ -1,7 +1,8 @@
 """Retrieval evaluation: bi-encoder, retrieve-and-rerank at several depths, cross-encoder over all.
 
-Works with any encoder that has ``embed_texts``, ``encode_images`` and ``score_candidates`` (the
-PyTorch ``JointModel`` and the torch-free runtime ``Bundle`` both do). Torch-free.
+Works with any encoder that has ``embed_texts``, ``encode_images``, ``encode_texts`` / ``encode_query``
+(one text pass: the embedding and what the rerank score reuses) and ``score_encoded`` (the PyTorch
+``JointModel`` and the torch-free runtime ``Bundle`` both do). Torch-free.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .data import CaptionSet
+from .data import CaptionSet, DataError
 
 KS = (1, 5, 10)
 
@@ -49,6 +50,8 @@ class EvalSettings:
     latency_queries: int = 20  # single queries timed per method for the median latency
     seed: int = 0  # sampling seed
     cross_all: bool = True  # also run the cross-encoder over all candidates (expensive)
+    query_images: frozenset[str] | None = None  # only these photos and their captions are queries (e.g. dev's
+    #                                             reporting half); every photo and caption stays in the gallery
 
 
 def _sample(n: int, m: int | None, rng: np.random.Generator) -> npt.NDArray[np.int64]:
@@ -57,19 +60,27 @@ def _sample(n: int, m: int | None, rng: np.random.Generator) -> npt.NDArray[np.i
     return np.sort(rng.choice(n, size=m, replace=False))
 
 
+def _queries(s: EvalSettings, images: Sequence[str], cap_img: npt.NDArray[np.int64],
+             rng: np.random.Generator) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The t2i queries (caption indices) and i2t queries (photo indices): those of ``s.query_images``
+    (all when None), sampled down to ``s.max_queries`` each."""
+    ok = np.array([s.query_images is None or n in s.query_images for n in images], bool)
+    if not ok.any():
+        raise DataError("none of the query photos is in the evaluated data")
+    caps, imgs = np.flatnonzero(ok[cap_img]), np.flatnonzero(ok)
+    return caps[_sample(len(caps), s.max_queries, rng)], imgs[_sample(len(imgs), s.max_queries, rng)]
+
+
 def _score_many(enc: Any, texts: Sequence[str], tok: np.ndarray, emb: np.ndarray) -> np.ndarray:
     """Scores (Q, K) of texts[q] against candidates tok[q] (K, T, Dt), emb[q] (K, D)."""
-    if hasattr(enc, "score_batch"):
-        return np.asarray(enc.score_batch(texts, tok, emb), np.float32)
-    return np.stack([enc.score_candidates(t, tok[q], emb[q]) for q, t in enumerate(texts)]).astype(np.float32)
+    queries = enc.encode_texts(list(texts))
+    return np.stack([np.asarray(enc.score_encoded(q, tok[i], emb[i]), np.float32) for i, q in enumerate(queries)])
 
 
 def _score_texts_for_image(enc: Any, texts: Sequence[str], tok1: np.ndarray, emb1: np.ndarray) -> np.ndarray:
     """Scores (C,) of C texts against one image (tok1 (T, Dt), emb1 (D,))."""
-    if hasattr(enc, "score_batch"):
-        return np.asarray(enc.score_batch(texts, tok1[None, None].repeat(len(texts), 0),
-                                          emb1[None, None].repeat(len(texts), 0)), np.float32)[:, 0]
-    return np.array([enc.score_candidates(t, tok1[None], emb1[None])[0] for t in texts], np.float32)
+    queries = enc.encode_texts(list(texts))
+    return np.array([float(np.asarray(enc.score_encoded(q, tok1[None], emb1[None]))[0]) for q in queries], np.float32)
 
 
 def evaluate(enc: Any, data: CaptionSet, settings: EvalSettings = EvalSettings(),
@@ -99,8 +110,7 @@ def evaluate(enc: Any, data: CaptionSet, settings: EvalSettings = EvalSettings()
     temb = enc.embed_texts(captions)
     sims = temb @ iemb.T  # (C, I)
 
-    qt = _sample(len(captions), settings.max_queries, rng)  # t2i queries (captions)
-    qi = _sample(len(img_ids), settings.max_queries, rng)  # i2t queries (images)
+    qt, qi = _queries(settings, [data.images[i] for i in img_ids], cap_img, rng)
     img_caps: list[list[int]] = [[] for _ in img_ids]
     for c, i in enumerate(cap_img):
         img_caps[i].append(c)
@@ -158,42 +168,28 @@ def _latency(enc: Any, captions: list[str], qt: np.ndarray, iemb: np.ndarray, it
              s: EvalSettings) -> dict[str, float]:
     """Median per-query time (ms) of each method for single text queries (image embeddings precomputed).
 
-    For a model with ``encode_query`` (the PyTorch JointModel) a reranked query pays ONE text pass:
-    its states serve the bi-encoder and the joint pass. A bundle's cross-encoder graph takes token ids,
-    so there the text pass runs twice (once per graph).
-    """
+    A reranked query pays ONE text pass (``encode_query``): its embedding retrieves, and the score
+    reuses its states."""
     times: dict[str, list[float]] = {"bi_encoder": []}
     if s.cross_all:
         times["cross_encoder"] = []
     times.update({f"rerank@{k}": [] for k in s.rerank_ks})
-    shared = hasattr(enc, "encode_query")  # one text pass serves retrieval and rerank (JointModel)
     for q in qt[: s.latency_queries]:
         text = captions[q]
         t0 = time.perf_counter()
-        if shared:
-            query = enc.encode_query(text)
-            e = query.embedding
-        else:
-            e = enc.embed_texts([text])[0]
-        order = np.argsort(-(iemb @ e), kind="stable")
+        query = enc.encode_query(text)
+        order = np.argsort(-(iemb @ np.asarray(query.embedding, np.float32)), kind="stable")
         t_bi = time.perf_counter() - t0
         times["bi_encoder"].append(t_bi)
         for k in s.rerank_ks:
             t0 = time.perf_counter()
             c = order[:k]
-            if shared:
-                enc.score_encoded(query, itok[c], iemb[c])
-            else:
-                enc.score_candidates(text, itok[c], iemb[c])
+            enc.score_encoded(query, itok[c], iemb[c])
             times[f"rerank@{k}"].append(t_bi + time.perf_counter() - t0)
         if s.cross_all:  # the cross-encoder alone: its own text pass, then every photo
             t0 = time.perf_counter()
-            if shared:
-                query = enc.encode_query(text)
+            query = enc.encode_query(text)
             for j in range(0, len(iemb), 256):
-                if shared:
-                    enc.score_encoded(query, itok[j:j + 256], iemb[j:j + 256])
-                else:
-                    enc.score_candidates(text, itok[j:j + 256], iemb[j:j + 256])
+                enc.score_encoded(query, itok[j:j + 256], iemb[j:j + 256])
             times["cross_encoder"].append(time.perf_counter() - t0)
     return {m: float(1000 * np.median(v)) if v else float("nan") for m, v in times.items()}

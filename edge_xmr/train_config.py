@@ -29,13 +29,15 @@ class TrainConfig:
     class_distill: float = 0.5  # weight of the ImageNet class-name distillation (lite base only; 0: off)
     class_refresh: int = 25  # steps between refreshes of the class-name embeddings it uses
     crop_views: int = 0  # random-resized-crop views per photo cached besides the photo and its flip (2 gave no dev gain)
-    calib_queries: int = 0  # dev captions the final calibration of the score weights uses (0: all of them)
+    calib_queries: int = 0  # captions per dev half the calibration of the score's weights uses (0: all of them)
+    min_joint_gain: float = 1.0  # the joint pass joins the score only if it adds this much t2i rerank@20 R@1
+    #                              on dev's tuning half over the best score without it (it costs most of a rerank)
     hub_bank: int = 4096  # training captions kept as the bank of the photos' hubness statistic (0: no hubness
     # correction); dev rerank@20 R@1 grew up to 4096 (docs/model.md), the compact save keeps it in int8 (1 MB)
     hub_bank_images: int = 512  # training photos kept as the bank of the captions' statistic (image -> text)
     hub_floor_pct: float = 5.0  # hubness statistics are floored at this percentile of the calibration
     #                             photos' / captions' (0: no floor; out-of-domain photos are not rewarded)
     ckpt_every: int = 100  # steps between resumable checkpoints
-    eval_queries: int = 500  # dev captions used by the periodic evaluation
+    eval_queries: int = 500  # dev captions (of the tuning half) used by the periodic evaluation
     seed: int = 0  # random seed
     threads: int = 0  # torch threads (0: all cores)

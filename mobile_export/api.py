@@ -224,6 +224,7 @@ def _export(model: JointModel, stage: Path, work: Path, formats: tuple[str, ...]
     _share_weights(run)
     if "coreml" in formats:
         _coreml(run, tuple(COREML_FOR[p] for p in precisions), coreml_target)
+    bw.write_score_data(stage, model)
     manifest = bw.write_manifest(stage, cfg, model.tokenizer.pad_id, run.variants, report["storage"])
     report["sizes"] = manifest["sizes"]
     report["model"]["id"] = manifest["model"]["id"]
@@ -317,7 +318,7 @@ def _copy_onnx(run: _Run) -> None:
         pi8, v = run.report["parity_int8"], run.variants["onnx/int8"]
         v["text_encoder"]["cosine_vs_fp32"] = pi8["text_cosine"]
         v["image_encoder"]["cosine_vs_fp32"] = pi8["image_cosine"]
-        v["cross_encoder"]["rerank_score_max_abs_diff"] = pi8["rerank_score_max_abs_diff"]
+        v["cross_encoder"]["joint_max_abs_diff"] = pi8["joint_max_abs_diff"]
         for g in GRAPHS:
             v[g]["measured_on"] = pi8["cpu"]  # the CPU features the figures above were measured with
 

@@ -111,13 +111,63 @@ def variant_sizes(root: Path, variants: dict[str, dict[str, str]]) -> dict[str, 
     return out
 
 
-def model_id(root: Path) -> str:
-    """sha256 over the fp32 ONNX files (graphs + shared weights) and tokenizer.json, in path order."""
+def model_id(root: Path, score: dict[str, Any]) -> str:
+    """sha256 over the fp32 ONNX files (graphs + shared weights), tokenizer.json and the score's data file,
+    in path order, and the score's weights (``score``: a ScoreConfig dict)."""
     h = hashlib.sha256()
     files = sorted(p for p in (root / "onnx" / "fp32").rglob("*") if p.is_file()) + [root / "tokenizer.json"]
-    for f in files:
+    for f in files + [root / SCORE_DATA]:
         h.update(f"{f.relative_to(root).as_posix()}\0{sha256_path(f)}\n".encode())
+    h.update(json.dumps(score, sort_keys=True).encode())
     return h.hexdigest()
+
+
+SCORE_DATA = "score.npz"  # the arrays the runtime computes the score's non-graph terms from
+SCORE_ARRAYS = {  # name -> what it is (docs/bundle.md)
+    "li_weight": "(Dt, W) float32: late interaction's projection of the text's final states",
+    "li_bias": "(Dt,) float32: its bias",
+    "text_bank": "(Kt, D) float32: training-caption embeddings, the bank of the photo's hubness (may be empty)",
+    "image_bank": "(Ki, D) float32: training-photo embeddings, the bank of the text's hubness (may be empty)",
+}
+
+
+def write_score_data(root: Path, model: Any) -> Path:
+    """``score.npz`` (``SCORE_ARRAYS``), written byte-for-byte reproducibly (fixed zip timestamps), so
+    re-exporting a model gives the same model id."""
+    import io
+    import zipfile
+
+    c = model.cross
+    arrays = {"li_weight": c.li_text.weight, "li_bias": c.li_text.bias, "text_bank": c.text_bank,
+              "image_bank": c.image_bank}
+    out = root / SCORE_DATA
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for name, t in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(t.detach().float().numpy()), allow_pickle=False)
+            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+    return out
+
+
+def score_section(cfg: Any) -> dict[str, Any]:
+    """The manifest's ``score``: the weights (ScoreConfig), the data file and how the terms are computed."""
+    return {
+        "config": cfg.score.to_dict(),
+        "data": SCORE_DATA,
+        "arrays": dict(SCORE_ARRAYS),
+        "formula": "score = cosine*cos(t, e) + late_interaction*LI - photo_hubness*hub_e - text_hubness*hub_t "
+                   "+ joint*J; higher = better, comparable across candidates of one query",
+        "terms": {
+            "cos": "text_embeds . image_embeds",
+            "LI": "mean over the text's tokens i of max over image tokens j of cos(unit(li_weight @ h_i + li_bias), "
+                  "image_tokens_j); h = text_states[-1] (the final states)",
+            "hub_e": "max(logsumexp(hubness_temperature * image_embeds @ text_bank.T), photo_hubness_floor); "
+                     "0 for an empty bank",
+            "hub_t": "max(logsumexp(hubness_temperature * text_embeds @ image_bank.T), text_hubness_floor); "
+                     "0 for an empty bank",
+            "J": "the cross_encoder graph's output 'joint' (the joint-attention pass); run only when joint != 0",
+        },
+    }
 
 
 EMBEDDING_GRAPHS = ("text_encoder", "image_encoder")  # what the vectors stored in an index depend on
@@ -178,7 +228,7 @@ def write_manifest(root: Path, cfg: Any, tokenizer_pad_id: int, variants: dict[s
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": cfg.name, "base": cfg.base, "config": cfg.to_dict(), "id": model_id(root),
+        "model": {"name": cfg.name, "base": cfg.base, "config": cfg.to_dict(), "id": model_id(root, cfg.score.to_dict()),
                   "embedding_id": embedding_id(root, preprocessing, cfg.max_text_len)},
         "files": file_hashes(root),
         "graphs": graphs,
@@ -188,8 +238,7 @@ def write_manifest(root: Path, cfg: Any, tokenizer_pad_id: int, variants: dict[s
         "preprocessing": preprocessing,
         "embedding": {"dim": cfg.embed_dim, "metric": "cosine", "normalized": True},
         "image_tokens": {"count": cfg.n_image_tokens, "dim": cfg.token_dim},
-        "score": "higher = better match; scores = scale * cosine(text, image) + late interaction "
-                 "- hubness + residual(joint pass); comparable across candidates of one query",
+        "score": score_section(cfg),
         "storage": storage,
         "index_schema_version": INDEX_SCHEMA_VERSION,
         "sizes": sizes,

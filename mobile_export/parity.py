@@ -129,9 +129,10 @@ def encode_all(text_sess: Any, image_sess: Any, ids: np.ndarray, mask: np.ndarra
     return t, np.concatenate(e), np.concatenate(k)
 
 
-def cross_scores(text_sess: Any, sess: Any, ids: np.ndarray, mask: np.ndarray, q: int, tokens: np.ndarray,
-                 embeds: np.ndarray) -> np.ndarray:
-    """Caption ``q`` through the text encoder, then its states against every candidate (cross-encoder)."""
+def joint_terms(text_sess: Any, sess: Any, ids: np.ndarray, mask: np.ndarray, q: int, tokens: np.ndarray,
+                embeds: np.ndarray) -> np.ndarray:
+    """Caption ``q`` through the text encoder, then its states against every candidate: the joint pass's
+    term (the cross_encoder graph)."""
     n = max(1, int(mask[q].sum()))
     m = mask[q:q + 1, :n]
     emb, states = text_sess.run(["text_embeds", "text_states"], {"input_ids": ids[q:q + 1, :n], "attention_mask": m})
@@ -145,8 +146,8 @@ def int8_vs_fp32(fp32: dict[str, Path], int8: dict[str, Path], ids: np.ndarray, 
     """int8 graphs vs fp32 graphs on sample captions (ids/mask) and photos (pixels).
 
     Embedding cosines (gate: mean >= 0.99 for text and image embeddings), top-10 overlap of a
-    text->image retrieval over the photos, and cross-encoder score differences / top-10 overlap
-    when reranking all photos for the first ``n_rerank`` captions.
+    text->image retrieval over the photos, and differences / top-10 overlap of the joint pass's term
+    (the cross_encoder graph) over all photos for the first ``n_rerank`` captions.
     """
     s32 = {g: session(p, threads) for g, p in fp32.items()}
     s8 = {g: session(p, threads) for g, p in int8.items()}
@@ -156,8 +157,8 @@ def int8_vs_fp32(fp32: dict[str, Path], int8: dict[str, Path], ids: np.ndarray, 
     overlap = topk_overlap(t32 @ e32.T, t8 @ e8.T)
     diffs, rer = [], []
     for q in range(min(n_rerank, len(ids))):
-        a = cross_scores(s32["text_encoder"], s32["cross_encoder"], ids, mask, q, k32, e32)
-        b = cross_scores(s8["text_encoder"], s8["cross_encoder"], ids, mask, q, k8, e8)
+        a = joint_terms(s32["text_encoder"], s32["cross_encoder"], ids, mask, q, k32, e32)
+        b = joint_terms(s8["text_encoder"], s8["cross_encoder"], ids, mask, q, k8, e8)
         diffs.append(float(np.abs(a - b).max()))
         rer.append(topk_overlap(a[None], b[None])[0])
     ok = text_cos.mean() >= INT8_MIN_COSINE and img_cos.mean() >= INT8_MIN_COSINE
@@ -168,8 +169,8 @@ def int8_vs_fp32(fp32: dict[str, Path], int8: dict[str, Path], ids: np.ndarray, 
         "token_cosine": _cos_stats(tok_cos),
         "retrieval_top10_overlap": {"mean": round(float(np.mean(overlap)), 3), "min": int(min(overlap)),
                                     "k": min(TOP_K, len(pixels))},
-        "rerank_top10_overlap": {"mean": round(float(np.mean(rer)), 3), "min": int(min(rer))} if rer else None,
-        "rerank_score_max_abs_diff": round(max(diffs), 5) if diffs else None,
+        "joint_top10_overlap": {"mean": round(float(np.mean(rer)), 3), "min": int(min(rer))} if rer else None,
+        "joint_max_abs_diff": round(max(diffs), 5) if diffs else None,
     }
 
 
@@ -177,7 +178,7 @@ def torch_reference(model: JointModel, images: Sequence[Any], texts: Sequence[st
                     n_rerank: int = 8) -> dict[str, Any]:
     """What the PyTorch model says about the samples (reused across the bundle's precisions)."""
     te, (ie, it) = model.embed_texts(list(texts)), model.encode_images(list(images))
-    scores = [model.score_candidates(texts[q], it, ie) for q in range(min(n_rerank, len(texts)))]
+    scores = [model.score_encoded(texts[q], it, ie) for q in range(min(n_rerank, len(texts)))]
     return {"text": te, "image": ie, "tokens": it, "scores": scores}
 
 

@@ -112,7 +112,10 @@ class CrossEncoder(nn.Module):
 
     def forward(self, text_states: torch.Tensor, attention_mask: torch.Tensor, text_embeds: torch.Tensor,
                 image_tokens: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        return self.model.score_states(text_states, attention_mask, text_embeds, image_tokens, image_embeds)  # (n,)
+        from edge_xmr.model.joint import EncodedQuery
+
+        q = EncodedQuery(t_emb=text_embeds, states=list(text_states.unbind(0)), mask=attention_mask)
+        return self.model.score_terms(q, image_tokens[None], image_embeds[None], ("joint",))["joint"][0]  # (n,)
 
 
 # ---- dummy inputs ---------------------------------------------------------------------------------
@@ -186,7 +189,7 @@ GRAPHS: dict[str, GraphSpec] = {
                 TensorSpec("text_embeds", "float32", (1, "D")),
                 TensorSpec("image_tokens", "float32", ("n", "T", "Dt")),
                 TensorSpec("image_embeds", "float32", ("n", "D"))),
-        outputs=(TensorSpec("scores", "float32", ("n",)),),
+        outputs=(TensorSpec("joint", "float32", ("n",)),),  # the joint pass's term of the score (unweighted)
         wrapper=CrossEncoder,
         dummy=dummy_cross,
         export_sizes={"n": 3, "length": 7},

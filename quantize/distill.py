@@ -73,12 +73,8 @@ def make_student(teacher: JointModel, spec: StudentSpec, captions: list[str] | N
                 w = w[:T]
             elif k == "cross.pos":
                 w = torch.cat([w[:T], w[-1:]])  # the kept tokens' rows + the embedding token's
-            elif k in ("cross.text_bank", "cross.image_bank"):
+            elif k in bases.CALIBRATED_BUFFERS:
                 continue  # hubness banks: recalibrated for the student at the end
-            elif k == "cross.hub":
-                w = torch.tensor([0.0, 0.0, float(w[2])])
-            elif k == "cross.res_weight":
-                w = torch.ones_like(w)
             v.copy_(w)
     student.tokenizer = teacher.tokenizer
     if spec.vocab_size:
@@ -88,20 +84,6 @@ def make_student(teacher: JointModel, spec: StudentSpec, captions: list[str] | N
         student.tokenizer = make_tokenizer(prune_tokenizer(tj, keep_tokens(tj, captions or [], spec.vocab_size)))
     student.freeze_pretrained()
     return student
-
-
-def _no_hubness(model: JointModel) -> None:
-    """The teacher's raw cross-encoder: no hubness correction, the joint pass at full weight (its dev
-    calibration may have turned it down; the student's own calibration decides for the student)."""
-    import torch
-
-    with torch.no_grad():
-        hub = model.cross.hub
-        assert isinstance(hub, torch.Tensor)
-        hub[:2] = 0.0
-        res_weight = getattr(model.cross, "res_weight", None)
-        if isinstance(res_weight, torch.Tensor):
-            res_weight.fill_(1.0)
 
 
 def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float) -> torch.Tensor:
@@ -128,7 +110,6 @@ class Distiller:
         self.train_set, self.dev, self.out, self.log, self.progress = train, dev, Path(out), log, progress
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        _no_hubness(self.teacher)
         # the project's Trainer provides the cached tower features, the dev evaluation and the hubness
         # calibration for the student (its own optimiser and loop are not used)
         self.base = Trainer(student, train, dev, self.out,
@@ -184,6 +165,9 @@ class Distiller:
         import torch
         import torch.nn.functional as F
 
+        from edge_xmr.model.joint import EncodedQuery
+        from edge_xmr.train.loop import CE_TERMS, ce_logits
+
         t, s, cfg, rng = self.teacher, self.student, self.cfg, self.rng
         cap = np.array([rng.choice(self.img_caps[i]) for i in img])
         flip = rng.integers(0, 2, len(img))
@@ -230,10 +214,12 @@ class Distiller:
             with torch.no_grad():
                 t_cemb = F.normalize(t.image_head(gc.mean(1)), dim=-1).view(Q, K, -1)
                 t_ctok = t.token_pool(gc).view(Q, K, *t.token_pool.queries.shape)
-                t_sc = t.cross_logits([x[:Q] for x in t_states], t_mask[:Q], t_temb[:Q], t_ctok, t_cemb)  # (Q, K)
+                t_q = EncodedQuery(t_emb=t_temb[:Q], states=[x[:Q] for x in t_states], mask=t_mask[:Q])
+                t_sc = ce_logits(t, t.score_terms(t_q, t_ctok, t_cemb, CE_TERMS))  # (Q, K)
             s_cemb = F.normalize(s.image_head(gc.mean(1)), dim=-1).view(Q, K, -1)
             s_ctok = s.token_pool(gc).view(Q, K, *s.token_pool.queries.shape)
-            s_sc = s.cross_logits([x[:Q] for x in s_states], s_mask[:Q], s_temb[:Q], s_ctok, s_cemb)
+            s_q = EncodedQuery(t_emb=s_temb[:Q], states=[x[:Q] for x in s_states], mask=s_mask[:Q])
+            s_sc = ce_logits(s, s.score_terms(s_q, s_ctok, s_cemb, CE_TERMS))
             kd_ce = _kl(t_sc, s_sc, cfg.temperature)
             gt_ce = F.cross_entropy(s_sc, torch.zeros(Q, dtype=torch.long))
             loss = loss + cfg.kd_ce_weight * kd_ce + cfg.gt_ce_weight * gt_ce
@@ -252,13 +238,21 @@ class Distiller:
             grp["lr"] = lr * warm * max(cos, 0.05)
 
     # ---- checkpoints -------------------------------------------------------------------------------
+    def _save(self, out: Path) -> None:
+        """Save the student as it trains: with the training score in its config (``training_score``)."""
+        from edge_xmr.model import bases
+        from edge_xmr.train.loop import training_score
+
+        self.student.cfg = replace(self.student.cfg, score=training_score(self.student))
+        bases.save(self.student, out)
+
     def save_checkpoint(self) -> None:
         import torch
 
         from edge_xmr.model import bases
 
         last = self.out / "last"
-        bases.save(self.student, last)
+        self._save(last)
         state = {"opt": self.opt.state_dict(), "step": self.step, "epoch": self.epoch, "best": self.best,
                  "history": self.history, "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "distill_config": asdict(self.cfg), "student": asdict(self.spec)}
@@ -274,7 +268,9 @@ class Distiller:
         f = self.out / "last" / STATE
         if not f.is_file():
             return False
-        self.student.load_state_dict(bases.load(self.out / "last").state_dict())
+        loaded = bases.load(self.out / "last")
+        self.student.load_state_dict(loaded.state_dict())
+        self.student.cfg = replace(self.student.cfg, score=loaded.cfg.score)
         st = torch.load(f, map_location="cpu", weights_only=False)
         self.opt.load_state_dict(st["opt"])
         self.step, self.epoch, self.best, self.history = st["step"], st["epoch"], st["best"], st["history"]
@@ -285,9 +281,9 @@ class Distiller:
     # ---- main loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         import torch
-        from tqdm import tqdm
 
         from edge_xmr.model import bases
+        from edge_xmr.train.loop import Stage, run_stage
 
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
@@ -298,31 +294,28 @@ class Distiller:
         self.gallery = self._teacher_gallery()
         self.student.train()
         t_start = time.time()
-        while self.epoch < cfg.epochs:
-            perm = np.random.default_rng(cfg.seed + self.epoch).permutation(self.n_img)
-            first = self.step - self.epoch * self.steps_per_epoch
-            bar = tqdm(range(first, self.steps_per_epoch), desc=f"distil epoch {self.epoch + 1}/{cfg.epochs}",
-                       unit="step", disable=not self.progress, initial=first, total=self.steps_per_epoch)
-            for b in bar:
-                self._set_lr()
-                st = self.train_step(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-                self.step += 1
-                bar.set_postfix({k: f"{v:.3f}" for k, v in st.items()})
-                if self.step % cfg.ckpt_every == 0:
-                    self.save_checkpoint()
-            self.epoch += 1
-            rec: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "minutes": round((time.time() - t_start) / 60, 2)}
+
+        def step(s: int, batch: np.ndarray) -> dict[str, float]:
+            self._set_lr()
+            return self.train_step(batch)
+
+        def end_epoch() -> None:
+            rec: dict[str, Any] = {"epoch": self.epoch, "step": self.step,
+                                   "minutes": round((time.time() - t_start) / 60, 2)}
             if self.dev is not None:
                 rec.update(self.base.quick_eval())
                 if rec["dev_rerank20_R@1"] > self.best:
                     self.best = rec["dev_rerank20_R@1"]
-                    bases.save(self.student, self.out)
+                    self._save(self.out)
                     rec["saved_best"] = True
             else:
-                bases.save(self.student, self.out)
+                self._save(self.out)
             self.history.append(rec)
             self.log(json.dumps(rec))
             self.save_checkpoint()
+
+        run_stage(self, Stage("distil epoch", 0, cfg.epochs, self.steps_per_epoch, 0, cfg.batch_size), self.n_img,
+                  cfg.seed, step, lambda: None, end_epoch, self.progress, cfg.ckpt_every)
         if (self.out / "model.safetensors").is_file():  # the best student, then its hubness correction
             best = {k: v for k, v in bases.load(self.out).state_dict().items()
                     if k not in bases.CALIBRATED_BUFFERS}

@@ -85,8 +85,14 @@ class _Recorder:
             self.images = out
         return out  # type: ignore[no-any-return]
 
-    def score_candidates(self, text: str, tokens: npt.NDArray[Any], embeds: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        return self.bundle.score_candidates(text, tokens, embeds)  # type: ignore[no-any-return]
+    def encode_texts(self, texts: Sequence[str]) -> list[Any]:
+        return self.bundle.encode_texts(texts)  # type: ignore[no-any-return]
+
+    def encode_query(self, text: str) -> Any:
+        return self.bundle.encode_query(text)
+
+    def score_encoded(self, query: Any, tokens: npt.NDArray[Any], embeds: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        return self.bundle.score_encoded(query, tokens, embeds)  # type: ignore[no-any-return]
 
 
 def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -100,10 +100,10 @@ def _static(root: Path, images: list[Any], texts: list[str], say: Callable[[str]
     graphs["text_encoder"]["cosine_vs_fp32"] = rep["text_cosine"]
     graphs["image_encoder"]["cosine_vs_fp32"] = rep["image_cosine"]
     graphs["image_encoder"]["token_cosine_vs_fp32"] = rep["token_cosine"]
-    graphs["cross_encoder"]["rerank_score_max_abs_diff"] = rep["rerank_score_max_abs_diff"]
+    graphs["cross_encoder"]["joint_max_abs_diff"] = rep["joint_max_abs_diff"]
     facts = {"parity_vs_fp32": {k: rep[k] for k in ("n_texts", "n_images", "text_cosine", "image_cosine",
-                                                   "token_cosine", "retrieval_top10_overlap", "rerank_top10_overlap",
-                                                   "rerank_score_max_abs_diff")}}
+                                                   "token_cosine", "retrieval_top10_overlap", "joint_top10_overlap",
+                                                   "joint_max_abs_diff")}}
     return graphs, facts
 
 

@@ -18,23 +18,27 @@ FLICKR = REPO.parent / "shared" / "data" / "flickr8k"
 @pytest.fixture(scope="session")
 def _tiny_model():
     pytest.importorskip("torch")
+    from dataclasses import replace
+
     import torch
 
     from edge_xmr.config import preset
     from edge_xmr.model import build
+    from edge_xmr.score import ScoreConfig
 
     m = build(preset("tiny")).eval()
-    # make every term of the cross-encoder score non-trivial, as after training: the MLP read-out
-    # (zero at init) and the hubness banks (empty until training fills them)
+    # make every term of the score non-trivial, as after training: the joint pass's MLP read-out (zero at
+    # init), the hubness banks (empty until training fills them) and every weight, the joint pass's too
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         m.cross.out.weight.copy_(torch.randn(m.cross.out.weight.shape, generator=g))
         d = m.cfg.embed_dim
         m.cross.text_bank = torch.nn.functional.normalize(torch.randn(24, d, generator=g), dim=-1)
         m.cross.image_bank = torch.nn.functional.normalize(torch.randn(12, d, generator=g), dim=-1)
-        m.cross.hub.copy_(torch.tensor([0.5, 0.3, 10.0]))
-        m.cross.hub_floor.copy_(torch.tensor([4.6, 5.4]))  # about the median of its photos' / texts' statistics
-        m.cross.li_weight.fill_(2.0)  # late interaction on (training sets it; 0 at init)
+    m.cfg = replace(m.cfg, score=ScoreConfig(
+        cosine=float(m.cross.log_scale.detach().exp()), late_interaction=2.0, joint=1.0, photo_hubness=0.5,
+        text_hubness=0.3, hubness_temperature=10.0,
+        photo_hubness_floor=4.6, text_hubness_floor=5.4))  # about the median of its photos' / texts' statistics
     return m
 
 

@@ -55,18 +55,26 @@ def test_train_resume_and_eval(folder, tmp_path, monkeypatch):
     log = json.loads((out / "train_log.json").read_text())
     assert [h["epoch"] for h in log["history"] if "epoch" in h] == [1, 2, 3]
     assert "hubness" in log["history"][-1]
-    # the hubness floor is the 5th percentile of the dev photos' statistic (recomputed here)
+    # the hubness floor is the 5th percentile of the statistic of dev's TUNING half's photos (recomputed here)
     import torch
 
+    from edge_xmr.data import read_captions
     from edge_xmr.model import bases
+    from edge_xmr.train.calibrate import dev_halves
 
     m = bases.load(out)
-    emb, _ = m.encode_images(sorted((folder / "images").glob("p1[6-9].jpg")) + sorted((folder / "images").glob("p2*.jpg")))
-    stat = torch.logsumexp(float(m.cross.hub[2]) * torch.from_numpy(emb) @ m.cross.text_bank.T, -1).numpy()
+    dev = read_captions(folder, "dev")
+    tune, report = dev_halves(dev.images)
+    assert len(tune) and len(report)
+    emb, _ = m.encode_images([dev.image_paths()[i] for i in tune])
+    stat = torch.logsumexp(m.cfg.score.hubness_temperature * torch.from_numpy(emb) @ m.cross.text_bank.T, -1).numpy()
     # (training computed the statistic from cached tower features: agreement to ~1e-3, photos ~1e-1 apart)
-    assert float(m.cross.hub_floor[0]) == pytest.approx(float(np.percentile(stat, 5)), abs=1e-2)
-    assert float(m.cross.hub_floor[0]) != pytest.approx(float(np.percentile(stat, 50)), abs=1e-2)
-    assert log["history"][-1]["hubness"]["hub_floor_image"] == pytest.approx(float(m.cross.hub_floor[0]), abs=1e-5)
+    floor = m.cfg.score.photo_hubness_floor
+    assert floor == pytest.approx(float(np.percentile(stat, 5)), abs=1e-2)
+    assert floor != pytest.approx(float(np.percentile(stat, 50)), abs=1e-2)
+    cal = log["history"][-1]["hubness"]
+    assert cal["score"]["photo_hubness_floor"] == pytest.approx(floor, abs=1e-5)
+    assert cal["tuning"]["i2t_queries"] == len(tune) and cal["reporting"]["i2t_queries"] == len(report)
     res = tmp_path / "res.json"
     run("eval", "--model", str(out), "--data", str(folder), "--split", "dev", "--ce-subset", "6",
         "--json", str(res))

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--skip-cross-all", action="store_true",
                    help="do not run the cross-encoder over all candidates (it scores every pair)")
+    p.add_argument("--queries", default=None, metavar="FILE",
+                   help="only these photos (one name per line) and their captions are queries; the gallery stays "
+                        "whole (e.g. edge_xmr/train/dev_report.txt: dev's reporting half)")
     p.add_argument("--json", dest="json_out", default=None, help="write the results here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all)")
     p.set_defaults(func=run)
@@ -51,7 +54,7 @@ def load_encoder(model: str, threads: int = 0):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import DataError, read_captions
+    from ..data import DataError, read_captions, read_names
     from ..evaluate import EvalSettings, evaluate
     from ..preprocess import ImageError
 
@@ -64,17 +67,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--rerank: expected comma-separated integers, got {args.rerank!r}") from None
     try:
         data = read_captions(args.data, args.split)
+        queries = frozenset(read_names(args.queries)) if args.queries else None
     except DataError as e:
         raise UserError(str(e)) from None
     enc = load_encoder(args.model, args.threads)
     settings = EvalSettings(rerank_ks=ks, max_queries=args.max_queries, ce_subset=args.ce_subset, seed=args.seed,
-                            cross_all=not args.skip_cross_all)
+                            cross_all=not args.skip_cross_all, query_images=queries)
     try:
         res = evaluate(enc, data, settings, progress=lambda s: print(s, file=sys.stderr, flush=True))
-    except ImageError as e:
+    except (ImageError, DataError) as e:
         raise UserError(str(e)) from None
     res["model"] = str(args.model)
-    res["data"] = {"root": str(args.data), "split": args.split}
+    res["data"] = {"root": str(args.data), "split": args.split, "queries": args.queries}
     print(format_table(res))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")

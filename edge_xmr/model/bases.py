@@ -7,12 +7,14 @@ holding every tensor that is NOT the unchanged pretrained base (heads, adapters,
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig, TextConfig, preset
+from ..score import NO_FLOOR, ScoreConfig
 from ..tokenizer import Tokenizer, tiny_tokenizer
 from .image import ClipVision, EfficientNetLite0, TinyCNN
 from .joint import JointModel
@@ -68,8 +70,6 @@ def clip_config(path: str) -> ModelConfig:
                       layers=t.num_hidden_layers, heads=t.num_attention_heads, mlp=t.intermediate_size,
                       max_positions=t.max_position_embeddings, type_vocab=0,
                       act="quick_gelu" if t.hidden_act == "quick_gelu" else "gelu", eps=t.layer_norm_eps)
-    from dataclasses import replace
-
     image = replace(base.image, size=v.image_size, grid_channels=v.hidden_size, global_channels=v.hidden_size)
     return replace(base, text=text, image=image, embed_dim=hf.projection_dim, clip_path=str(path),
                    trainable_text_layers=t.num_hidden_layers,
@@ -232,7 +232,13 @@ def _expand(model: JointModel, state: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def load(model_dir: str | Path) -> JointModel:
-    """Load a model directory written by ``save`` (pretrained towers come from local packages)."""
+    """Load a model directory written by ``save`` (pretrained towers come from local packages).
+
+    Directories written before ``config.json`` held the score's weights (``ModelConfig.score``) kept them
+    as buffers in ``model.safetensors`` (``LEGACY_SCORE_BUFFERS``): they are migrated into the config.
+    When the config has a score, such leftover buffers are ignored: the config is what the score is."""
+    import json
+
     from safetensors.torch import load_file
 
     d = Path(model_dir)
@@ -242,11 +248,13 @@ def load(model_dir: str | Path) -> JointModel:
         if not (d / f).is_file():
             raise ModelDirError(f"{d / f}: missing (not a model directory written by 'edge-xmr train')")
     try:
-        cfg = ModelConfig.load(d / "config.json")
-    except (ValueError, TypeError) as e:
+        raw = json.loads((d / "config.json").read_text())
+        cfg = ModelConfig.from_dict(raw)
+    except (ValueError, TypeError, AttributeError) as e:
         raise ModelDirError(f"{d / 'config.json'}: invalid model config ({e})") from None
     model = build(cfg, pretrained=True)
     state = _expand(model, load_file(str(d / "model.safetensors")))
+    legacy = {k: state.pop(k) for k in LEGACY_SCORE_BUFFERS if k in state}
     own = model.state_dict()
     expected = set(model.saved_state()) - set(OPTIONAL_BUFFERS)
     unknown = sorted(set(state) - set(own))
@@ -264,18 +272,34 @@ def load(model_dir: str | Path) -> JointModel:
                 raise ModelDirError(f"{d / 'model.safetensors'}: {k} has shape {tuple(v.shape)}, "
                                     f"config expects {tuple(own[k].shape)}")
             own[k].copy_(v.to(own[k].dtype))
+    if "score" not in raw:
+        model.cfg = replace(model.cfg, score=migrate_score(legacy, float(model.cross.log_scale.detach().exp())))
     if (d / "tokenizer.json").is_file():
         model.tokenizer = Tokenizer.from_file(d / "tokenizer.json")
     model.eval()
     return model
 
 
-# added after the first checkpoints; their init values apply when absent (li_weight 0: no late interaction)
-OPTIONAL_BUFFERS = ("cross.res_weight", "cross.li_text.weight", "cross.li_text.bias", "cross.li_log_scale",
-                    "cross.li_weight", "cross.hub_floor")
-# set by the dev calibration after training (banks, hubness weights and floors, joint-pass weight): when the
-# best checkpoint is reloaded before calibrating, these are left out (the calibration sets them afresh)
-CALIBRATED_BUFFERS = ("cross.text_bank", "cross.image_bank", "cross.hub", "cross.hub_floor", "cross.res_weight")
+def migrate_score(buffers: dict[str, torch.Tensor], cosine: float) -> ScoreConfig:
+    """The ScoreConfig of a model dir that kept the score's weights as buffers (``LEGACY_SCORE_BUFFERS``:
+    ``cross.hub`` = [β_i, β_t, temperature], ``cross.hub_floor`` = [f_i, f_t], ``cross.res_weight`` = γ,
+    ``cross.li_weight`` = λ); ``cosine``: the trained ``cross.log_scale``, exp'd. That is what such a
+    model scored with; absent buffers take the values they had at initialisation."""
+    hub = [float(x) for x in buffers.get("cross.hub", torch.tensor([0.0, 0.0, 20.0]))]
+    floor = [float(x) for x in buffers.get("cross.hub_floor", torch.tensor([NO_FLOOR, NO_FLOOR]))]
+    return ScoreConfig(cosine=cosine, late_interaction=float(buffers.get("cross.li_weight", torch.tensor(0.0))),
+                       joint=float(buffers.get("cross.res_weight", torch.tensor(1.0))),
+                       photo_hubness=hub[0], text_hubness=hub[1], hubness_temperature=hub[2],
+                       photo_hubness_floor=floor[0], text_hubness_floor=floor[1])
+
+
+# added after the first checkpoints; their init values apply when absent
+OPTIONAL_BUFFERS = ("cross.li_text.weight", "cross.li_text.bias", "cross.li_log_scale")
+# the score's weights, kept as buffers in model dirs written before ModelConfig.score (migrated by ``load``)
+LEGACY_SCORE_BUFFERS = ("cross.hub", "cross.hub_floor", "cross.res_weight", "cross.li_weight")
+# set by the calibration after training (the hubness banks): when the best checkpoint is reloaded before
+# calibrating, and when two models are averaged, these are left out (the calibration sets them afresh)
+CALIBRATED_BUFFERS = ("cross.text_bank", "cross.image_bank")
 
 
 def default_model_dir() -> Path:

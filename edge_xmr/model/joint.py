@@ -1,11 +1,12 @@
 """JointModel: one shared-weight model in two roles (Geigle et al., "Retrieve Fast, Rerank Smart").
 
 - bi-encoder: text and image encoded apart, L2-normalised, cosine similarity;
-- cross-encoder: the SAME top text blocks run jointly over text tokens + a few image tokens (the image
-  tokens attend to the text and to each other; text keys/values come from the text pass, so one query
-  is encoded once and each candidate costs only its T image tokens).
-  Its score is ``scale * cosine + residual``: it starts from the bi-encoder's similarity and the
-  joint pass learns a correction (zero-initialised), so reranking starts where retrieval left off.
+- reranker: the score of ``edge_xmr/score.py``, named terms (``JointModel.score_terms``) weighted by
+  ``cfg.score`` (``JointModel.score_encoded``): the cosine, late interaction of the caption's final
+  token states (from the SAME blocks) with the photo's stored tokens, the hubness terms, and,
+  optionally, the joint pass: the SAME top text blocks run over a few image tokens that attend to the
+  text and to each other (text keys/values come from the text pass, so one query is encoded once and
+  each candidate costs only its T image tokens; its read-out is zero-initialised).
 
 Shapes: B/N/Q batch, K candidates per query, L text length, T image tokens, Dt stored token size,
 W text width, D embedding size, P grid positions, C grid channels.
@@ -14,7 +15,7 @@ W text width, D embedding size, P grid positions, C grid channels.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..score import TERMS, combine
 from .text import TextTransformer
 from .views import average_views, make_view
 
@@ -63,7 +65,7 @@ class TokenPool(nn.Module):
 
 
 class CrossHead(nn.Module):
-    """Cross-encoder-only parameters: lift stored tokens into the text width, read out a residual."""
+    """Cross-encoder-only parameters: late interaction, the joint pass's lift and read-out, the banks."""
 
     def __init__(self, d_tok: int, n_tokens: int, width: int, embed_dim: int):
         super().__init__()
@@ -77,42 +79,21 @@ class CrossHead(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.skip = nn.Linear(width, width)  # skip path from the joint pass's image-token input
         self.proj = nn.Linear(width, embed_dim)  # text-conditioned image tokens -> embedding space
-        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # weight of the bi-encoder cosine
-        # hubness correction (inverted softmax): a photo that is close to MANY training captions (or a
-        # text close to many training photos) is a "hub" and is pushed down. Banks are embeddings of a
-        # sample of training captions / photos, set after training; beta 0 disables a term.
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # trained weight of the bi-encoder cosine
+        # hubness banks (edge_xmr/score.py): embeddings of a sample of training captions / photos, set by
+        # the calibration after training; empty: the hubness terms are 0
         self.register_buffer("text_bank", torch.zeros(0, embed_dim))  # (Kt, D)
         self.register_buffer("image_bank", torch.zeros(0, embed_dim))  # (Ki, D)
-        self.register_buffer("hub", torch.tensor([0.0, 0.0, 20.0]))  # beta_image, beta_text, temperature
-        # floor of each hubness statistic (photo's, text's): a low percentile of the calibration photos' /
-        # captions'. Below it a photo (text) is far from every bank entry, out of the banks' domain, and
-        # the correction would only extrapolate (reward it for being unlike the training data).
-        self.register_buffer("hub_floor", torch.tensor([-1.0e4, -1.0e4]))
-        self.register_buffer("res_weight", torch.tensor(1.0))  # weight of the joint-pass terms (set on dev)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(2.0)))  # weight of the joint-pass similarity
         # late interaction: each caption token (its final state from the shared blocks, projected to the
         # token size) is matched with its best image token; the score is the mean over caption tokens
         self.li_text = nn.Linear(width, d_tok)
         self.li_log_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # temperature of its training loss
-        self.register_buffer("li_weight", torch.tensor(0.0))  # its weight in the score (set on dev)
 
     def lift(self, tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
         """tokens (..., T, Dt), img_emb (..., D) -> image tokens in the text width (..., T+1, W)."""
         x = torch.cat([self.up(tokens), self.emb_up(img_emb)[..., None, :]], dim=-2)
         return x + self.pos
-
-    def hubness(self, t_emb: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
-        """t_emb (Q, D), img_emb (Q, K, D) -> (Q, K) correction
-        beta_i*max(LSE(t*bank@img), floor_i) + beta_t*max(LSE(t*bank@txt), floor_t)."""
-        b_img, b_txt, temp = self.hub[0], self.hub[1], self.hub[2]
-        out = torch.zeros(img_emb.shape[:2], dtype=img_emb.dtype, device=img_emb.device)
-        if self.text_bank.shape[0]:
-            h_img = torch.logsumexp(temp * img_emb @ self.text_bank.T, dim=-1)  # (Q, K)
-            out = out + b_img * torch.maximum(h_img, self.hub_floor[0])
-        if self.image_bank.shape[0]:
-            h_txt = torch.logsumexp(temp * t_emb @ self.image_bank.T, dim=-1)  # (Q,)
-            out = out + b_txt * torch.maximum(h_txt, self.hub_floor[1])[:, None]  # (Q, 1)
-        return out
 
     def text_tokens(self, h: torch.Tensor) -> torch.Tensor:
         """h (..., L, W) final text states -> (..., L, Dt) unit vectors for late interaction."""
@@ -140,14 +121,26 @@ class CrossHead(nn.Module):
         return self.log_alpha.exp() * sim + self.out(F.gelu(self.fc(h))).squeeze(-1)
 
 
+def hubness(x: torch.Tensor, bank: torch.Tensor, temperature: float, floor: float) -> torch.Tensor:
+    """x (..., D) unit vectors, bank (K, D) -> (...) max(logsumexp(temperature * x @ bank.T), floor);
+    zeros for an empty bank (``edge_xmr.score.hubness`` in numpy)."""
+    if not bank.shape[0]:
+        return torch.zeros(x.shape[:-1], dtype=x.dtype)
+    return torch.logsumexp(temperature * x @ bank.T, dim=-1).clamp(min=floor)
+
+
 @dataclass(frozen=True)
 class EncodedQuery:
-    """A text after one pass through the shared blocks (``JointModel.encode_query``)."""
+    """Q texts after one pass through the shared blocks (``JointModel.encode_queries``)."""
 
-    embedding: np.ndarray  # (D,) bi-encoder embedding, L2-normalised: what retrieval searches with
-    t_emb: torch.Tensor  # (1, D) the same embedding as a tensor (the cross-encoder's cosine term)
-    states: list[torch.Tensor]  # inputs of the joint blocks, then the final states, each (1, L, W)
-    mask: torch.Tensor  # (1, L) attention mask of the text
+    t_emb: torch.Tensor  # (Q, D) bi-encoder embeddings, L2-normalised: what retrieval searches with
+    states: list[torch.Tensor]  # inputs of the joint blocks, then the final states, each (Q, L, W)
+    mask: torch.Tensor  # (Q, L) attention mask
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """(D,) the first text's embedding as numpy (a single query's)."""
+        return self.t_emb[0].detach().numpy()
 
 
 class JointModel(nn.Module):
@@ -188,6 +181,17 @@ class JointModel(nn.Module):
         """(B, L) ids + mask -> (B, D) normalised bi-encoder text embedding."""
         return self.text_upper(self.text_lower(ids, mask), mask)[0]
 
+    def encode_queries(self, ids: torch.Tensor, mask: torch.Tensor) -> EncodedQuery:
+        """(Q, L) ids + mask -> the texts' embeddings and the states the score reuses (one text pass)."""
+        t, states = self.text_upper(self.text_lower(ids, mask), mask)
+        return EncodedQuery(t_emb=t, states=states, mask=mask)
+
+    def query_states(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) ids + mask -> (embedding (B, D), text states stacked (J, B, L, W)), J = cross_layers + 1:
+        one text pass whose states the score reuses (the bundle's text_encoder graph)."""
+        q = self.encode_queries(ids, mask)
+        return q.t_emb, torch.stack(q.states)
+
     def image_outputs(self, g: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tower features -> (embedding (B, D) normalised, image tokens (B, T, Dt))."""
         return F.normalize(self.image_head(g), dim=-1), self.token_pool(grid)
@@ -212,47 +216,40 @@ class JointModel(nn.Module):
             toks += [tok[j * b:(j + 1) * b] for j in range(len(mirrors))]  # const split sizes
         return average_views(embs, toks)
 
-    def cross_logits(self, states: list[torch.Tensor], mask: torch.Tensor, t_emb: torch.Tensor,
-                     tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
-        """Cross-encoder scores of Q queries against K candidates each.
-
-        states: text states from ``text_upper`` (inputs of blocks split.., then the final states), each
-        (Q, L, W); mask: (Q, L); t_emb: (Q, D); tokens: (Q, K, T, Dt); img_emb: (Q, K, D). Returns (Q, K).
-        """
-        cos = torch.einsum("qd,qkd->qk", t_emb, img_emb)  # (Q, K)
-        li = self.cross.late_interaction(self.cross.text_tokens(states[-1]), mask, tokens)  # (Q, K)
+    def _joint(self, query: EncodedQuery, tokens: torch.Tensor, img_emb: torch.Tensor) -> torch.Tensor:
+        """The joint pass's term (Q, K): the candidates' image tokens through the shared top blocks,
+        attending to the text's states, read out against the text embedding."""
         img = self.cross.lift(tokens, img_emb)  # (Q, K, T+1, W)
-        out = self.text.joint(states[:-1], mask, img, self.split)  # (Q, K, T+1, W)
+        out = self.text.joint(query.states[:-1], query.mask, img, self.split)  # (Q, K, T+1, W)
         # read out the joint pass plus a skip from its image-token input: the joint layers mix text into
         # every image token, and the skip keeps what tells one photo from another
         pooled = out.mean(2) + self.cross.skip(img.mean(2))  # (Q, K, W)
-        res = self.cross.residual(pooled, t_emb[:, None].expand(-1, out.shape[1], -1))  # (Q, K)
-        return (self.cross.log_scale.exp() * cos + self.cross.li_weight * li + self.cross.res_weight * res
-                - self.cross.hubness(t_emb, img_emb))
+        return self.cross.residual(pooled, query.t_emb[:, None].expand(-1, out.shape[1], -1))
 
-    def score_query(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
-                    img_emb: torch.Tensor) -> torch.Tensor:
-        """One query (1, L) against N candidates (tokens (N, T, Dt), embeddings (N, D)) -> (N,)."""
-        t, states = self.text_upper(self.text_lower(ids, mask), mask)  # (1, D)
-        return self.cross_logits(states, mask, t, tokens[None], img_emb[None])[0]
-
-    def query_states(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) ids + mask -> (embedding (B, D), text states stacked (J, B, L, W)), J = cross_layers + 1:
-        one text pass whose states the cross-encoder reuses (the bundle's text_encoder graph)."""
-        t, states = self.text_upper(self.text_lower(ids, mask), mask)
-        return t, torch.stack(states)
-
-    def score_states(self, states: torch.Tensor, mask: torch.Tensor, t_emb: torch.Tensor, tokens: torch.Tensor,
-                     img_emb: torch.Tensor) -> torch.Tensor:
-        """One encoded query (states (J, 1, L, W), mask (1, L), t_emb (1, D)) against N candidates
-        (tokens (N, T, Dt), embeddings (N, D)) -> (N,) (the bundle's cross_encoder graph)."""
-        return self.cross_logits(list(states.unbind(0)), mask, t_emb, tokens[None], img_emb[None])[0]
-
-    def score_aligned(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
-                      img_emb: torch.Tensor) -> torch.Tensor:
-        """N (text, image) pairs -> (N,) scores."""
-        t, states = self.text_upper(self.text_lower(ids, mask), mask)
-        return self.cross_logits(states, mask, t, tokens[:, None], img_emb[:, None])[:, 0]
+    def score_terms(self, query: EncodedQuery, tokens: torch.Tensor, img_emb: torch.Tensor,
+                    terms: Collection[str] = TERMS) -> dict[str, torch.Tensor]:
+        """The score's named terms (``edge_xmr.score``), unweighted, each (Q, K), for Q encoded queries
+        against K candidates each: tokens (Q, K, T, Dt), img_emb (Q, K, D). Only ``terms`` are computed
+        (the joint pass only when asked for); the hubness terms use ``cfg.score``'s temperature and floors.
+        Differentiable (training runs it with gradients)."""
+        unknown = set(terms) - set(TERMS)
+        if unknown:
+            raise KeyError(f"unknown score terms {sorted(unknown)}")
+        sc, out = self.cfg.score, {}
+        if "cosine" in terms:
+            out["cosine"] = torch.einsum("qd,qkd->qk", query.t_emb, img_emb)
+        if "late_interaction" in terms:
+            t_tok = self.cross.text_tokens(query.states[-1])  # (Q, L, Dt)
+            out["late_interaction"] = self.cross.late_interaction(t_tok, query.mask, tokens)
+        if "joint" in terms:
+            out["joint"] = self._joint(query, tokens, img_emb)
+        if "photo_hubness" in terms:
+            out["photo_hubness"] = hubness(img_emb, self.cross.text_bank, sc.hubness_temperature,
+                                           sc.photo_hubness_floor)
+        if "text_hubness" in terms:
+            h = hubness(query.t_emb, self.cross.image_bank, sc.hubness_temperature, sc.text_hubness_floor)
+            out["text_hubness"] = h[:, None].expand(-1, img_emb.shape[1])
+        return out
 
     # ---- user-level API (strings and images in, numpy out) ------------------------------------
     def _tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,65 +287,35 @@ class JointModel(nn.Module):
         return torch.cat(embs).numpy(), torch.cat(toks).numpy()
 
     @torch.no_grad()
-    def score_pairs(self, texts: Sequence[str], images: Sequence[Any]) -> np.ndarray:
-        """Cross-encoder match scores of aligned (text, image) pairs -> (N,) float32."""
-        if len(texts) != len(images):
-            raise ValueError(f"score_pairs needs as many texts as images ({len(texts)} vs {len(images)})")
-        emb, tok = self.encode_images(images)
-        ids, mask = self._tokens(texts)
-        return self.score_aligned(ids, mask, torch.from_numpy(tok), torch.from_numpy(emb)).numpy()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> list[EncodedQuery]:
+        """Texts -> one :class:`EncodedQuery` each (cut to its own length), from batched text passes: the
+        embedding to retrieve with and the states to rerank with (the runtime ``Bundle``'s contract)."""
+        out: list[EncodedQuery] = []
+        for i in range(0, len(texts), batch_size):
+            q = self.encode_queries(*self._tokens(texts[i:i + batch_size]))
+            for j in range(len(q.mask)):
+                n = max(1, int(q.mask[j].sum()))
+                out.append(EncodedQuery(t_emb=q.t_emb[j:j + 1], states=[s[j:j + 1, :n] for s in q.states],
+                                        mask=q.mask[j:j + 1, :n]))
+        return out
 
-    @torch.no_grad()
-    def score_candidates(self, text: str, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
-        """Cross-encoder scores of one text against N photos' stored data (tokens (N, T, Dt),
-        embeddings (N, D)) -> (N,) float32. Same contract as the runtime bundle's method."""
-        return self.score_encoded(self.encode_query(text), tokens, embeds)
-
-    @torch.no_grad()
     def encode_query(self, text: str) -> EncodedQuery:
         """One text through the shared blocks ONCE: its bi-encoder embedding (to retrieve) and the
-        states the joint pass attends to (to rerank), so a reranked search pays one text pass."""
-        ids, mask = self._tokens([text])
-        t, states = self.text_upper(self.text_lower(ids, mask), mask)  # (1, D), [(1, L, W)]
-        return EncodedQuery(embedding=t[0].numpy(), t_emb=t, states=states, mask=mask)
+        states the score reuses (to rerank), so a reranked search pays one text pass."""
+        return self.encode_texts([text])[0]
 
     @torch.no_grad()
-    def score_encoded(self, query: EncodedQuery, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
-        """``score_candidates`` for a query from ``encode_query`` (no second text pass) -> (N,) float32."""
+    def score_encoded(self, query: EncodedQuery | str, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
+        """The rerank score (``cfg.score`` applied to ``score_terms``) of one query (encoded, or a text)
+        against N photos' stored data (tokens (N, T, Dt), embeddings (N, D)) -> (N,) float32. The joint
+        pass runs only when the score weights it. Same contract as the runtime bundle's method."""
         if len(tokens) == 0:
             return np.zeros((0,), np.float32)
+        q = self.encode_query(query) if isinstance(query, str) else query
         tok = torch.as_tensor(np.ascontiguousarray(tokens), dtype=torch.float32)[None]  # (1, N, T, Dt)
         emb = torch.as_tensor(np.ascontiguousarray(embeds), dtype=torch.float32)[None]  # (1, N, D)
-        return self.cross_logits(query.states, query.mask, query.t_emb, tok, emb)[0].numpy()
-
-    @torch.no_grad()
-    def score_batch(self, texts: Sequence[str], tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
-        """Scores (Q, K) of texts[q] against K candidates each (tokens (Q, K, T, Dt), embeds (Q, K, D)).
-
-        The text pass of each distinct text is cached (evaluation scores the same captions against
-        many images); the cache is cleared whenever the model is put in training mode.
-        """
-        cache = self.__dict__.setdefault("_text_cache", {})
-        new = sorted({t for t in texts if t not in cache})
-        for i in range(0, len(new), 256):
-            chunk = new[i:i + 256]
-            ids, mask = self._tokens(chunk)
-            t, states = self.text_upper(self.text_lower(ids, mask), mask)
-            for j, txt in enumerate(chunk):
-                n = int(mask[j].sum())
-                cache[txt] = (t[j], [s[j, :n] for s in states])
-        L = max(cache[t][1][0].shape[0] for t in texts)
-        W = self.cfg.text.width
-        mask = torch.zeros(len(texts), L, dtype=torch.long)
-        states = [torch.zeros(len(texts), L, W) for _ in range(self.cfg.cross_layers + 1)]
-        for q, txt in enumerate(texts):
-            _, st = cache[txt]
-            mask[q, : st[0].shape[0]] = 1
-            for layer, s in enumerate(st):
-                states[layer][q, : s.shape[0]] = s
-        t_emb = torch.stack([cache[t][0] for t in texts])
-        return self.cross_logits(states, mask, t_emb, torch.as_tensor(np.ascontiguousarray(tokens), dtype=torch.float32),
-                                 torch.as_tensor(np.ascontiguousarray(embeds), dtype=torch.float32)).numpy()
+        sc = self.cfg.score
+        return combine(self.score_terms(q, tok, emb, sc.needed()), sc)[0].numpy()
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def bi_encoder_parameters(self) -> list[nn.Parameter]:
@@ -385,7 +352,6 @@ class JointModel(nn.Module):
 
     def train(self, mode: bool = True) -> JointModel:
         super().train(mode)
-        self.__dict__.pop("_text_cache", None)
         if self.cfg.freeze_image_tower and self.cfg.base != "tiny":
             self.image_tower.eval()  # frozen BatchNorm statistics
         return self

@@ -22,8 +22,9 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,10 +33,16 @@ from tqdm import tqdm
 
 from ..data import CaptionSet
 from ..model import bases
-from ..model.joint import JointModel
+from ..model.joint import EncodedQuery, JointModel, hubness
 from ..model.views import average_views
+from ..score import NO_FLOOR, TERMS, ScoreConfig
 from ..train_config import TrainConfig
+from .calibrate import Choice, RerankSet, choose_score, dev_halves, floor, recall_at_1
 from .features import tower_grids, tower_prefix
+
+CE_TERMS = ("cosine", "late_interaction", "joint")  # the terms the cross-encoder trains on
+RERANK_K = 20  # candidates the calibration and the dev checks rerank
+
 
 
 class Trainer:
@@ -62,6 +69,7 @@ class Trainer:
         self.tail = model.cfg.tower_train_blocks if model.cfg.freeze_image_tower else 0
         if self.tail and cfg.crop_views:
             raise ValueError("crop_views are not cached for a tower with fine-tuned blocks (set one of them to 0)")
+        self.cut = model.image_tower.n_blocks - self.tail if self.tail else 0  # first fine-tuned tower block
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         text_p = [p for n, p in named if n.startswith("text.")]
         tower_p = [p for n, p in named if n.startswith("image_tower.")]
@@ -87,14 +95,16 @@ class Trainer:
                 tp.feat_mean.copy_(torch.from_numpy(sample.mean(0)))
                 tp.feat_std.copy_(torch.from_numpy(sample.std(0) + 1e-3))
         if self.tail:  # the frozen grids above stay the class teacher's input; the model sees the tail's
-            cut = self.model.image_tower.n_blocks - self.tail
-            self.cut = cut
-            self.feats = [tower_prefix(self.model, paths, cut, flip=False, progress=self.progress),
-                          tower_prefix(self.model, paths, cut, flip=True, progress=self.progress)]
+            self.feats = [tower_prefix(self.model, paths, self.cut, flip=False, progress=self.progress),
+                          tower_prefix(self.model, paths, self.cut, flip=True, progress=self.progress)]
         if self.dev is not None:
-            # the dev photos in each view the model encodes them in at index time (ModelConfig.views)
-            self.dev_feats = [self._frozen_view(self.dev.image_paths(), v, "dev features")
-                              for v in self.model.cfg.index_views()]
+            self.load_dev_features()
+
+    def load_dev_features(self) -> None:
+        """The dev photos' cached tower features in each view the model encodes them in at index time
+        (``ModelConfig.views``): all that ``dev_outputs`` (the dev checks, the calibration) needs."""
+        self.dev_feats = [self._frozen_view(self.dev.image_paths(), v, "dev features")
+                          for v in self.model.cfg.index_views()]
 
     @staticmethod
     def _gather(arrays: list, img: np.ndarray, view: np.ndarray | None) -> torch.Tensor:
@@ -256,7 +266,8 @@ class Trainer:
             cemb = F.normalize(m.image_head(g.mean(1)), dim=-1).view(Q, K, -1)
         tokens = m.token_pool(g).view(Q, K, *m.token_pool.queries.shape)  # (Q, K, T, Dt)
         st = [s[:Q] if cfg.ce_text_grad else s[:Q].detach() for s in states]
-        logits = m.cross_logits(st, mask[:Q], temb[:Q].detach(), tokens, cemb)  # (Q, K)
+        query = EncodedQuery(t_emb=temb[:Q].detach(), states=st, mask=mask[:Q])
+        logits = ce_logits(m, m.score_terms(query, tokens, cemb, CE_TERMS))  # (Q, K)
         listwise = F.cross_entropy(logits, torch.zeros(Q, dtype=torch.long))
         labels = torch.zeros(Q, K)
         labels[:, 0] = 1.0
@@ -299,15 +310,54 @@ class Trainer:
         for g in self.opt2.param_groups:
             g["lr"] = self.cfg.lr_head * warm * max(cos, 0.05)
 
-    # ---- hubness correction -----------------------------------------------------------------------
-    def _floor(self, stats: np.ndarray) -> float:
-        """The hubness floor: the ``hub_floor_pct`` percentile of a statistic (-1e4, none, at 0)."""
-        pct = self.cfg.hub_floor_pct
-        return float(np.percentile(stats, pct)) if pct > 0 and len(stats) else -1.0e4
+    # ---- the score's calibration --------------------------------------------------------------------
+    def _encoded(self, texts: list[str]) -> EncodedQuery:
+        return self.model.encode_queries(*self.model._tokens(texts))
 
     @torch.no_grad()
-    def calibrate_hubness(self) -> dict[str, float]:
-        """Fill the hubness banks from training data and choose the betas on dev (rerank@20 R@1)."""
+    def t2i_set(self, caps: np.ndarray, iemb: torch.Tensor, itok: torch.Tensor, terms: tuple[str, ...],
+                k: int = RERANK_K) -> tuple[RerankSet, np.ndarray]:
+        """Dev captions ``caps`` as text -> photo queries over every dev photo (embeddings ``iemb``,
+        tokens ``itok``): the terms of their bi-encoder top ``k`` (the joint pass in chunks: it is the
+        large part) and which candidate is right. Returns (set, top (Q, k) photo indices)."""
+        m = self.model
+        target = np.array([self.dev.caption_image[c] for c in caps], np.int64)
+        if not len(caps):
+            return _empty_set(terms, min(k, len(iemb))), np.zeros((0, min(k, len(iemb))), np.int64)
+        tops, parts = [], []
+        for c in range(0, len(caps), 250):
+            q = self._encoded([self.dev.captions[i] for i in caps[c:c + 250]])
+            top = (q.t_emb @ iemb.T).topk(min(k, len(iemb)), dim=1).indices  # (q, k)
+            parts.append({n: v.numpy() for n, v in m.score_terms(q, itok[top], iemb[top], terms).items()})
+            tops.append(top.numpy())
+        top = np.concatenate(tops)
+        rs = RerankSet({n: np.concatenate([p[n] for p in parts]) for n in parts[0]}, top == target[:, None])
+        return rs, top
+
+    @torch.no_grad()
+    def i2t_set(self, imgs: np.ndarray, iemb: torch.Tensor, itok: torch.Tensor, temb: torch.Tensor,
+                terms: tuple[str, ...], k: int = RERANK_K) -> tuple[RerankSet, np.ndarray]:
+        """Dev photos ``imgs`` as photo -> text queries over every dev caption (embeddings ``temb``): the
+        terms of their bi-encoder top ``k`` captions. Returns (set, top (Q, k) caption indices)."""
+        m = self.model
+        if not len(imgs):
+            return _empty_set(terms, min(k, len(temb))), np.zeros((0, min(k, len(temb))), np.int64)
+        top = (iemb[imgs] @ temb.T).topk(min(k, len(temb)), dim=1).indices.numpy()  # (Q, k)
+        owner = np.asarray(self.dev.caption_image)
+        parts = []
+        for c in range(0, len(imgs), 12):  # 12 photos x k captions per text pass
+            rows, im = top[c:c + 12], imgs[c:c + 12]
+            q = self._encoded([self.dev.captions[i] for i in rows.reshape(-1)])  # (12 k) captions
+            rep = np.repeat(im, rows.shape[1])  # each caption against its query photo
+            t = m.score_terms(q, itok[rep][:, None], iemb[rep][:, None], terms)  # each (12 k, 1)
+            parts.append({n: v.reshape(rows.shape).numpy() for n, v in t.items()})
+        rs = RerankSet({n: np.concatenate([p[n] for p in parts]) for n in parts[0]}, owner[top] == imgs[:, None])
+        return rs, top
+
+    @torch.no_grad()
+    def calibrate_hubness(self) -> dict[str, Any]:
+        """Fill the hubness banks from training data, choose the score's weights and floors on dev's
+        tuning half (``calibrate.choose_score``), measure the choice once on its reporting half."""
         m, cfg = self.model, self.cfg
         m.eval()
         rng = np.random.default_rng(cfg.seed)
@@ -322,120 +372,86 @@ class Trainer:
         image_bank = self.image_outputs(views)[0]
         m.cross.text_bank = text_bank
         m.cross.image_bank = image_bank
-        temp = float(m.logit_scale.exp())
-        m.cross.hub.copy_(torch.tensor([0.0, 0.0, temp]))
-        m.cross.res_weight.fill_(1.0)
-        li_on = self.cfg.li_loss > 0
-        scale = float(m.cross.log_scale.exp())
-        m.cross.hub_floor.fill_(-1.0e4)
-        if self.dev is None:  # floors from the bank photos (captions) themselves
-            m.cross.hub_floor.copy_(torch.tensor([
-                self._floor(torch.logsumexp(temp * image_bank @ text_bank.T, dim=-1).numpy()),
-                self._floor(torch.logsumexp(temp * text_bank @ image_bank.T, dim=-1).numpy())]))
-            m.cross.hub.copy_(torch.tensor([0.5, 0.5, temp]))
-            m.cross.li_weight.fill_(0.25 * scale if li_on else 0.0)
-            return {"beta_image": 0.5, "beta_text": 0.5}
-        # dev: each term over the bi-encoder's top-20 separately (cosine, late interaction, joint pass,
-        # hubness), then the weights with the best rerank@20 R@1
-        m.cross.li_weight.fill_(0.0)
-        iemb, itok = self.dev_outputs()
-        n_q = len(self.dev.captions) if not cfg.calib_queries else min(cfg.calib_queries, len(self.dev.captions))
-        q = np.sort(rng.choice(len(self.dev.captions), n_q, replace=False))
-        texts = [self.dev.captions[c] for c in q]
-        target = np.array([self.dev.caption_image[c] for c in q])
-        temb = torch.from_numpy(m.embed_texts(texts))
-        top = (temb @ iemb.T).argsort(dim=1, descending=True)[:, :20].numpy()
-        cos_part = scale * (temb[:, None, :] * iemb[top]).sum(-1).numpy()  # (Q, 20)
-        res, li = np.empty_like(cos_part), np.empty_like(cos_part)
-        for c in range(0, len(texts), 250):  # chunks: the joint pass over Q x 20 candidates is large
-            sl = slice(c, c + 250)
-            full = m.score_batch(texts[sl], itok[top[sl]].numpy(), iemb[top[sl]].numpy())  # res 1, li 0, betas 0
-            res[sl] = full - cos_part[sl]  # the joint-pass terms
-            ids, mask = m._tokens(texts[sl])
-            _, states = m.text_upper(m.text_lower(ids, mask), mask)
-            li[sl] = m.cross.late_interaction(m.cross.text_tokens(states[-1]), mask, itok[top[sl]]).numpy()
-        m.__dict__.pop("_text_cache", None)
-        hub_i = torch.logsumexp(temp * iemb @ text_bank.T, dim=-1).numpy()  # (I,) every dev photo
-        floor_i = self._floor(hub_i)
-        hub_i = np.maximum(hub_i, floor_i)
-        grid = [(lw, gamma, beta) for lw in ((0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0) if li_on else (0.0,))
-                for gamma in (1.0, 0.75, 0.5, 0.25, 0.1, 0.0) for beta in (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0)]
-
-        def hits(rows: np.ndarray, w: tuple[float, float, float]) -> np.ndarray:
-            lw, gamma, beta = w
-            sc = cos_part[rows] + lw * scale * li[rows] + gamma * res[rows] - beta * hub_i[top[rows]]
-            return top[rows, sc.argmax(1)] == target[rows]
-
-        def best(rows: np.ndarray) -> tuple[tuple[float, float, float], float]:
-            scores = [float(hits(rows, w).mean() * 100) for w in grid]
-            k = int(np.argmax(scores))  # first best in grid order
-            return grid[k], scores[k]
-
-        (best_l, best_g, best_i), best_r = best(np.arange(len(q)))
-        # held-out estimate of the calibrated rerank: weights chosen on one half of the dev captions
-        # (split by photo), R@1 measured on the other half, both ways
-        half = np.isin(target, rng.permutation(len(self.dev.images))[: len(self.dev.images) // 2])
-        folds = [np.flatnonzero(half), np.flatnonzero(~half)]
-        held = [hits(b, best(a)[0]) for a, b in (folds, folds[::-1]) if len(a) and len(b)]
-        held_r = float(np.concatenate(held).mean() * 100) if held else float("nan")
-        m.cross.li_weight.fill_(best_l * scale)
-        m.cross.res_weight.fill_(best_g)
-        # image -> text on dev: captions' hubness against the photo bank
-        all_t = torch.from_numpy(m.embed_texts(list(self.dev.captions)))
-        hub_t = torch.logsumexp(temp * all_t @ image_bank.T, dim=-1).numpy()  # (C,)
-        floor_t = self._floor(hub_t)
-        hub_t = np.maximum(hub_t, floor_t)
-        caps_of = self.dev.image_captions()
-        n_i = len(self.dev.images) if not cfg.calib_queries else min(300, len(self.dev.images))
-        qi = np.sort(rng.choice(len(self.dev.images), n_i, replace=False))
-        order = (iemb[qi] @ all_t.T).argsort(dim=1, descending=True)[:, :20].numpy()
-        base_i = np.stack([m.score_batch([self.dev.captions[c] for c in order[r]],
-                                         itok[[i]].repeat(order.shape[1], 1, 1)[:, None].numpy(),
-                                         iemb[[i]].repeat(order.shape[1], 1)[:, None].numpy())[:, 0]
-                           for r, i in enumerate(qi)])
-        best_t, best_rt = 0.0, -1.0
-        for beta in (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0):
-            pick = order[np.arange(len(order)), (base_i - beta * hub_t[order]).argmax(1)]
-            r = float(np.mean([p in caps_of[i] for p, i in zip(pick, qi)]) * 100)
-            if r > best_rt + 1e-9:
-                best_t, best_rt = beta, r
-        m.cross.hub.copy_(torch.tensor([best_i, best_t, temp]))
-        m.cross.hub_floor.copy_(torch.tensor([floor_i, floor_t]))
+        temp, scale = float(m.logit_scale.exp()), float(m.cross.log_scale.exp())
+        li = scale * 0.25 if cfg.li_loss > 0 else 0.0
+        if self.dev is None:  # no dev: fixed weights, floors from the bank photos (captions) themselves
+            sc = ScoreConfig(cosine=scale, late_interaction=li, joint=1.0, photo_hubness=0.5, text_hubness=0.5,
+                             hubness_temperature=temp,
+                             photo_hubness_floor=floor(hubness(image_bank, text_bank, temp, NO_FLOOR).numpy(),
+                                                       cfg.hub_floor_pct),
+                             text_hubness_floor=floor(hubness(text_bank, image_bank, temp, NO_FLOOR).numpy(),
+                                                      cfg.hub_floor_pct))
+            m.cfg = replace(m.cfg, score=sc)
+            return {"score": sc.to_dict()}
+        sets, figures = self.dev_sets(temp, scale)
+        choice = choose_score(sets["t2i"][0], m.cfg.score, sets["i2t"][0], cfg.min_joint_gain)
+        m.cfg = replace(m.cfg, score=choice.score)
         m.train()
-        return {"beta_image": best_i, "res_weight": best_g, "li_weight": best_l * scale,
-                "hub_floor_image": floor_i, "hub_floor_text": floor_t,
-                "dev_t2i_rerank20_R@1": best_r, "dev_t2i_rerank20_R@1_2fold": held_r,
-                "dev_t2i_bi_R@1": float((top[:, 0] == target).mean() * 100), "calib_queries": len(q),
-                "beta_text": best_t, "dev_i2t_rerank20_R@1": best_rt}
+        return {"score": choice.score.to_dict(), "tuning": {**figures["tuning"], **_figures(choice, sets, 0)},
+                "reporting": {**figures["reporting"], **_figures(choice, sets, 1)},
+                "with_joint": choice.with_joint.to_dict() if choice.with_joint else None,
+                "min_joint_gain": cfg.min_joint_gain}
+
+    @torch.no_grad()
+    def dev_sets(self, temperature: float, cosine: float) -> tuple[dict[str, tuple[RerankSet, RerankSet]],
+                                                                   dict[str, dict[str, float]]]:
+        """The rerank sets of dev's tuning and reporting halves (``calibrate.dev_halves``, by photo), each
+        direction: {"t2i": (tuning, reporting), "i2t": (...)}, every term, the hubness statistics floored at
+        the ``hub_floor_pct`` percentile of the TUNING half's photos (captions). Sets ``cfg.score`` to the
+        unweighted base (cosine weight, temperature, floors). Also the first stage's figures per half."""
+        m, dev = self.model, self.dev
+        m.eval()
+        tune, report = dev_halves(dev.images)
+        iemb, itok = self.dev_outputs()
+        owner = np.asarray(dev.caption_image)
+        temb = torch.from_numpy(m.embed_texts(list(dev.captions)))
+        stat_i = hubness(iemb, m.cross.text_bank, temperature, NO_FLOOR).numpy()  # (I,) every dev photo
+        stat_t = hubness(temb, m.cross.image_bank, temperature, NO_FLOOR).numpy()  # (C,) every dev caption
+        in_tune = np.isin(owner, tune)
+        m.cfg = replace(m.cfg, score=ScoreConfig(
+            cosine=cosine, hubness_temperature=temperature,
+            photo_hubness_floor=floor(stat_i[tune], self.cfg.hub_floor_pct),
+            text_hubness_floor=floor(stat_t[in_tune], self.cfg.hub_floor_pct)))
+        t2i, i2t, figures = [], [], {}
+        for name, imgs in (("tuning", tune), ("reporting", report)):
+            caps = np.flatnonzero(np.isin(owner, imgs))
+            if self.cfg.calib_queries:
+                caps = np.sort(np.random.default_rng(self.cfg.seed).permutation(caps)[: self.cfg.calib_queries])
+            t2i.append(self.t2i_set(caps, iemb, itok, TERMS)[0])
+            i2t.append(self.i2t_set(imgs, iemb, itok, temb, TERMS)[0])
+            figures[name] = {"t2i_queries": len(caps), "i2t_queries": len(imgs),
+                             "t2i_bi_R@1": _pct(t2i[-1].correct[:, 0]), "t2i_in_top20": _pct(t2i[-1].correct.any(1)),
+                             "i2t_bi_R@1": _pct(i2t[-1].correct[:, 0])}
+        sets = {"t2i": (t2i[0], t2i[1]), "i2t": (i2t[0], i2t[1])}
+        return sets, figures
 
     # ---- evaluation / checkpoints -----------------------------------------------------------------
     @torch.no_grad()
     def quick_eval(self) -> dict[str, float]:
-        """Dev recall on a fixed sample of captions against all dev images (bi and rerank@20)."""
+        """Dev recall on a fixed sample of the tuning half's captions against all dev photos (bi and
+        rerank@20 with the training score, ``training_score``)."""
         m = self.model
         m.eval()
         try:
             iemb_t, itok_t = self.dev_outputs()
+            owner = np.asarray(self.dev.caption_image)
+            caps = np.flatnonzero(np.isin(owner, dev_halves(self.dev.images)[0]))
             rng = np.random.default_rng(123)
-            caps = np.sort(rng.choice(len(self.dev.captions), size=min(self.cfg.eval_queries,
-                                                                       len(self.dev.captions)), replace=False))
-            texts = [self.dev.captions[c] for c in caps]
-            target = torch.tensor([self.dev.caption_image[c] for c in caps])
-            temb = torch.from_numpy(m.embed_texts(texts))
-            order = (temb @ iemb_t.T).argsort(dim=1, descending=True)
-            bi_r1 = float((order[:, 0] == target).float().mean() * 100)
-            top = order[:, :20]
-            ce = m.score_batch(texts, itok_t[top].numpy(), iemb_t[top].numpy())
-            best = top[torch.arange(len(top)), torch.from_numpy(ce).argmax(1)]
-            rr_r1 = float((best == target).float().mean() * 100)
-            in20 = float((top == target[:, None]).any(1).float().mean() * 100)
-            return {"dev_bi_R@1": bi_r1, "dev_rerank20_R@1": rr_r1, "dev_in_top20": in20}
+            caps = np.sort(rng.choice(caps, size=min(self.cfg.eval_queries, len(caps)), replace=False))
+            rs, _ = self.t2i_set(caps, iemb_t, itok_t, ("cosine", "late_interaction", "joint"))
+            return {"dev_bi_R@1": _pct(rs.correct[:, 0]), "dev_rerank20_R@1": recall_at_1(rs, training_score(m)),
+                    "dev_in_top20": _pct(rs.correct.any(1))}
         finally:
             m.train()
 
+    def _save(self, out: Path) -> None:
+        """Save the model as it trains: with the training score (``training_score``) in its config."""
+        self.model.cfg = replace(self.model.cfg, score=training_score(self.model))
+        bases.save(self.model, out)
+
     def save_checkpoint(self) -> None:
         last = self.out / "last"
-        bases.save(self.model, last)
+        self._save(last)
         state = {"opt": self.opt.state_dict(), "step": self.step, "epoch": self.epoch, "best": self.best,
                  "hard": self.hard, "last_text": self.last_text, "history": self.history,
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
@@ -451,6 +467,7 @@ class Trainer:
             return False
         loaded = bases.load(self.out / "last")
         self.model.load_state_dict(loaded.state_dict())
+        self.model.cfg = replace(self.model.cfg, score=loaded.cfg.score)
         st = torch.load(f, map_location="cpu", weights_only=False)
         self._resumed = st
         if st["epoch"] < self.cfg.epochs:  # the joint stage's optimiser is needed only inside that stage
@@ -471,10 +488,10 @@ class Trainer:
             score = rec["dev_bi_R@1"] - 100 if bi_only else max(rec["dev_rerank20_R@1"], rec["dev_bi_R@1"])
             if score > self.best:
                 self.best = score
-                bases.save(self.model, self.out)
+                self._save(self.out)
                 rec["saved_best"] = True
         else:
-            bases.save(self.model, self.out)
+            self._save(self.out)
         self.history.append(rec)
         self.log(json.dumps(rec))
         self.save_checkpoint()
@@ -489,54 +506,49 @@ class Trainer:
         self.load_features()
         if self.try_resume():
             self.log(f"resumed from {self.out / 'last'} at epoch {self.epoch} step {self.step}")
-        if cfg.li_loss and float(self.model.cross.li_weight) == 0.0:  # in the dev rerank until calibrated
-            with torch.no_grad():
-                self.model.cross.li_weight.fill_(0.25 * float(self.model.cross.log_scale.exp()))
+        sc = self.model.cfg.score
+        if cfg.li_loss and sc.late_interaction == 0.0:  # in the training score until calibrated
+            self.model.cfg = replace(self.model.cfg, score=replace(
+                sc, late_interaction=0.25 * float(self.model.cross.log_scale.detach().exp())))
         self.model.train()
         t_start = time.time()
-        while self.epoch < cfg.epochs:
+
+        def joint_epoch() -> None:
             if self.epoch >= cfg.ce_start_epoch and (self.hard is None or self.step % self.steps_per_epoch == 0):
                 self.mine()
                 self.log(f"epoch {self.epoch}: mined hard negatives (caption above hardest negative "
                          f"{100 * self.mine_acc:.1f}%)")
-            perm = np.random.default_rng(cfg.seed + self.epoch).permutation(self.n_img)
-            first = self.step - self.epoch * self.steps_per_epoch
-            bar = tqdm(range(first, self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                       unit="step", disable=not self.progress, initial=first, total=self.steps_per_epoch)
-            for b in bar:
-                self._set_lr()
-                st = self.train_step(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-                self.step += 1
-                bar.set_postfix({k: f"{v:.3f}" for k, v in st.items()})
-                if self.step % cfg.ckpt_every == 0:
-                    self.save_checkpoint()
-            self.epoch += 1
-            self._end_epoch({"epoch": self.epoch, "step": self.step, "minutes": (time.time() - t_start) / 60},
-                            bi_only=self.epoch <= cfg.ce_start_epoch)
+
+        def joint_step(s: int, batch: np.ndarray) -> dict[str, float]:
+            self._set_lr()
+            return self.train_step(batch)
+
+        run_stage(self, Stage("epoch", 0, cfg.epochs, self.steps_per_epoch, 0, cfg.batch_size), self.n_img,
+                  cfg.seed, joint_step, joint_epoch,
+                  lambda: self._end_epoch({"epoch": self.epoch, "step": self.step,
+                                           "minutes": (time.time() - t_start) / 60},
+                                          bi_only=self.epoch <= cfg.ce_start_epoch),
+                  self.progress, cfg.ckpt_every)
         if cfg.ce_epochs:
             self._start_ce_stage()
             if "opt2" in self._resumed:
                 self.opt2.load_state_dict(self._resumed["opt2"])
-        while cfg.epochs <= self.epoch < cfg.epochs + cfg.ce_epochs:
-            self.mine()
-            self.log(f"epoch {self.epoch}: cross-encoder stage, mined hard negatives")
-            perm = np.random.default_rng(cfg.seed + self.epoch).permutation(self.n_img)
-            base = cfg.epochs * self.steps_per_epoch + (self.epoch - cfg.epochs) * self.ce_steps_per_epoch
-            first = self.step - base
-            bar = tqdm(range(first, self.ce_steps_per_epoch), desc=f"cross-encoder epoch {self.epoch + 1}/"
-                       f"{cfg.epochs + cfg.ce_epochs}", unit="step", disable=not self.progress, initial=first,
-                       total=self.ce_steps_per_epoch)
-            for b in bar:
-                self._set_lr2(self.step - cfg.epochs * self.steps_per_epoch)
-                st = self.ce_stage_step(perm[b * cfg.ce_stage_queries:(b + 1) * cfg.ce_stage_queries])
-                self.step += 1
-                bar.set_postfix({k: f"{v:.3f}" for k, v in st.items()})
-                if self.step % cfg.ckpt_every == 0:
-                    self.save_checkpoint()
-            self.epoch += 1
-            self._end_epoch({"epoch": self.epoch, "step": self.step, "minutes": (time.time() - t_start) / 60,
-                             "stage": "ce"}, bi_only=False)
-        if cfg.hub_bank and not self._resumed.get("calibrated"):
+
+            def ce_epoch() -> None:
+                self.mine()
+                self.log(f"epoch {self.epoch}: cross-encoder stage, mined hard negatives")
+
+            def ce_step(s: int, batch: np.ndarray) -> dict[str, float]:
+                self._set_lr2(s)
+                return self.ce_stage_step(batch)
+
+            run_stage(self, Stage("cross-encoder epoch", cfg.epochs, cfg.ce_epochs, self.ce_steps_per_epoch,
+                                  cfg.epochs * self.steps_per_epoch, cfg.ce_stage_queries), self.n_img, cfg.seed,
+                      ce_step, ce_epoch,
+                      lambda: self._end_epoch({"epoch": self.epoch, "step": self.step,
+                                               "minutes": (time.time() - t_start) / 60, "stage": "ce"}, bi_only=False),
+                      self.progress, cfg.ckpt_every)
+        if cfg.hub_bank:
             if self.dev is not None and (self.out / "model.safetensors").is_file():
                 best = {k: v for k, v in bases.load(self.out).state_dict().items()
                         if k not in bases.CALIBRATED_BUFFERS}
@@ -548,6 +560,81 @@ class Trainer:
         (self.out / "train_log.json").write_text(json.dumps({"config": asdict(cfg), "history": self.history},
                                                             indent=2))
         return {"history": self.history, "best": self.best}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run of epochs of one training stage (``run_stage``)."""
+
+    desc: str  # progress-bar label
+    first_epoch: int  # the run's epoch count when the stage starts
+    epochs: int  # epochs in the stage
+    steps_per_epoch: int
+    first_step: int  # the run's step count when the stage starts
+    batch: int  # items (photos) per step
+
+
+class _Run(Protocol):
+    epoch: int
+    step: int
+
+    def save_checkpoint(self) -> None: ...
+
+
+def run_stage(run: _Run, stage: Stage, n_items: int, seed: int, step: Callable[[int, np.ndarray], dict[str, float]],
+              start_epoch: Callable[[], None], end_epoch: Callable[[], None], progress: bool, ckpt_every: int) -> None:
+    """The epoch loop of every training run (``Trainer`` stages, ``quantize.distill``): from ``run.epoch``
+    (resuming inside an epoch from ``run.step``) to the stage's end; each epoch ``start_epoch()``, a seeded
+    permutation of the items in batches, ``step(steps since the stage began, batch)`` per step with a
+    checkpoint every ``ckpt_every`` steps, then ``end_epoch()`` after the epoch count moved on."""
+    last = stage.first_epoch + stage.epochs
+    while stage.first_epoch <= run.epoch < last:
+        start_epoch()
+        perm = np.random.default_rng(seed + run.epoch).permutation(n_items)
+        first = run.step - stage.first_step - (run.epoch - stage.first_epoch) * stage.steps_per_epoch
+        bar = tqdm(range(first, stage.steps_per_epoch), desc=f"{stage.desc} {run.epoch + 1}/{last}", unit="step",
+                   disable=not progress, initial=first, total=stage.steps_per_epoch)
+        for b in bar:
+            stats = step(run.step - stage.first_step, perm[b * stage.batch:(b + 1) * stage.batch])
+            run.step += 1
+            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+            if run.step % ckpt_every == 0:
+                run.save_checkpoint()
+        run.epoch += 1
+        end_epoch()
+
+
+def training_score(model: JointModel) -> ScoreConfig:
+    """The score the cross-encoder trains on and the periodic dev check ranks by, until the calibration:
+    the cosine at its trained scale, late interaction at the weight fixed when training started
+    (``cfg.score.late_interaction``), the joint pass at weight 1, no hubness."""
+    sc = model.cfg.score
+    return ScoreConfig(cosine=float(model.cross.log_scale.detach().exp()), late_interaction=sc.late_interaction,
+                       joint=1.0, hubness_temperature=sc.hubness_temperature)
+
+
+def ce_logits(model: JointModel, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``training_score`` applied to ``terms`` (``CE_TERMS``), with the cosine's scale as the trained
+    parameter it is (the loss moves it)."""
+    return (model.cross.log_scale.exp() * terms["cosine"] + model.cfg.score.late_interaction * terms["late_interaction"]
+            + terms["joint"])
+
+
+def _empty_set(terms: tuple[str, ...], k: int) -> RerankSet:
+    return RerankSet({t: np.zeros((0, k), np.float32) for t in terms}, np.zeros((0, k), bool))
+
+
+def _pct(x: np.ndarray) -> float:
+    return float(100.0 * np.mean(x)) if len(x) else float("nan")
+
+
+def _figures(choice: Choice, sets: dict[str, tuple[RerankSet, RerankSet]], half: int) -> dict[str, float | None]:
+    """rerank@20 R@1 of the chosen score, the best without and with the joint pass, on one half."""
+    t2i, i2t = sets["t2i"][half], sets["i2t"][half]
+    wj = choice.with_joint
+    return {"t2i_rerank20_R@1": recall_at_1(t2i, choice.score), "t2i_rerank20_R@1_plain": recall_at_1(t2i, choice.plain),
+            "t2i_rerank20_R@1_with_joint": recall_at_1(t2i, wj) if wj else None,
+            "i2t_rerank20_R@1": recall_at_1(i2t, choice.score)}
 
 
 class ClassTeacher:

@@ -16,9 +16,11 @@ Steps of a text query (see docs/mobile.md for every tensor and table):
               the query's states that the cross-encoder starts from (the text runs once per query)
 3. KNN in SQL int8-quantise the query, ``vectors MATCH vec_int8(?) AND k = ?`` (over-fetch 2x)
 4. rescore    decode each candidate's stored embedding (int8 + 4-bit residual), cosine with the query
-5. rerank     cross_encoder(text_states, attention_mask, text_embeds, candidates' image tokens and
-              embeddings) -> scores (n,)
-6. results    cross-encoder order for the reranked head, bi-encoder order after it
+5. rerank     the score's terms from the query's text_embeds / final text_states and the candidates'
+              stored embeddings and image tokens (``score.npz``: late interaction's projection, the
+              hubness banks), weighted by ``manifest.score.config``; the cross_encoder graph (the joint
+              pass) only when its weight ``joint`` is not 0 (docs/bundle.md, "The score")
+6. results    rerank order for the reranked head, bi-encoder order after it
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class Model:
         self.sessions = {g: ort.InferenceSession(str(root / m["graphs"][g]["variants"][f"onnx/{precision}"]["path"]),
                                                  opts, providers=["CPUExecutionProvider"])
                          for g in ("text_encoder", "image_encoder", "cross_encoder")}
+        self.w = m["score"]["config"]  # the score's weights
+        with np.load(root / m["score"]["data"], allow_pickle=False) as z:
+            self.arrays = {k: z[k].astype(np.float32) for k in ("li_weight", "li_bias", "text_bank", "image_bank")}
 
     # 1. tokenise
     def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -93,13 +98,33 @@ class Model:
     # 5. rerank
     def cross_scores(self, query: dict[str, np.ndarray], tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
         """One encoded query (``encode_text``) against n >= 1 candidates (tokens (n, T, Dt), embeds (n, D))
-        -> scores (n,)."""
-        out = [self.sessions["cross_encoder"].run(["scores"], {
-            **query,
-            "image_tokens": tokens[i:i + self.max_n].astype(np.float32),
-            "image_embeds": embeds[i:i + self.max_n].astype(np.float32)})[0]
-            for i in range(0, len(tokens), self.max_n)]
-        return np.concatenate(out).astype(np.float32)
+        -> scores (n,): cosine·cos + late_interaction·LI − photo_hubness·hub(e) − text_hubness·hub(t)
+        (+ joint·J from the cross_encoder graph when ``joint`` is not 0)."""
+        w, a = self.w, self.arrays
+        tokens, embeds = tokens.astype(np.float32), embeds.astype(np.float32)
+        t = query["text_embeds"][0]
+        score = w["cosine"] * (embeds @ t)
+        if w["late_interaction"]:
+            h = query["text_states"][-1, 0]  # (L, W) the text's final states
+            q = h @ a["li_weight"].T + a["li_bias"]
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            v = tokens / np.linalg.norm(tokens, axis=2, keepdims=True)
+            score += w["late_interaction"] * np.einsum("ld,ntd->nlt", q, v).max(-1).mean(-1)
+
+        def hub(x: np.ndarray, bank: np.ndarray, floor: float) -> np.ndarray:
+            if not len(bank):
+                return np.zeros(len(x), np.float32)
+            z = w["hubness_temperature"] * (x @ bank.T)
+            top = z.max(-1)
+            return np.maximum(top + np.log(np.exp(z - top[:, None]).sum(-1)), floor)
+
+        score -= w["photo_hubness"] * hub(embeds, a["text_bank"], w["photo_hubness_floor"])
+        score -= w["text_hubness"] * hub(t[None], a["image_bank"], w["text_hubness_floor"])[0]
+        if w["joint"]:
+            score += w["joint"] * np.concatenate([self.sessions["cross_encoder"].run(["joint"], {
+                **query, "image_tokens": tokens[i:i + self.max_n], "image_embeds": embeds[i:i + self.max_n]})[0]
+                for i in range(0, len(tokens), self.max_n)])
+        return score.astype(np.float32)
 
 
 # ---- the index file ------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_unknown_precision(tiny_bundle):
 
 
 @pytest.mark.parametrize("rel", ["onnx/int8/shared_weights.bin", "tokenizer.json", "onnx/fp32/text_encoder.onnx",
-                                 "ort/fp32/cross_encoder.ort"])
+                                 "ort/fp32/cross_encoder.ort", "score.npz"])
 def test_corrupted_file_is_refused(bundle_copy, rel):
     f = bundle_copy / rel
     data = bytearray(f.read_bytes())
@@ -95,8 +95,11 @@ def test_manifest_schema_is_validated(tiny_bundle, bundle_copy):
         edit(m)
         return validate_manifest(m)
 
-    assert any("format_version" in p for p in problems(lambda m: m.update(format_version=3)))
-    assert any("re-export" in p for p in problems(lambda m: m.update(format_version=1)))
+    assert any("format_version" in p for p in problems(lambda m: m.update(format_version=4)))
+    for old in (1, 2):  # token ids into the cross-encoder; the whole score inside the cross-encoder graph
+        assert any("re-export" in p for p in problems(lambda m: m.update(format_version=old)))
+    assert any("score.config" in p for p in problems(lambda m: m["score"].pop("config")))
+    assert any("score.data" in p for p in problems(lambda m: m["files"].pop(m["score"]["data"])))
     assert any("model.id" in p for p in problems(lambda m: m["model"].update(id="xyz")))
     assert any("embedding.dim" in p for p in problems(lambda m: m["embedding"].update(dim="16")))
     assert any("storage.token_int8_scale" in p for p in problems(lambda m: m["storage"].update(token_int8_scale=0)))
@@ -156,8 +159,65 @@ def test_encoded_queries_match_the_pytorch_model(tiny_bundle, _tiny_model):
         np.testing.assert_allclose(q.embedding, alone.embedding, atol=1e-5)
         ours = b.score_encoded(q, tok, emb)
         np.testing.assert_allclose(ours, b.score_encoded(alone, tok, emb), atol=1e-4)
-        np.testing.assert_allclose(ours, _tiny_model.score_candidates(t, tok, emb), atol=1e-3)
+        np.testing.assert_allclose(ours, _tiny_model.score_encoded(t, tok, emb), atol=1e-3)
         np.testing.assert_allclose(q.embedding, _tiny_model.embed_texts([t])[0], atol=1e-4)
+
+
+def _sessions_made(monkeypatch) -> list[str]:
+    made: list[str] = []
+    original = Bundle.session
+
+    def spy(self, graph):
+        made.append(graph)
+        return original(self, graph)
+
+    monkeypatch.setattr(Bundle, "session", spy)
+    return made
+
+
+def test_the_score_runs_the_joint_graph_when_it_is_weighted(tiny_bundle, _tiny_model, monkeypatch):
+    """γ > 0 (the tiny model's score): the cross_encoder graph gives the joint term, and the numpy terms +
+    that graph reproduce the PyTorch model's score."""
+    import torch
+
+    made = _sessions_made(monkeypatch)
+    b = Bundle.load(tiny_bundle, threads=1)
+    assert b.score_config == _tiny_model.cfg.score and b.score_config.joint != 0.0
+    emb, tok = b.encode_images(list(np.random.default_rng(4).integers(0, 255, (5, 40, 50, 3), dtype=np.uint8)))
+    q = b.encode_query("a red car")
+    terms = b.score_terms(q, tok, emb)
+    assert "cross_encoder" in made
+    mq = _tiny_model.encode_query("a red car")
+    with torch.no_grad():
+        ref = _tiny_model.score_terms(mq, torch.from_numpy(tok)[None], torch.from_numpy(emb)[None])
+    for name, v in ref.items():
+        np.testing.assert_allclose(terms[name], v[0].numpy(), atol=1e-4, err_msg=name)
+
+
+def test_without_joint_weight_the_runtime_never_opens_the_joint_graph(bundle_copy, _tiny_model, monkeypatch):
+    """γ = 0: the rerank needs no cross_encoder session, and works with that graph absent from the bundle."""
+    from dataclasses import replace
+
+    m = _manifest(bundle_copy)
+    m["score"]["config"]["joint"] = 0.0
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    for f in bundle_copy.rglob("cross_encoder.*"):
+        f.unlink()
+    made = _sessions_made(monkeypatch)
+    b = Bundle.load(bundle_copy, threads=1, verify=False)
+    emb, tok = b.encode_images(list(np.random.default_rng(5).integers(0, 255, (4, 40, 50, 3), dtype=np.uint8)))
+    got = b.score_candidates("a red car", tok, emb)
+    assert "cross_encoder" not in made and "cross_encoder" not in b._sessions
+    ref = replace(_tiny_model.cfg.score, joint=0.0)
+    model = _tiny_model
+    old = model.cfg
+    try:
+        model.cfg = replace(old, score=ref)
+        np.testing.assert_allclose(got, model.score_encoded("a red car", tok, emb), atol=1e-4)
+    finally:
+        model.cfg = old
+    with pytest.raises(KeyError, match="unknown score terms"):
+        b.score_terms(b.encode_query("x"), tok, emb, ("jointx",))
 
 
 def test_a_reranked_search_runs_the_text_encoder_once(tiny_bundle, tmp_path):

@@ -123,15 +123,20 @@ def test_embedding_id_changes_with_the_encoders_not_with_the_reranker(_tiny_mode
 
     base = json.loads((tiny_bundle / "manifest.json").read_text())["model"]
     assert len(base["embedding_id"]) == 64 and base["embedding_id"] != base["id"]
-    recal = copy.deepcopy(_tiny_model)
-    recal.tokenizer = _tiny_model.tokenizer
-    with torch.no_grad():  # what a recalibration changes: the score's weights, floors and banks
-        recal.cross.hub.mul_(0.5)
-        recal.cross.hub_floor.add_(0.1)
-        recal.cross.li_weight.fill_(1.0)
-    export_bundle(recal, tmp_path / "recal", precisions=("fp32",), fusion="off", mobile=False, threads=1)
-    m = json.loads((tmp_path / "recal" / "manifest.json").read_text())["model"]
-    assert m["id"] != base["id"] and m["embedding_id"] == base["embedding_id"]
+    export_bundle(_tiny_model, tmp_path / "same", precisions=("fp32",), fusion="off", mobile=False, threads=1)
+    assert json.loads((tmp_path / "same" / "manifest.json").read_text())["model"]["id"] == base["id"]  # reproducible
+    sc = _tiny_model.cfg.score
+    for name, change in (("weights", lambda m: setattr(m, "cfg", replace(m.cfg, score=replace(
+                              sc, photo_hubness=sc.photo_hubness * 0.5, photo_hubness_floor=sc.photo_hubness_floor + 0.1,
+                              late_interaction=1.0)))),
+                         ("banks", lambda m: m.cross.text_bank.mul_(0.5))):  # what a recalibration changes
+        recal = copy.deepcopy(_tiny_model)
+        recal.tokenizer = _tiny_model.tokenizer
+        with torch.no_grad():
+            change(recal)
+        export_bundle(recal, tmp_path / name, precisions=("fp32",), fusion="off", mobile=False, threads=1)
+        m = json.loads((tmp_path / name / "manifest.json").read_text())["model"]
+        assert m["id"] != base["id"] and m["embedding_id"] == base["embedding_id"], name
     other = copy.deepcopy(_tiny_model)
     other.tokenizer = _tiny_model.tokenizer
     with torch.no_grad():  # another image head: the stored vectors would differ

@@ -30,7 +30,7 @@ def test_dynamic_axes_and_shapes():
     assert GRAPHS["text_encoder"].io(cfg)["outputs"][1]["shape"] == [cfg.cross_layers + 1, "batch", "length",
                                                                    cfg.text.width]
     cross = GRAPHS["cross_encoder"]
-    assert cross.dynamic_axes()["image_tokens"] == {0: "n"} and cross.dynamic_axes()["scores"] == {0: "n"}
+    assert cross.dynamic_axes()["image_tokens"] == {0: "n"} and cross.dynamic_axes()["joint"] == {0: "n"}
     io = GRAPHS["image_encoder"].io(cfg)
     assert io["outputs"][1]["shape"] == ["batch", cfg.n_image_tokens, cfg.token_dim]
     assert GRAPHS["image_encoder"].io(cfg)["inputs"][0]["shape"] == ["batch", 3, 32, 32]

@@ -88,7 +88,11 @@ def test_clip_base_builds_and_matches_hf_features(tiny_clip_dir):
     assert torch.allclose(i, i_ref, atol=1e-5)
     assert t.shape == t_ref.shape
     assert tok.shape == (2, cfg.n_image_tokens, cfg.token_dim)
-    s = m.score_pairs(["a dog", "a cat"], [np.zeros((32, 32, 3), np.uint8)] * 2)
+    from dataclasses import replace
+
+    m.cfg = replace(m.cfg, score=replace(m.cfg.score, joint=1.0))  # the joint pass over CLIP's causal blocks
+    e, tk = m.encode_images([np.zeros((32, 32, 3), np.uint8)] * 2)
+    s = m.score_encoded("a dog", tk, e)
     assert s.shape == (2,) and np.isfinite(s).all()
 
 
@@ -101,5 +105,5 @@ def test_clip_base_trains_and_saves(tiny_clip_dir, tmp_path):
     assert not any(n.startswith("image_tower.") for n in trainable)
     save(m, tmp_path / "m")
     m2 = load(tmp_path / "m")
-    imgs = [np.full((32, 32, 3), 100, np.uint8)]
-    np.testing.assert_allclose(m.eval().score_pairs(["a dog"], imgs), m2.score_pairs(["a dog"], imgs), atol=1e-5)
+    e, tk = m.eval().encode_images([np.full((32, 32, 3), 100, np.uint8)])
+    np.testing.assert_allclose(m.score_encoded("a dog", tk, e), m2.score_encoded("a dog", tk, e), atol=1e-5)

