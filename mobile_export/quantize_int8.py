@@ -118,8 +118,8 @@ def saturation_risk(model: onnx.ModelProto) -> list[str]:
             continue  # a uint8 weight (u8u8 kernels do not saturate) or one computed at run time
         q = numpy_helper.to_array(inits[w]).astype(np.int32)
         z = numpy_helper.to_array(inits[zp]).astype(np.int32) if zp in inits else np.zeros((), np.int32)
-        if axis0 and z.ndim == 1:
-            z = z.reshape((-1,) + (1,) * (q.ndim - 1))  # per output channel of a Conv weight (O, I, kh, kw)
+        if z.ndim == 1 and (axis0 or z.shape[0] != q.shape[-1]):
+            z = z.reshape((-1,) + (1,) * (q.ndim - 1))  # per channel along axis 0 (Conv, transposed Gemm)
         if np.abs(q - z).max(initial=0) > SAFE_INT8_WEIGHT:
             risky.append(w)
     return risky
