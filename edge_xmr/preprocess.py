@@ -7,6 +7,7 @@ whole image to size x size (aspect not kept, as in the training data), scale to 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,21 @@ def load_image(path: str | Path, size: int = 224) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file")
-        with Image.open(path) as im:
+    except OSError as e:
+        raise ImageError(f"{path}: cannot decode image ({e})") from None
+    return _decode(path, size, str(path))
+
+
+def decode_image(data: bytes, size: int = 224, name: str = "image") -> Image.Image:
+    """``load_image`` for bytes in memory (a file the caller opened and checked itself)."""
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    return _decode(io.BytesIO(data), size, name)
+
+
+def _decode(source: Path | io.BytesIO, size: int, name: str) -> Image.Image:
+    try:
+        with Image.open(source) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (size, size))  # reduced-size DCT decoding (a 12 MP photo decodes at 1/8)
             im.load()
@@ -37,9 +52,9 @@ def load_image(path: str | Path, size: int = 224) -> Image.Image:
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: decompression bomb ({e})") from None
+        raise ImageError(f"{name}: decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from None
+        raise ImageError(f"{name}: cannot decode image ({e})") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
