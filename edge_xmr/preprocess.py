@@ -7,6 +7,7 @@ whole image to size x size (aspect not kept, as in the training data), scale to 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -92,3 +93,12 @@ def to_pixels(images: Sequence[Any], cfg: Any) -> FloatArray:
         a = np.asarray(im, np.float32) / 255.0  # (S, S, 3)
         out[i] = ((a - mean) / std).transpose(2, 0, 1)
     return out
+
+
+def decode_image(data: bytes, size: int = 224, name: str = "image") -> Image.Image:
+    """``load_image`` for bytes in memory (a file the caller opened and checked itself)."""
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    buf = io.BytesIO(data)
+    buf.name = name  # type: ignore[attr-defined]  # load_image names the file in its errors
+    return load_image(buf, size)

@@ -12,18 +12,31 @@ Routes (GET only):
   made once and cached)
 
 Security: URLs carry photo and folder ids, never paths. A file is read only when its id is in
-the index, and then from the path stored in the index. Everything else is refused with a JSON
-``{"error": message}`` (400 bad input, 404 unknown, 503 no index yet). The server binds
-127.0.0.1 by default and refuses requests whose Host header names another machine (DNS
-rebinding). The page renders every string as text (no HTML injection), under a strict CSP.
+the index, from the path stored in the index, and only when it is still the indexed photo: not a
+symlink, a regular file, the recorded bytes (``read_indexed``). Everything else is refused with a
+JSON ``{"error": message}`` (400 bad input, 403 refused, 404 unknown, 503 no index yet or busy);
+error messages never carry absolute paths or exception text (``redact``; the details go to the
+server log). The server binds 127.0.0.1 by default; another address needs ``allow_remote``, and
+then every request needs the access token (``?token=`` once, then an HttpOnly cookie). The Host
+header is checked against an allow-list in every mode (DNS rebinding). Connections time out when
+idle or slow and are bounded in number (``ServerConfig``). The page renders every string as text
+(no HTML injection), under a strict CSP.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import hmac
+import io
+import ipaddress
 import json
 import os
 import re
+import secrets
+import socket
+import stat
+import sys
 import tempfile
 import threading
 import time
@@ -33,10 +46,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 if TYPE_CHECKING:
     from .index.library import EncoderBundle, Library
@@ -50,10 +64,29 @@ MAX_K = 100  # results per page at most
 DEFAULT_K = 24  # results per page
 DEFAULT_RERANK = 20  # candidates the cross-encoder reranks
 SIZES = {"thumb": 320, "photo": 1600}  # longest side of cached JPEG renderings
+MAX_PARAMS = 20  # query parameters per request at most
 _ID = re.compile(r"[1-9][0-9]{0,17}")  # photo / folder ids as they may appear in a URL
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+class ServeError(ValueError):
+    """A server setting that cannot be honoured (e.g. a non-loopback address without allow_remote)."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the gallery listens, who may ask, and every limit of a connection."""
+
+    host: str = "127.0.0.1"  # address to bind; a loopback address unless allow_remote
+    port: int = 0  # 0: any free port
+    allow_remote: bool = False  # serve beyond loopback: every request then needs the access token
+    allow_hosts: tuple[str, ...] = ()  # more names accepted in the Host header (e.g. from /etc/hosts)
+    idle_timeout: float = 20.0  # seconds a connection may wait for the client's next bytes (or to take ours)
+    request_timeout: float = 30.0  # seconds a client may take to send its whole request (slow clients)
+    max_connections: int = 32  # connections served at once (fewer if descriptors are short); more: 503
+    busy_read_wait: float = 0.02  # seconds a refused connection's request is awaited before the 503
 
 
 class HttpError(Exception):
@@ -103,20 +136,84 @@ def parse_day(raw: str | None, name: str) -> date | None:
         raise HttpError(400, f"'{name}' must be a date like 2024-05-31.") from None
 
 
-def thumb_key(path: str, size: int, mtime_ns: int, px: int) -> str:
-    """Cache key of a rendering: changes when the file changes."""
-    return hashlib.sha256(f"{path}\0{size}\0{mtime_ns}\0{px}".encode()).hexdigest()[:32]
+def parse_params(query: str) -> dict[str, str]:
+    """A URL's query -> {name: last value} (raises HttpError 400: too many parameters)."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=MAX_PARAMS)
+    except ValueError:  # the only error parse_qsl raises when not strict: too many fields
+        raise HttpError(400, f"Too many query parameters (at most {MAX_PARAMS}).") from None
+    return dict(pairs)
 
 
-def render_jpeg(src: str, px: int) -> bytes:
-    """A photo -> JPEG bytes, oriented, longest side at most ``px``."""
-    import io
+# an absolute path (POSIX, Windows drive or UNC) inside a message, up to the next space or quote
+_ABS_PATH = re.compile(r"(?:(?<![\w.~-])/|\b[A-Za-z]:[\\/]|\\\\)[^\s'\"<>|]*")
 
+
+def redact(message: str) -> str:
+    """A message fit for a browser: every absolute path cut to its last part (``/a/b/x.jpg`` -> ``x.jpg``)."""
+    return _ABS_PATH.sub(lambda m: re.split(r"[\\/]", m.group().rstrip("\\/"))[-1] or "/", message)
+
+
+@dataclass(frozen=True)
+class IndexedFile:
+    """What the index recorded of a photo's file: where, and which bytes."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    digest: bytes  # sha256 of the bytes
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
+def open_indexed(rec: IndexedFile, pid: int) -> tuple[io.BufferedReader, os.stat_result]:
+    """Open an indexed photo's file if it still is a regular file of the recorded size, and no symlink.
+
+    ``O_NOFOLLOW`` refuses a symlink atomically (the ``lstat`` covers systems without it),
+    ``O_NONBLOCK`` keeps a FIFO put in the photo's place from blocking. Raises HttpError 404."""
+    try:
+        if stat.S_ISLNK(os.lstat(rec.path).st_mode):
+            raise OSError(errno.ELOOP, "symlink")
+        fd = os.open(rec.path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise HttpError(404, f"Photo {pid} is indexed but its file is gone; re-index the folder.") from None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK):  # what O_NOFOLLOW answers for a symlink
+            raise HttpError(404, f"Photo {pid} is not shown: its file was replaced by a link.") from None
+        raise HttpError(404, f"Photo {pid} cannot be read ({e.strerror or 'error'}).") from None
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != rec.size:
+        f.close()
+        raise _changed(pid)
+    return f, st
+
+
+def read_indexed(f: io.BufferedReader, rec: IndexedFile, pid: int) -> bytes:
+    """The bytes of an opened photo file, only if they are the bytes that were indexed."""
+    data = f.read(rec.size + 1)
+    if hashlib.sha256(data).digest() != rec.digest:
+        raise _changed(pid)
+    return data
+
+
+def _changed(pid: int) -> HttpError:
+    return HttpError(404, f"Photo {pid} is not shown: its file changed since it was indexed; re-index the folder.")
+
+
+def thumb_key(digest: bytes, px: int) -> str:
+    """Cache key of a rendering: the photo's content and the size."""
+    return hashlib.sha256(digest + f"\0{px}".encode()).hexdigest()[:32]
+
+
+def render_jpeg(data: bytes, px: int, name: str = "image") -> bytes:
+    """A photo's bytes -> JPEG bytes, oriented, longest side at most ``px``."""
     from PIL import Image
 
-    from .preprocess import load_image
+    from .preprocess import decode_image
 
-    im = load_image(src, px)
+    im = decode_image(data, px, name)
     im.thumbnail((px, px), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85, optimize=True)
@@ -135,7 +232,7 @@ class IndexingState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"running": self.running, "done": self.done, "total": self.total, "added": self.added,
-                "error": self.error}
+                "error": None if self.error is None else redact(self.error)}
 
 
 @dataclass
@@ -172,7 +269,7 @@ class Gallery:
     def missing_message(self) -> str:
         if self.indexing.running:
             return "The index is being created; photos appear in a moment."
-        return (f"There is no index at {self.db} yet. Build one with 'edge-xmr serve --photos DIR' "
+        return (f"There is no index {self.db.name} yet. Build one with 'edge-xmr serve --photos DIR' "
                 "(or 'edge-xmr demo'), then reload.")
 
     def status(self) -> dict[str, Any]:
@@ -186,7 +283,7 @@ class Gallery:
         if self.indexing.running:
             msg = f"Indexing: {self.indexing.done} of {self.indexing.total} photos done; results may be incomplete."
         elif self.indexing.error:
-            msg = f"Indexing stopped: {self.indexing.error}"
+            msg = f"Indexing stopped: {redact(self.indexing.error)}"
         elif n == 0:
             msg = "The index holds no photos yet."
         return {**out, "ready": n > 0, "photos": n, "model": model, "message": msg}
@@ -273,26 +370,36 @@ class Gallery:
 
     # ---- images ----
     def image(self, pid: int, kind: str) -> bytes:
-        """The cached JPEG rendering of an indexed photo (made on first request)."""
+        """The cached JPEG rendering of an indexed photo (made on first request).
+
+        Served only while the file at the photo's path is the indexed photo (``open_indexed``): a
+        rendering is made from bytes whose sha256 is the recorded one, and a cached rendering is
+        reused while the file keeps the recorded size and mtime (else the bytes are checked again)."""
         from .preprocess import ImageError
 
-        with self.library() as lib:
-            path = self._photo(lib, pid)
+        rec = self._indexed_file(pid)
         px = SIZES[kind]
-        try:
-            st = os.stat(path)
-        except OSError:
-            raise HttpError(404, f"Photo {pid} is indexed but its file is gone; re-index the folder.") from None
-        key = thumb_key(path, st.st_size, st.st_mtime_ns, px)
+        key = thumb_key(rec.digest, px)
         cached = self.thumbs / key[:2] / f"{key}.jpg"
-        if cached.is_file():
-            return cached.read_bytes()
+        f, st = open_indexed(rec, pid)
+        with f:
+            if st.st_mtime_ns == rec.mtime_ns and cached.is_file():
+                return cached.read_bytes()
+            data = read_indexed(f, rec, pid)
         try:
-            data = render_jpeg(path, px)
+            jpeg = render_jpeg(data, px, os.path.basename(rec.path))
         except (ImageError, OSError) as e:
             raise HttpError(404, f"Photo {pid} cannot be shown: {e}") from None
-        _write_atomic(cached, data)
-        return data
+        _write_atomic(cached, jpeg)
+        return jpeg
+
+    def _indexed_file(self, pid: int) -> IndexedFile:
+        with self.library() as lib:
+            row = lib.connection.execute("SELECT path, size, mtime_ns, hash FROM photos WHERE id = ?",
+                                         (pid,)).fetchone()
+        if row is None:
+            raise HttpError(404, f"No photo with id {pid} in the index.")
+        return IndexedFile(str(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
 
     def warm_up(self) -> threading.Thread:
         """Run each graph once in a daemon thread: onnxruntime's first run allocates (hundreds of ms)."""
@@ -374,42 +481,201 @@ def _folder_label(key: str, base: str) -> str:
     return rel or os.path.basename(key.rstrip("/")) or key
 
 
+# ---- who may ask: addresses, Host headers, the access token ------------------------------------------
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?)*\.?")
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_wildcard(host: str) -> bool:
+    """An address that binds every interface: ``""``, ``0.0.0.0``, ``::``."""
+    ip = _ip(host)
+    return host == "" or (ip is not None and ip.is_unspecified)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1, ::ffff:127.x)."""
+    ip = _ip(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return host.lower() == "localhost" if ip is None else ip.is_loopback
+
+
+def host_name(text: str) -> str:
+    """A name or address as it appears in a Host header: lower case, IPv6 canonical in brackets."""
+    ip = _ip(text)
+    if isinstance(ip, ipaddress.IPv6Address):
+        return f"[{ip}]"
+    return str(ip) if ip is not None else text.strip().lower()
+
+
+def split_host(header: str) -> tuple[str, int | None] | None:
+    """A Host header -> (name, port or None), the name as ``host_name`` writes it; None: malformed."""
+    v = header.strip()
+    if v.startswith("["):  # an IPv6 literal: [::1] or [::1]:8765
+        end = v.find("]")
+        name, rest = v[: end + 1], v[end + 1:]
+        if end < 0 or not isinstance(_ip(name), ipaddress.IPv6Address) or (rest and rest[0] != ":"):
+            return None
+        port = rest[1:]
+    elif v.count(":") <= 1:
+        name, _, port = v.partition(":")
+        if not _HOSTNAME.fullmatch(name.lower()):
+            return None
+    else:  # an IPv6 address without brackets is no valid Host header
+        return None
+    if port and not (port.isdigit() and len(port) <= 5):
+        return None
+    return host_name(name), int(port) if port else None
+
+
+def check_config(config: ServerConfig) -> None:
+    """Refuse a setting that would expose the gallery by accident (raises ServeError)."""
+    if not config.allow_remote and not is_loopback(config.host):
+        raise ServeError(f"refusing to serve on {config.host}: that address is reachable from other machines; "
+                         "add --allow-remote to do so on purpose (requests then need the printed access link)")
+    for name in config.allow_hosts:
+        if _ip(name) is None and not _HOSTNAME.fullmatch(name.lower()):
+            raise ServeError(f"not a host name or address: {name!r}")
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """Which Host headers a server answers (DNS rebinding: a foreign name must never reach the API)."""
+
+    names: frozenset[str]
+    port: int
+    any_address: bool  # also any IP literal: bound to all interfaces with allow_remote
+
+    def allows(self, header: str | None) -> bool:
+        parsed = split_host(header or "")
+        if parsed is None:
+            return False
+        name, port = parsed
+        if port is not None and port != self.port:
+            return False
+        # An IP literal cannot be rebound to another machine: the browser's origin then is that address.
+        return name in self.names or (self.any_address and _ip(name) is not None)
+
+
+def host_check(config: ServerConfig, bound: str, port: int) -> HostCheck:
+    """The loopback names and the bound address; with allow_remote also this machine's host names;
+    always the configured extra names."""
+    wildcard = is_wildcard(bound)
+    names = set(LOOPBACK_NAMES) | {host_name(n) for n in config.allow_hosts}
+    if not wildcard:
+        names.add(host_name(bound))
+    if config.allow_remote:
+        me = socket.gethostname().lower()
+        names |= {me, f"{me.split('.')[0]}.local"} if me else set()
+    return HostCheck(frozenset(names), port, any_address=config.allow_remote and wildcard)
+
+
 # ---- HTTP -----------------------------------------------------------------------------------------
+class _DeadlineReader(io.RawIOBase):
+    """A connection's input: each read waits at most ``idle`` seconds, and until ``deadline``
+    (monotonic) at the latest, so that a client sending one byte at a time cannot hold a thread."""
+
+    def __init__(self, sock: socket.socket, idle: float, deadline: float | None):
+        super().__init__()
+        self.sock, self.idle, self.deadline = sock, idle, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        wait = self.idle
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - time.monotonic())
+            if wait <= 0:
+                raise TimeoutError("the request took too long to arrive")
+        self.sock.settimeout(wait)
+        return self.sock.recv_into(buf)
+
+
 class GalleryHandler(BaseHTTPRequestHandler):
     """GET-only request handler; ``server.gallery`` is the Gallery."""
 
     server: GalleryServer
     server_version = "edge-xmr"
     sys_version = ""
+    _reader: _DeadlineReader
+    _cookie: str | None = None  # a Set-Cookie value for the response (the token was just given)
+
+    @property  # type: ignore[override]
+    def timeout(self) -> float:  # StreamRequestHandler.setup applies it to the connection
+        return self.server.config.idle_timeout
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # replaced: reads with a deadline for the request line and headers
+        cfg = self.server.config
+        self._reader = _DeadlineReader(self.connection, cfg.idle_timeout, time.monotonic() + cfg.request_timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._reader.deadline = None  # the request has arrived: from now on only the idle timeout
+        self.connection.settimeout(self.server.config.idle_timeout)
+        return ok
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         try:
-            self._check_host()
-            self._route()
+            if not self.server.hosts.allows(self.headers.get("Host")):
+                raise HttpError(403, "This gallery only answers requests addressed to this machine.")
+            url = urlsplit(self.path)
+            params = parse_params(url.query)
+            if self._check_token(url.path, params):
+                self._route(url.path, params)
         except HttpError as e:
-            self._json({"error": e.message}, e.status)
-        except Exception as e:  # a bug or a broken file: say so, keep serving
-            self._json({"error": f"Internal error: {type(e).__name__}: {e}"}, 500)
+            self._error(e.status, e.message)
+        except Exception as e:  # a bug or a broken file: the log says what, the page only that it happened
+            self.log_error("internal error answering %s: %s: %s", self.command, type(e).__name__, e)
+            self._error(500, "Internal error; the server's log says more.")
 
     def do_POST(self) -> None:  # noqa: N802
-        self._json({"error": "Only GET requests are served."}, 405)
+        self._error(405, "Only GET requests are served.")
 
     do_PUT = do_DELETE = do_PATCH = do_POST
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
         if self.server.log is not None:
-            self.server.log(format % args)
+            msg = format % args
+            self.server.log(msg.replace(self.server.token, "<token>") if self.server.token else msg)
 
-    def _check_host(self) -> None:
-        allowed = self.server.allowed_hosts
-        host = (self.headers.get("Host") or "").strip().lower()
-        if allowed and host not in allowed:
-            raise HttpError(403, "This gallery only answers requests addressed to this machine.")
+    def _check_token(self, path: str, params: dict[str, str]) -> bool:
+        """True: go on. With a token (allow_remote) a request needs it, as ``?token=`` or the cookie
+        that a request with ``?token=`` gets; the page with ``?token=`` is redirected to drop it."""
+        token = self.server.token
+        if token is None:
+            return True
+        given = params.get("token")
+        if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+            self._cookie = f"{self.server.cookie_name}={token}; Path=/; HttpOnly; SameSite=Strict"
+            if path in ("/", "/index.html"):
+                self._send(b"", "text/plain", status=303, headers={"Location": "/"})
+                return False
+            return True
+        if hmac.compare_digest(self._token_cookie().encode(), token.encode()):
+            return True
+        raise HttpError(403, "This gallery needs its access link: open the URL with ?token= that "
+                             "'edge-xmr serve' printed.")
 
-    def _route(self) -> None:
-        url = urlsplit(self.path)
-        path = url.path
-        params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True, max_num_fields=20).items()}
+    def _token_cookie(self) -> str:
+        try:
+            jar = SimpleCookie(self.headers.get("Cookie") or "")
+        except CookieError:
+            return ""
+        morsel = jar.get(self.server.cookie_name)
+        return morsel.value if morsel is not None else ""
+
+    def _route(self, path: str, params: dict[str, str]) -> None:
         g = self.server.gallery
         if path in ("/", "/index.html"):
             return self._file("index.html", "text/html; charset=utf-8")
@@ -435,11 +701,16 @@ class GalleryHandler(BaseHTTPRequestHandler):
     def _file(self, name: str, ctype: str) -> None:
         self._send((WEB_DIR / name).read_bytes(), ctype, cache="no-cache")
 
+    def _error(self, status: int, message: str) -> None:
+        """Every error answer goes here: JSON, with no absolute path in it."""
+        self._json({"error": redact(message)}, status)
+
     def _json(self, obj: Any, status: int = 200) -> None:
         self._send(json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8",
                    status=status)
 
-    def _send(self, body: bytes, ctype: str, status: int = 200, cache: str = "no-store") -> None:
+    def _send(self, body: bytes, ctype: str, status: int = 200, cache: str = "no-store",
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status, HTTPStatus(status).phrase)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -447,39 +718,137 @@ class GalleryHandler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Content-Security-Policy", CSP)
+        if self._cookie is not None:
+            self.send_header("Set-Cookie", self._cookie)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD" and status != 204:
             self.wfile.write(body)
 
 
-class GalleryServer(ThreadingHTTPServer):
-    daemon_threads = True
+# descriptors a connection may hold at once (its socket, the index file with its -wal and -shm, a
+# photo) and those the process needs besides (stdio, the listening socket, the indexer, imports)
+FDS_PER_CONNECTION = 5
+FDS_RESERVED = 24
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+         b"Retry-After: 2\r\nConnection: close\r\nContent-Length: 62\r\n\r\n"
+         b'{"error": "The gallery is busy; try again in a few seconds."}\n')
 
-    def __init__(self, gallery: Gallery, host: str = "127.0.0.1", port: int = 0,
+
+def connection_bound(wanted: int) -> int:
+    """``wanted``, or fewer so that the connections' descriptors fit under RLIMIT_NOFILE."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, (soft - FDS_RESERVED) // FDS_PER_CONNECTION))
+
+
+class GalleryServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them; the accept loop never spins."""
+
+    daemon_threads = True
+    block_on_close = False  # closing does not wait for idle clients to time out
+    request_queue_size = 64
+
+    def __init__(self, gallery: Gallery, config: ServerConfig = ServerConfig(),
                  log: Callable[[str], None] | None = None):
-        super().__init__((host, port), GalleryHandler)
-        self.gallery = gallery
-        self.log = log
-        self.allowed_hosts = allowed_hosts(host, self.server_address[1])
+        check_config(config)
+        host = config.host.strip("[]")
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, config.port), GalleryHandler)
+        self.gallery, self.config, self.log = gallery, config, log
+        self.port = int(self.server_address[1])
+        self.hosts = host_check(config, host, self.port)
+        self.token = secrets.token_urlsafe(24) if config.allow_remote else None
+        self.cookie_name = f"edge_xmr_token_{self.port}"  # one per port: two galleries on a machine
+        self.max_connections = connection_bound(config.max_connections)
+        self.open_connections = 0
+        self._slots = threading.Lock()
+        self._backoff = 0.0
 
     @property
     def url(self) -> str:
-        host, port = str(self.server_address[0]), int(self.server_address[1])
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
+        """The address to open on this machine (with the access token when there is one)."""
+        host = str(self.server_address[0])
+        if is_wildcard(host):
+            host = "::1" if ":" in host else "127.0.0.1"
+        return self.url_for(host)
+
+    def url_for(self, host: str) -> str:
+        """The address to open through ``host`` (a name or address of this machine)."""
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that ended with an error (a client gone mid-answer): one log line, no traceback."""
+        if self.log is not None:
+            self.log(f"connection from {client_address[0]} ended: {sys.exc_info()[1]!r}")
+
+    # ---- accepting ----
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            conn = super().get_request()
+        except OSError as e:
+            if e.errno in _OUT_OF_DESCRIPTORS:  # the listening socket stays readable: wait, do not spin
+                self._backoff = min(1.0, max(0.01, 2 * self._backoff))
+                time.sleep(self._backoff)
+            raise  # socketserver drops this accept and polls again
+        self._backoff = 0.0
+        return conn
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._take_slot():
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self._free_slot()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._free_slot()
+
+    def _take_slot(self) -> bool:
+        with self._slots:
+            if self.open_connections >= self.max_connections:
+                return False
+            self.open_connections += 1
+            return True
+
+    def _free_slot(self) -> None:
+        with self._slots:
+            self.open_connections -= 1
+
+    def _refuse_busy(self, request: socket.socket) -> None:
+        """A quick 503 and close. The request is read first (if it comes at once): closing a socket
+        with unread input resets the connection, and the client might lose the answer."""
+        try:
+            request.settimeout(self.config.busy_read_wait)
+            try:
+                request.recv(65536)
+            except OSError:
+                pass
+            request.settimeout(self.config.busy_read_wait)
+            request.sendall(_BUSY)
+        except OSError:
+            pass
+        finally:
+            self.shutdown_request(request)
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def allowed_hosts(host: str, port: int) -> frozenset[str]:
-    """Host headers accepted when bound to a loopback address (empty: any, when bound elsewhere)."""
-    if host not in LOOPBACK:
-        return frozenset()
-    names = ("127.0.0.1", "localhost", "[::1]")
-    return frozenset({f"{n}:{port}" for n in names} | set(names))
-
-
-def make_server(gallery: Gallery, host: str = "127.0.0.1", port: int = 0,
+def make_server(gallery: Gallery, config: ServerConfig = ServerConfig(),
                 log: Callable[[str], None] | None = None) -> GalleryServer:
-    """A ready-to-run server (``serve_forever()``); port 0 picks a free port (see ``.url``)."""
-    return GalleryServer(gallery, host, port, log)
+    """A ready-to-run server (``serve_forever()``); port 0 picks a free port (see ``.url``).
+    Raises ServeError for a setting it refuses, OSError when it cannot listen."""
+    return GalleryServer(gallery, config, log)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import threading
 import time
@@ -33,7 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="search gallery in the browser (local page, 127.0.0.1 by default)")
     s.add_argument("--db", default=None, help="index file (default: $EDGE_XMR_DB or the platform data folder)")
     s.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; ::1 for IPv6); an address other "
+                        "machines can reach (0.0.0.0, a LAN address) needs --allow-remote")
+    s.add_argument("--allow-remote", action="store_true",
+                   help="serve beyond this machine on purpose: every request then needs the access token of the "
+                        "printed link (kept in a cookie after the first visit)")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to NAME (the Host header), e.g. a name from /etc/hosts "
+                        "(repeatable; this machine's addresses and host name are accepted already)")
     s.add_argument("--bundle", default=None, help="model bundle folder (default: the one the index was built with, "
                                                   "else the default model's bundle)")
     s.add_argument("--photos", default=None, help="index (or update) this folder in the background while serving")
@@ -229,8 +238,14 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..demo import cache_dir
     from ..index.library import Library, LibraryError
     from ..paths import default_db_path
-    from ..server import Gallery, LOOPBACK, make_server
+    from ..server import Gallery, ServeError, ServerConfig, check_config, make_server
 
+    config = ServerConfig(host=args.host, port=args.port, allow_remote=args.allow_remote,
+                          allow_hosts=tuple(args.allow_host))
+    try:  # before any loading: a refused address is one line at once
+        check_config(config)
+    except ServeError as e:
+        raise UserError(str(e)) from None
     db = Path(args.db).expanduser().resolve() if args.db else default_db_path()
     photos = Path(args.photos).expanduser().resolve() if args.photos else None
     if photos is not None and not photos.is_dir():
@@ -249,18 +264,21 @@ def run_serve(args: argparse.Namespace) -> int:
     thumbs = Path(args.thumbs).expanduser() if args.thumbs else cache_dir() / "thumbs"
     gallery = Gallery(db=db, bundle=bundle, thumbs=thumbs)
     try:
-        server = make_server(gallery, args.host, args.port,
-                             log=None if args.quiet else lambda m: print(m, file=sys.stderr))
+        server = make_server(gallery, config, log=None if args.quiet else lambda m: print(m, file=sys.stderr))
     except OSError as e:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
-    if args.host not in LOOPBACK:
-        print(f"warning: listening on {args.host}: anyone who can reach this machine can see your photos",
+    if args.allow_remote:
+        print(f"serving beyond this machine on {args.host}: only the link below (with its token) opens the "
+              f"gallery; it answers requests addressed to {', '.join(sorted(server.hosts.names))}"
+              f"{' or an IP address' if server.hosts.any_address else ''} (more with --allow-host)",
               file=sys.stderr)
     gallery.warm_up()
     if photos is not None:
         gallery.start_indexing(photos, lambda: Library.open(db, bundle))
         print(f"indexing {photos} in the background", file=sys.stderr)
     print(f"gallery of {db}\nopen {server.url}  (Ctrl-C to stop)", flush=True)
+    if server.hosts.any_address:
+        print(f"from another device: {server.url_for(socket.gethostname())}", flush=True)
     try:
         server.serve_forever()
     finally:

@@ -93,10 +93,11 @@ def write_colour_photo(path: Path, rgb: tuple[int, int, int], size: tuple[int, i
     return path
 
 
-def run_server(gallery: Any) -> Iterator[Any]:
-    from edge_xmr.server import make_server
+def run_server(gallery: Any, **config: Any) -> Iterator[Any]:
+    """A server in a thread (``config``: ServerConfig fields; the host defaults to 127.0.0.1)."""
+    from edge_xmr.server import ServerConfig, make_server
 
-    server = make_server(gallery, "127.0.0.1", 0)
+    server = make_server(gallery, ServerConfig(**config))
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     try:
