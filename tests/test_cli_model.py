@@ -69,7 +69,7 @@ def test_train_resume_and_eval(folder, tmp_path, monkeypatch):
     assert log["history"][-1]["hubness"]["hub_floor_image"] == pytest.approx(float(m.cross.hub_floor[0]), abs=1e-5)
     res = tmp_path / "res.json"
     run("eval", "--model", str(out), "--data", str(folder), "--split", "dev", "--ce-subset", "6",
-        "--json", str(res))
+        "--json-out", str(res))
     r = json.loads(res.read_text())
     assert set(r["results"]) == {"bi_encoder", "rerank@10", "rerank@20", "rerank@50", "cross_encoder"}
     for m in r["results"].values():

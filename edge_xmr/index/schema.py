@@ -29,11 +29,12 @@ import apsw
 
 from .db import write_transaction
 from .stores import STORE_KINDS, Store
+from ..errors import EdgeXmrError
 
 SCHEMA_VERSION = 2
 
 
-class SchemaError(RuntimeError):
+class SchemaError(EdgeXmrError, RuntimeError):
     """The index file cannot be used by this version of edge_xmr."""
 
 
