@@ -139,7 +139,7 @@ class Progress:
         self.bar.refresh()
 
     def _line(self, done: int, total: int | None, counts: dict[str, object]) -> None:
-        of = f"/{total} {self.unit} ({100 * done // total}%)" if total else f" {self.unit}"
+        of = f"/{total} {self.unit}s ({100 * done // total}%)" if total else f" {self.unit}s"
         extra = "".join(f", {k} {v}" for k, v in counts.items())
         self.stream.write(f"{self.desc}: {done}{of}{extra}\n")
         self.stream.flush()
