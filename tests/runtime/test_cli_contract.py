@@ -27,7 +27,6 @@ from runtime_fakes import FakeBundle
 import edge_xmr
 from edge_xmr.cli import EPILOG, build_parser, main
 from edge_xmr.cli import options as opt
-from edge_xmr.cli import runtime as cli_runtime
 from edge_xmr.index import IndexFileError, Library
 
 HERE = Path(__file__).resolve().parent
@@ -37,15 +36,8 @@ NOT_SQLITE = b"my notes, not a database\n" * 40
 
 
 @pytest.fixture()
-def env(tmp_path, photo_tree, monkeypatch):
+def env(tmp_path, photo_tree, fake_cli):
     """An indexed library (9 photos) and the environment a child process needs to find it."""
-    monkeypatch.setattr(cli_runtime, "load_bundle", lambda path, provider, threads, precision="fp32": FakeBundle())
-    bundle_dir = tmp_path / "bundle"
-    bundle_dir.mkdir()
-    (bundle_dir / "manifest.json").write_text("{}")  # found as the default bundle; the loader is faked
-    monkeypatch.setenv("EDGE_XMR_BUNDLE", str(bundle_dir))
-    monkeypatch.setenv("EDGE_XMR_DB", str(tmp_path / "default.db"))
-    monkeypatch.setenv("EDGE_XMR_CACHE", str(tmp_path / "cache"))
     db = tmp_path / "lib.db"
     assert main(["index", str(photo_tree), "--db", str(db), "--quiet"]) == 0
     return {"db": str(db), "root": photo_tree, "tmp": tmp_path}

@@ -12,13 +12,7 @@ from edge_xmr.cli import runtime as cli_runtime
 
 
 @pytest.fixture()
-def env(tmp_path, photo_tree, monkeypatch):
-    monkeypatch.setattr(cli_runtime, "load_bundle", lambda path, provider, threads, precision="fp32": FakeBundle())
-    bundle_dir = tmp_path / "bundle"
-    bundle_dir.mkdir()
-    (bundle_dir / "manifest.json").write_text("{}")  # found as the default bundle; the loader is faked
-    monkeypatch.setenv("EDGE_XMR_BUNDLE", str(bundle_dir))
-    monkeypatch.setenv("EDGE_XMR_DB", str(tmp_path / "default.db"))
+def env(tmp_path, photo_tree, fake_cli):
     return {"db": str(tmp_path / "lib.db"), "root": photo_tree}
 
 
