@@ -7,9 +7,8 @@
   VNNI (AVX2-only, or AVX-512 without VNNI) onnxruntime's u8s8 kernels add pairs of
   uint8 x int8 products in int16 (``vpmaddubsw``), which saturates once 2 * 255 * |w| > 32767; with
   |w| <= 64 it cannot, so the integer results are the same on every x86 ISA and on ARM (whose
-  dot-product kernels accumulate in int32). Measured on the default text encoder (16 captions,
-  cosine to fp32): full range 0.99648 with VNNI, 0.99493 emulated AVX2 (qemu -cpu Haswell);
-  reduced range 0.99605 on both (docs/quantize.md).
+  dot-product kernels accumulate in int32). bench/bench_int8_isa.py compares both ranges here and
+  on an emulated AVX2 CPU (qemu -cpu Haswell); tests/quantize/test_int8_emulated_cpu.py keeps it so.
 - Large Gather tables (token / position embeddings): int8 rows with one scale per row, read back with
   Gather -> Cast -> Mul (standard ops; exact per-row dequantisation of the rows looked up).
 - Conv weights: int8 per output channel, turned back into float by Cast + Mul (weight-only: the
