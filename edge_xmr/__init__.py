@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 # Public runtime names, imported on first use so that ``import edge_xmr`` stays light
 # (no apsw, onnxruntime or torch until a name below is touched).
 _LAZY = {
+    "EdgeXmrError": "edge_xmr.errors",
+    "IndexFileError": "edge_xmr.index.db",
     "Library": "edge_xmr.index.library",
     "LibraryError": "edge_xmr.index.library",
     "ModelMismatchError": "edge_xmr.index.library",

@@ -27,6 +27,7 @@ from .preprocess import to_pixels
 from .providers import create_session
 from .score import ScoreConfig, ScoreConfigError, combine
 from .tokenizer import Tokenizer
+from .errors import EdgeXmrError
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -38,7 +39,7 @@ PRECISIONS = ("fp32", "int8")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class BundleError(ValueError):
+class BundleError(EdgeXmrError, ValueError):
     """A bundle that is missing, incomplete, tampered with or of an unknown format."""
 
 

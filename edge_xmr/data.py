@@ -8,9 +8,10 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from .errors import EdgeXmrError
 
 
-class DataError(ValueError):
+class DataError(EdgeXmrError, ValueError):
     """A caption folder that is missing, malformed or inconsistent."""
 
 

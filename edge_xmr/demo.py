@@ -36,6 +36,7 @@ import numpy as np
 
 from .index.filters import DateLike, make_filters
 from .paths import APP, default_bundle_dir
+from .errors import EdgeXmrError
 
 if TYPE_CHECKING:
     from .index.library import Library
@@ -49,7 +50,7 @@ INSTALL_EXPORT = "pip install torch==2.13.0 'edge-xmr[train,export]'"
 ProgressFn = Callable[[str, int, int], None]
 
 
-class DemoError(Exception):
+class DemoError(EdgeXmrError):
     """The demo cannot run as asked (no default model, missing extra, no sample photos)."""
 
 

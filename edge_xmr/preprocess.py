@@ -15,11 +15,12 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
+from .errors import EdgeXmrError
 
 FloatArray = npt.NDArray[np.float32]
 
 
-class ImageError(ValueError):
+class ImageError(EdgeXmrError, ValueError):
     """An image that cannot be used; the message names the file and the reason."""
 
 

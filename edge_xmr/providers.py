@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from .errors import EdgeXmrError
 
 CPU = "CPUExecutionProvider"
 
@@ -61,8 +62,9 @@ THREADS_ENV = "EDGE_XMR_THREADS"  # intra-op thread count
 SPIN_ENV = "EDGE_XMR_SPIN"  # "1": let idle onnxruntime threads spin (lower latency on an idle machine)
 
 
-class ProviderError(ValueError):
-    """A requested execution provider is unknown or not available in this onnxruntime build."""
+class ProviderError(EdgeXmrError, ValueError):
+    """A requested execution provider is unknown or not available in this onnxruntime build, or a
+    thread count is out of range."""
 
 
 def available_providers() -> list[str]:
@@ -111,14 +113,20 @@ def choose_providers(override: str | Sequence[str] | None = None,
     return wanted if CPU in wanted else wanted + [CPU]
 
 
+def max_threads() -> int:
+    """The most threads any setting accepts: 4 per CPU core. More only costs memory (each thread has
+    its own stack and buffers: 20000 onnxruntime threads took 3.4 GB and hung) and never speed."""
+    return 4 * (os.cpu_count() or 1)
+
+
 def thread_count(threads: int | None = None) -> int:
     """Intra-op threads: the argument, else ``$EDGE_XMR_THREADS``, else 0 (onnxruntime's default:
-    one per physical core)."""
+    one per physical core); at most ``max_threads()`` (more raises ProviderError)."""
     if threads is None:
         env = os.environ.get(THREADS_ENV, "").strip()
         threads = int(env) if env.isdigit() else 0
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0, got {threads}")
+    if not 0 <= threads <= max_threads():
+        raise ProviderError(f"threads must be between 0 and {max_threads()} (4 per CPU core), got {threads}")
     return threads
 
 

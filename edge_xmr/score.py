@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from .errors import EdgeXmrError
+
 TERMS = ("cosine", "late_interaction", "joint", "photo_hubness", "text_hubness")  # names of the score's terms
 PENALTIES = frozenset({"photo_hubness", "text_hubness"})  # terms subtracted from the score
 NO_FLOOR = -1.0e4  # a floor below every statistic: none
@@ -37,7 +39,7 @@ FloatArray = npt.NDArray[np.float32]
 A = TypeVar("A")  # numpy arrays or torch tensors: combine uses operators only
 
 
-class ScoreConfigError(ValueError):
+class ScoreConfigError(EdgeXmrError, ValueError):
     """A score configuration that is malformed (unknown field, wrong type)."""
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from .errors import EdgeXmrError
 from .index.filters import DateLike, make_filters
 from .index.library import Candidates, LibraryError
 from .index.stores import dequantize, normalize, quantize
@@ -54,8 +55,21 @@ class TextHit:
         return asdict(self)
 
 
+class QueryError(EdgeXmrError, ValueError):
+    """A query that cannot be answered: empty or only white space (any result would be arbitrary)."""
+
+
 def clean_query(text: str) -> str:
-    """Queries of any size are accepted: non-strings are refused, huge ones are cut."""
+    """A search query: empty (or white-space only) queries are refused, huge ones are cut."""
+    text = clean_text(text)
+    if not text.strip():
+        raise QueryError("the query is empty: type a few words to search for")
+    return text
+
+
+def clean_text(text: str) -> str:
+    """A text of any size (a query, or a candidate text of ``rank_texts``): non-strings are refused,
+    huge ones are cut."""
     if not isinstance(text, str):
         raise TypeError(f"query must be a string, got {type(text).__name__}")
     return text[:MAX_QUERY_CHARS]
@@ -119,7 +133,7 @@ def similar(lib: Library, photo: str | os.PathLike[str] | int, k: int = 10, afte
 def rank_texts(lib: Library, photo: str | os.PathLike[str] | int, texts: Sequence[str]) -> list[TextHit]:
     """Image -> text: ``texts`` ranked by the cross-encoder against the photo's stored data."""
     bundle = lib.require_bundle()
-    clean = [clean_query(t) for t in texts]
+    clean = [clean_text(t) for t in texts]
     if not clean:
         return []
     _, emb, tok = photo_vectors(lib, photo)

@@ -52,6 +52,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .errors import EdgeXmrError
+from .index.pathkeys import fs_path
+
 if TYPE_CHECKING:
     from .index.library import EncoderBundle, Library
     from .indexer import Progress
@@ -71,7 +74,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-class ServeError(ValueError):
+class ServeError(EdgeXmrError, ValueError):
     """A server setting that cannot be honoured (e.g. a non-loopback address without allow_remote)."""
 
 
@@ -399,7 +402,8 @@ class Gallery:
                                          (pid,)).fetchone()
         if row is None:
             raise HttpError(404, f"No photo with id {pid} in the index.")
-        return IndexedFile(str(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
+        # the index key of a name that is not valid UTF-8 differs from the OS path: open the latter
+        return IndexedFile(fs_path(str(row[0])), int(row[1]), int(row[2]), bytes(row[3]))
 
     def warm_up(self) -> threading.Thread:
         """Run each graph once in a daemon thread: onnxruntime's first run allocates (hundreds of ms)."""

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from edge_xmr.errors import EdgeXmrError
+
 from .specs import GRAPHS
 
 if TYPE_CHECKING:
@@ -46,7 +48,7 @@ SAMPLE_TEXTS = (
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(EdgeXmrError, RuntimeError):
     """An export whose checks failed; ``report`` holds every measurement."""
 
     def __init__(self, message: str, report: dict[str, Any]):

@@ -25,13 +25,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_xmr.errors import EdgeXmrError
+
 DEFAULT_METRIC = "rerank@20.t2i.R@1"
 DEFAULT_MAX_DROP = 0.5  # points of recall (percent)
 TOP_K = 10  # depth of the top-k agreement
 _METRIC = re.compile(r"^(bi_encoder|cross_encoder|rerank@(\d+))\.(t2i|i2t)\.R@(1|5|10)$")
 
 
-class GateError(ValueError):
+class GateError(EdgeXmrError, ValueError):
     """A usage or input problem (unknown metric, missing bundle or data): the gate cannot run."""
 
 

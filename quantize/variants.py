@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_xmr.errors import EdgeXmrError
+
 VARIANTS: dict[str, str] = {  # CLI name -> manifest variant
     "int8-static": "onnx/int8-static",
     "coreml-int8": "coreml/int8",
@@ -39,7 +41,7 @@ _STANDARD_KEYS = {"format_version", "created", "model", "files", "graphs", "max_
                   "preprocessing", "embedding", "image_tokens", "score", "storage", "index_schema_version", "sizes"}
 
 
-class VariantError(ValueError):
+class VariantError(EdgeXmrError, ValueError):
     """A variant that cannot be made (missing inputs, variant already there, no source packages)."""
 
 

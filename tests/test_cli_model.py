@@ -77,7 +77,7 @@ def test_train_resume_and_eval(folder, tmp_path, monkeypatch):
     assert cal["tuning"]["i2t_queries"] == len(tune) and cal["reporting"]["i2t_queries"] == len(report)
     res = tmp_path / "res.json"
     run("eval", "--model", str(out), "--data", str(folder), "--split", "dev", "--ce-subset", "6",
-        "--json", str(res))
+        "--json-out", str(res))
     r = json.loads(res.read_text())
     assert set(r["results"]) == {"bi_encoder", "rerank@10", "rerank@20", "rerank@50", "cross_encoder"}
     for m in r["results"].values():

@@ -9,6 +9,7 @@ import json
 import sys
 
 from . import UserError
+from . import options as opt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test-time views each photo is encoded in and averaged: comma-separated sides in pixels, "
                         "'m' for mirrored, e.g. 224,320m (the photo + its mirror image enlarged to 320); "
                         "'none' for the photo alone (default: as the model)")
-    p.add_argument("--hub-bank", type=int, default=None, help="training captions in the hubness bank")
-    p.add_argument("--hub-bank-images", type=int, default=None, help="training photos in the caption bank")
+    p.add_argument("--hub-bank", type=opt.COUNT, default=None, help="training captions in the hubness bank")
+    p.add_argument("--hub-bank-images", type=opt.COUNT, default=None, help="training photos in the caption bank")
     p.add_argument("--half", action="store_true", help="save the compact form (the embedded default's)")
+    opt.add_json(p, "the calibration result")
     p.set_defaults(func=run)
 
 
@@ -47,13 +49,10 @@ def parse_views(spec: str) -> tuple[tuple[int, bool], ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import DataError, read_captions
+    from ..data import read_captions
 
-    try:
-        train = read_captions(args.data, args.split)
-        dev = read_captions(args.data, args.eval_split)
-    except DataError as e:
-        raise UserError(str(e)) from None
+    train = read_captions(args.data, args.split)
+    dev = read_captions(args.data, args.eval_split)
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -76,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: getattr(args, k) for k in ("hub_bank", "hub_bank_images") if getattr(args, k) is not None})
     result = recalibrate(model, train, dev, args.out, cfg, log=lambda s: print(s, file=sys.stderr, flush=True),
                          half=args.half)
-    print(json.dumps(result))
-    print(f"saved {args.out}")
+    if args.json:
+        opt.print_json(result)
+    else:
+        print(json.dumps(result))
+        print(f"saved {args.out}")
     return 0

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import EdgeXmrError
 from . import UserError
+from . import options as opt
 
 if TYPE_CHECKING:
     from ..demo import DemoQuery, TimedSearch
@@ -26,14 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                   "exported into the cache on first use)")
     d.add_argument("--db", default=None, help="index file (default: one per photo folder in the cache)")
     d.add_argument("--query", "-q", action="append", default=None, help="text query (repeatable; default: a few)")
-    d.add_argument("-k", type=int, default=3, help="results shown per query (default 3)")
-    d.add_argument("--rerank", type=int, default=20, help="KNN candidates reranked by the cross-encoder (default 20)")
-    d.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    d.add_argument("-k", type=opt.K, default=3, help="results shown per query (default 3)")
+    d.add_argument("--rerank", type=opt.RERANK, default=20,
+                   help="KNN candidates reranked by the cross-encoder (default 20)")
+    d.add_argument("--threads", type=opt.THREADS, default=None, help="onnxruntime threads (default: all cores)")
     d.set_defaults(func=run_demo)
 
     s = sub.add_parser("serve", help="search gallery in the browser (local page, 127.0.0.1 by default)")
     s.add_argument("--db", default=None, help="index file (default: $EDGE_XMR_DB or the platform data folder)")
-    s.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    s.add_argument("--port", type=opt.PORT, default=8765, help="port (default 8765; 0: any free port)")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; ::1 for IPv6); an address other "
                         "machines can reach (0.0.0.0, a LAN address) needs --allow-remote")
@@ -47,49 +50,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                   "else the default model's bundle)")
     s.add_argument("--photos", default=None, help="index (or update) this folder in the background while serving")
     s.add_argument("--thumbs", default=None, help="thumbnail cache folder (default: in the user cache folder)")
-    s.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    s.add_argument("--threads", type=opt.THREADS, default=None, help="onnxruntime threads (default: all cores)")
     s.add_argument("--quiet", action="store_true", help="do not log requests")
     s.set_defaults(func=run_serve)
 
 
 # ---- shared ---------------------------------------------------------------------------------------
-def _bar(desc: str, total: int | None = None, unit: str = "it") -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
-
-
 def _default_bundle() -> Path:
     """The default model's bundle, exported with a progress bar the first time."""
-    from ..demo import DemoError, default_bundle
+    from ..demo import default_bundle
 
-    bar = None
-    stop = threading.Event()
+    bar = opt.Progress("bundle", "step")
+    stop, started = threading.Event(), threading.Event()
 
     def tick() -> None:  # keep the elapsed time moving during the long export step
         while not stop.wait(0.5):
-            if bar is not None:
-                bar.refresh()
+            bar.refresh()
 
     def progress(step: str, done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
+        if not started.is_set():
+            started.set()
             print("building the default model bundle (once; cached for later runs)", file=sys.stderr)
-            bar = _bar("bundle", total, "step")
             threading.Thread(target=tick, daemon=True).start()
-        bar.set_postfix_str(step, refresh=False)
-        bar.n = done
-        bar.refresh()
+        bar.update(done, total, step=step)
 
     try:
-        path = default_bundle(progress=progress)
-    except DemoError as e:
-        raise UserError(str(e)) from None
+        return default_bundle(progress=progress)
     finally:
         stop.set()
-        if bar is not None:
-            bar.close()
-    return path
+        bar.close()
 
 
 def _manifest(path: Path) -> dict[str, Any]:
@@ -116,38 +105,18 @@ def _load_bundle(path: str | Path, threads: int | None) -> Any:
 
 
 def _index(lib: Library, root: Path) -> None:
-    from ..index.library import LibraryError
-
-    bar = None
-
-    def progress(p: Any) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = _bar("indexing", p.total, "photo")
-        bar.total = p.total
-        bar.n = p.done
-        bar.set_postfix(added=p.added, skipped=p.skipped, refresh=False)
-        bar.refresh()
-
-    try:
-        report = lib.index(root, progress=progress)
-    except LibraryError as e:
-        raise UserError(str(e)) from None
-    finally:
-        if bar is not None:
-            bar.close()
+    with opt.Progress("indexing", "photo") as bar:
+        report = lib.index(root, progress=lambda p: bar.update(p.done, p.total, added=p.added, skipped=p.skipped))
     print(f"index: {lib.count()} photos ({report.added} added, {report.unchanged} unchanged, "
           f"{report.skipped} skipped) in {report.seconds:.1f} s", file=sys.stderr)
 
 
 # ---- demo -----------------------------------------------------------------------------------------
 def run_demo(args: argparse.Namespace) -> int:
-    from ..demo import (FOLDER_QUERIES, SAMPLE_IMAGE_QUERY, SAMPLE_QUERIES, DemoError, DemoQuery, demo_db_path,
+    from ..demo import (FOLDER_QUERIES, SAMPLE_IMAGE_QUERY, SAMPLE_QUERIES, DemoQuery, demo_db_path,
                         sample_photos)
     from ..index.library import Library, LibraryError
 
-    if args.k < 1 or args.rerank < 0:
-        raise UserError("-k must be >= 1 and --rerank >= 0")
     t_start = time.perf_counter()
     bundle_dir = Path(args.bundle).expanduser() if args.bundle else _default_bundle()
     model = _manifest(bundle_dir).get("model", {})
@@ -157,10 +126,7 @@ def run_demo(args: argparse.Namespace) -> int:
             raise UserError(f"not a folder: {photos}")
         queries = FOLDER_QUERIES
     else:
-        try:
-            photos = sample_photos()
-        except DemoError as e:
-            raise UserError(str(e)) from None
+        photos = sample_photos()
         queries = SAMPLE_QUERIES
     if args.query:
         queries = tuple(DemoQuery(q) for q in args.query)
@@ -250,11 +216,11 @@ def run_serve(args: argparse.Namespace) -> int:
     photos = Path(args.photos).expanduser().resolve() if args.photos else None
     if photos is not None and not photos.is_dir():
         raise UserError(f"not a folder: {photos}")
-    if not db.is_file() and photos is None:
+    if not db.exists() and photos is None:
         print(f"warning: no index at {db}; the page will say so (index a folder with --photos DIR)",
               file=sys.stderr)
     bundle = _serve_bundle(args, db, need=photos is not None)
-    if db.is_file():
+    if db.exists():
         try:  # refuse a model mismatch or a file that is no index now, not on every request
             Library.open(db, bundle, create=False).close()
         except LibraryError as e:
@@ -295,7 +261,7 @@ def _serve_bundle(args: argparse.Namespace, db: Path, need: bool) -> Any:
         return _load_bundle(hint, args.threads)
     try:
         return _load_bundle(_default_bundle(), args.threads)
-    except UserError as e:
+    except EdgeXmrError as e:  # no bundle, or an unusable one
         if need:
             raise
         print(f"warning: {e}; browsing only, search is off", file=sys.stderr)
@@ -303,7 +269,7 @@ def _serve_bundle(args: argparse.Namespace, db: Path, need: bool) -> Any:
 
 
 def _bundle_hint(db: Path) -> Path | None:
-    if not db.is_file():
+    if not db.exists():
         return None
     from ..index.library import Library
 

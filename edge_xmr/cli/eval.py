@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from . import UserError
+from . import options as opt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model directory, 'default' (the embedded default model) or a bundle directory")
     p.add_argument("--data", required=True, help="caption folder (images/, captions.tsv, splits/)")
     p.add_argument("--split", default=None, help="split name (default: every captioned image)")
-    p.add_argument("--max-queries", type=int, default=None, help="deterministic sample of N queries per direction")
-    p.add_argument("--ce-subset", type=int, default=None,
+    p.add_argument("--max-queries", type=opt.COUNT, default=None, help="deterministic sample of N queries per direction")
+    p.add_argument("--ce-subset", type=opt.COUNT, default=None,
                    help="restrict the comparison to N images (cross-encoder over all is expensive)")
     p.add_argument("--rerank", default="10,20,50", help="rerank depths (default 10,20,50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", default=None, metavar="FILE",
                    help="only these photos (one name per line) and their captions are queries; the gallery stays "
                         "whole (e.g. edge_xmr/train/dev_report.txt: dev's reporting half)")
-    p.add_argument("--json", dest="json_out", default=None, help="write the results here")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all)")
+    opt.add_json(p, "the results", out_file=True)
+    p.add_argument("--threads", type=opt.THREADS, default=0, help="CPU threads (0: all)")
     p.set_defaults(func=run)
 
 
@@ -43,24 +43,17 @@ def load_encoder(model: str, threads: int = 0):
     except ImportError:
         raise UserError("evaluating a model directory needs torch: pip install torch==2.13.0 'edge-xmr[train]' "
                         "(or pass an exported bundle directory)") from None
-    from ..model import ModelDirError, bases
+    from ..model import bases
 
     if threads:
         torch.set_num_threads(threads)
-    try:
-        return bases.load(bases.resolve(model))
-    except ModelDirError as e:
-        raise UserError(str(e)) from None
+    return bases.load(bases.resolve(model))
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import DataError, read_captions, read_names
     from ..evaluate import EvalSettings, evaluate
-    from ..preprocess import ImageError
 
-    for name, v in (("--max-queries", args.max_queries), ("--ce-subset", args.ce_subset)):
-        if v is not None and v < 1:
-            raise UserError(f"{name} must be >= 1")
     try:
         ks = tuple(int(k) for k in args.rerank.split(",") if k.strip())
     except ValueError:
@@ -73,15 +66,14 @@ def run(args: argparse.Namespace) -> int:
     enc = load_encoder(args.model, args.threads)
     settings = EvalSettings(rerank_ks=ks, max_queries=args.max_queries, ce_subset=args.ce_subset, seed=args.seed,
                             cross_all=not args.skip_cross_all, query_images=queries)
-    try:
-        res = evaluate(enc, data, settings, progress=lambda s: print(s, file=sys.stderr, flush=True))
-    except (ImageError, DataError) as e:
-        raise UserError(str(e)) from None
+    res = evaluate(enc, data, settings, progress=lambda s: print(s, file=sys.stderr, flush=True))
     res["model"] = str(args.model)
     res["data"] = {"root": str(args.data), "split": args.split, "queries": args.queries}
-    print(format_table(res))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
+    opt.write_json(args.json_out, res)
+    if args.json:
+        opt.print_json(res)
+    else:
+        print(format_table(res))
     return 0
 
 

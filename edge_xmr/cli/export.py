@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from . import UserError
+from . import options as opt
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".heic", ".heif", ".tif", ".tiff"}
 
@@ -28,7 +29,7 @@ def register(subparsers: Any) -> None:
                         "listing image paths (default: synthetic images)")
     p.add_argument("--calib-captions", type=Path,
                    help="sample captions: a text file with one per line, or a captions.tsv (image<TAB>caption)")
-    p.add_argument("--max-samples", type=int, default=200, help="at most this many sample photos / captions")
+    p.add_argument("--max-samples", type=opt.COUNT, default=200, help="at most this many sample photos / captions")
     p.add_argument("--fusion", choices=("spec", "on", "off"), default="spec",
                    help="onnxruntime transformer fusions: spec = measure them and ship what the graph "
                         "specs say (measured slower on lite: plain graphs); on = ship fused; off = skip")
@@ -37,7 +38,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-mobile", action="store_true", help="skip the mobile usability check and ORT format")
     p.add_argument("--coreml-target", default="iOS17", help="CoreML minimum deployment target")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
-    p.add_argument("--json", type=Path, help="also write the full report as JSON to this file")
+    opt.add_json(p, "the export report", out_file=True)
     p.set_defaults(func=run)
 
 
@@ -103,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
     images = _images(args.calib_images, args.max_samples) if args.calib_images else None
     captions = _captions(args.calib_captions, args.max_samples) if args.calib_captions else None
 
-    from edge_xmr.model import ModelDirError
     from mobile_export import ExportError, export_bundle
 
     _quiet_third_party_logs()
@@ -113,19 +113,19 @@ def run(args: argparse.Namespace) -> int:
                                mobile=not args.no_mobile, coreml_target=args.coreml_target,
                                overwrite=args.overwrite)
         status = 0
-    except ModelDirError as e:
-        raise UserError(str(e)) from None
     except ExportError as e:
         report, status = e.report, 1
-    print(format_report(report))
+    opt.write_json(args.json_out, report)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        opt.print_json(report)
+    else:
+        print(format_report(report) + "\n")
     if status:
         failed = [k for k, ok in report["checks"].items() if not ok]
-        print(f"\nEXPORT FAILED: {', '.join(failed)}; nothing was written to {args.out}")
-    else:
-        print(f"\nbundle written to {args.out}")
+        print(f"EXPORT FAILED: {', '.join(failed)}; nothing was written to {args.out}",
+              file=sys.stderr if args.json else sys.stdout)
+    elif not args.json:
+        print(f"bundle written to {args.out}")
     return status
 
 

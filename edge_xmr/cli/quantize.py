@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import UserError
+from . import options as opt
 
 
 def register(subparsers: Any) -> None:
@@ -39,15 +39,15 @@ def _register_check(subparsers: Any) -> None:
     p.add_argument("--metric", default="rerank@20.t2i.R@1", help="gated metric METHOD.DIR.R@K "
                    "(METHOD bi_encoder, rerank@N, cross_encoder; default rerank@20.t2i.R@1)")
     p.add_argument("--max-drop", type=float, default=0.5, help="largest allowed drop in points (default 0.5)")
-    p.add_argument("--max-queries", type=int, default=None, help="deterministic sample of N queries per direction")
+    p.add_argument("--max-queries", type=opt.COUNT, default=None, help="deterministic sample of N queries per direction")
     p.add_argument("--reference-precision", default="fp32", help="ONNX variant of the reference (default fp32)")
     p.add_argument("--candidate-precision", default="fp32",
                    help="ONNX variant of the candidate: fp32, int8, or one added by 'edge-xmr quantize'")
     p.add_argument("--rerank", default="10,20,50", help="rerank depths reported (default 10,20,50)")
     p.add_argument("--cross-all", action="store_true", help="also run the cross-encoder over every pair (slow)")
     p.add_argument("--seed", type=int, default=0, help="query sampling seed")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
-    p.add_argument("--json", dest="json_out", type=Path, default=None, help="write the full report as JSON")
+    p.add_argument("--threads", type=opt.THREADS, default=0, help="onnxruntime threads (0: its default)")
+    opt.add_json(p, "the report", out_file=True)
     p.add_argument("--markdown", type=Path, default=None, help="write a markdown report (pull-request comment)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=run_check)
@@ -61,23 +61,21 @@ def _ints(value: str, flag: str) -> tuple[int, ...]:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from quantize.gate import GateError, check, render_markdown, render_text
+    from quantize.gate import check, render_markdown, render_text
 
     for flag, path in (("--reference", args.reference), ("--candidate", args.candidate), ("--data", args.data)):
         if not Path(path).is_dir():
             raise UserError(f"{flag} {path}: folder not found")
     say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    try:
-        rep = check(args.reference, args.candidate, args.data, metric=args.metric, max_drop=args.max_drop,
-                    split=args.split, max_queries=args.max_queries, reference_precision=args.reference_precision,
-                    candidate_precision=args.candidate_precision, rerank_ks=_ints(args.rerank, "--rerank"),
-                    cross_all=args.cross_all, threads=args.threads or None, seed=args.seed, progress=say)
-    except GateError as e:
-        raise UserError(str(e)) from None
-    print(render_text(rep))
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+    rep = check(args.reference, args.candidate, args.data, metric=args.metric, max_drop=args.max_drop,
+                split=args.split, max_queries=args.max_queries, reference_precision=args.reference_precision,
+                candidate_precision=args.candidate_precision, rerank_ks=_ints(args.rerank, "--rerank"),
+                cross_all=args.cross_all, threads=args.threads or None, seed=args.seed, progress=say)
+    opt.write_json(args.json_out, rep.to_dict())
+    if args.json:
+        opt.print_json(rep.to_dict())
+    else:
+        print(render_text(rep))
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(render_markdown(rep))
@@ -97,11 +95,12 @@ def _register_quantize(subparsers: Any) -> None:
                         "(linear int8 weights), coreml-pal6, coreml-pal4 (k-means palettised weights)")
     p.add_argument("--calib-images", type=Path, help="calibration photos: a folder or a text file of paths")
     p.add_argument("--calib-captions", type=Path, help="calibration captions: text file or captions.tsv")
-    p.add_argument("--max-samples", type=int, default=128, help="calibration photos / captions (default 128)")
+    p.add_argument("--max-samples", type=opt.COUNT, default=128, help="calibration photos / captions (default 128)")
     p.add_argument("--data", type=Path, help="caption folder to measure each variant's recall on (optional)")
     p.add_argument("--split", default=None, help="split of --data")
-    p.add_argument("--max-queries", type=int, default=None, help="query sample of the recall measurement")
+    p.add_argument("--max-queries", type=opt.COUNT, default=None, help="query sample of the recall measurement")
     p.add_argument("--overwrite", action="store_true", help="replace a variant that is already there")
+    opt.add_json(p, "the report of each variant")
     p.set_defaults(func=run_quantize)
 
 
@@ -109,7 +108,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     from .export import _captions, _images
 
     variants = tuple(v.strip() for v in args.variant.split(",") if v.strip())
-    from quantize.variants import VARIANTS, VariantError, add_variants
+    from quantize.variants import VARIANTS, add_variants
 
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
@@ -120,12 +119,12 @@ def run_quantize(args: argparse.Namespace) -> int:
     captions = _captions(args.calib_captions, args.max_samples) if args.calib_captions else None
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: folder not found")
-    try:
-        report = add_variants(args.bundle, variants, calib_images=images, calib_texts=captions, data=args.data,
-                              split=args.split, max_queries=args.max_queries, overwrite=args.overwrite,
-                              progress=lambda s: print(s, file=sys.stderr, flush=True))
-    except VariantError as e:
-        raise UserError(str(e)) from None
+    report = add_variants(args.bundle, variants, calib_images=images, calib_texts=captions, data=args.data,
+                          split=args.split, max_queries=args.max_queries, overwrite=args.overwrite,
+                          progress=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.json:
+        opt.print_json(report)
+        return 0
     for v, r in report.items():
         line = f"{v}: {r['size_mb']:.2f} MB"
         par = r.get("parity_vs_fp32")
@@ -154,7 +153,7 @@ def _register_distill(subparsers: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="student model directory (rerun to resume)")
     p.add_argument("--bundle", type=Path, default=None,
                    help="also export the student as a compact bundle (fp32 + int8) to this folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none either when stderr is no terminal)")
     from quantize.distill_config import DistillConfig
     from dataclasses import fields
 
@@ -169,30 +168,22 @@ def run_distill(args: argparse.Namespace) -> int:
 
     from quantize.distill_config import STUDENTS, DistillConfig
 
-    from ..data import DataError, read_captions
+    from ..data import read_captions
 
     if args.student not in STUDENTS:
         raise UserError(f"--student {args.student!r}: choose from {', '.join(STUDENTS)}")
-    try:
-        train = read_captions(args.data, args.split)
-        dev = read_captions(args.data, args.eval_split) if args.eval_split else None
-    except DataError as e:
-        raise UserError(str(e)) from None
+    train = read_captions(args.data, args.split)
+    dev = read_captions(args.data, args.eval_split) if args.eval_split else None
     try:
         import torch  # noqa: F401
     except ImportError:
         raise UserError("distillation needs torch: pip install torch==2.13.0 'edge-xmr[train]'") from None
     from quantize.distill import distill, export_student
 
-    from ..model import ModelDirError
-
     cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in fields(DistillConfig)})
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    try:
-        result = distill(args.teacher, train, dev, args.out, STUDENTS[args.student], cfg, log=log,
-                         progress=not args.no_progress)
-    except (ModelDirError, DataError) as e:
-        raise UserError(str(e)) from None
+    result = distill(args.teacher, train, dev, args.out, STUDENTS[args.student], cfg, log=log,
+                     progress=not args.no_progress and opt.is_terminal(sys.stderr))
     print(f"saved student {args.out} (best dev rerank@20 t2i R@1 {result['best']:.2f})")
     if args.bundle:
         rep = export_student(args.out, args.bundle, calib_data=dev or train, log=log)

@@ -7,18 +7,19 @@ The model bundle used to index a library is remembered in it, so later commands 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
-from . import UserError
+from . import EXIT_USAGE, UserError
+from . import options as opt
 
 if TYPE_CHECKING:
     from ..index.library import EncoderBundle, Library
-    from ..indexer import Progress
     from ..search import Hit
 
 
@@ -28,71 +29,68 @@ def register(sub: Any) -> None:
     _db_args(p, model=True)
     p.add_argument("--store", choices=["int8", "float32", "bit"], default="int8",
                    help="vector storage of a NEW index (default int8; see docs/runtime.md)")
-    p.add_argument("--batch-size", type=_positive, default=32, help="photos per batch and commit (default 32)")
-    p.add_argument("--workers", type=_positive, default=None, help="decoding threads (default: CPU cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--batch-size", type=opt.BATCH, default=32,
+                   help=f"photos per batch and commit (default 32, at most {opt.MAX_BATCH})")
+    p.add_argument("--workers", type=opt.WORKERS, default=None,
+                   help="decoding threads (default: CPU cores; at most 4 per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    opt.add_json(p, "a summary (counts of added, updated, ... photos)")
     p.set_defaults(func=_index)
 
     p = sub.add_parser("search", help="search photos by text", description=_search.__doc__)
     p.add_argument("text", nargs="?", help="the query (or use --queries)")
     _db_args(p, model=True)
-    p.add_argument("--k", type=_positive, default=10, help="results to return (default 10)")
-    p.add_argument("--rerank", type=_non_negative, default=20,
+    _result_args(p)
+    p.add_argument("--rerank", type=opt.RERANK, default=20,
                    help="candidates reranked by the cross-encoder (default 20; 0: bi-encoder only)")
     _filter_args(p)
-    p.add_argument("--json", action="store_true", help="print one JSON array of results per query")
-    p.add_argument("--queries", type=Path, help="file with one query per line ('-': stdin); prints JSON lines")
+    opt.add_json(p, 'the answer {"query": ..., "hits": [...]}')
+    p.add_argument("--queries", type=Path,
+                   help="file with one query per line ('-': stdin), answered as it is read: one JSON "
+                        'object per line, {"line": N, "query": ..., "hits": [...]} or {..., "error": ...}')
     p.set_defaults(func=_search)
 
     p = sub.add_parser("similar", help="photos similar to a photo", description=_similar.__doc__)
     p.add_argument("photo", type=Path, help="a photo file (indexed or not)")
     _db_args(p, model=True)
-    p.add_argument("--k", type=_positive, default=10, help="results to return (default 10)")
+    _result_args(p)
     _filter_args(p)
-    p.add_argument("--json", action="store_true", help="print a JSON array")
+    opt.add_json(p, 'the answer {"photo": ..., "hits": [...]}')
     p.set_defaults(func=_similar)
 
     p = sub.add_parser("stats", help="what is in a photo index", description=_stats.__doc__)
     _db_args(p, model=False)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    opt.add_json(p, "the statistics")
     p.set_defaults(func=_stats)
 
     p = sub.add_parser("remove", help="forget a photo or a folder (files are not touched)", description=_remove.__doc__)
     p.add_argument("path", type=Path, help="photo or folder to forget")
     _db_args(p, model=False)
+    opt.add_json(p, "a summary (how many photos were forgotten)")
     p.set_defaults(func=_remove)
 
 
 def _db_args(p: argparse.ArgumentParser, model: bool) -> None:
-    p.add_argument("--db", type=Path, default=None, help="index file (default: the platform's data folder)")
+    p.add_argument("--db", type=Path, default=None, help="index file (default: $EDGE_XMR_DB, else the platform's data folder)")
     if model:
         p.add_argument("--bundle", type=Path, default=None,
                        help="model bundle folder (default: the one the index was built with, else the default model)")
         p.add_argument("--provider", default=None,
                        help="onnxruntime execution provider(s), e.g. cpu, cuda, coreml (default: best available)")
-        p.add_argument("--threads", type=_non_negative, default=None, help="intra-op threads (default: all cores)")
+        p.add_argument("--threads", type=opt.THREADS, default=None,
+                       help="intra-op threads (default: all cores; at most 4 per core)")
         p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                        help="graph precision: int8 halves text/cross-encoder latency on CPU (default fp32)")
+
+
+def _result_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=opt.K, default=10, help="results to return (default 10, at most 4096)")
 
 
 def _filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--after", type=_date, default=None, help="only photos taken on/after DATE (YYYY-MM-DD)")
     p.add_argument("--before", type=_date, default=None, help="only photos taken before DATE (YYYY-MM-DD)")
     p.add_argument("--folder", type=Path, default=None, help="only photos in this folder or below")
-
-
-def _positive(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _non_negative(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
 
 
 def _date(s: str) -> str:
@@ -116,8 +114,8 @@ def load_bundle(path: Path, provider: str | None, threads: int | None, precision
     try:
         return Bundle.load(path, precision=precision, providers=provider,  # type: ignore[arg-type]
                            threads=threads)
-    except ProviderError as e:
-        raise UserError(str(e)) from None
+    except ProviderError:
+        raise
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the bundle at {path}: {e}") from None
 
@@ -164,23 +162,14 @@ def _db_path(args: argparse.Namespace) -> Path:
 
 @contextmanager
 def _open(args: argparse.Namespace, model: bool, create: bool = False, store: str = "int8") -> Iterator[Library]:
-    from ..index.library import Library, LibraryError
-    from ..index.schema import SchemaError
+    from ..index.library import Library
 
     db = _db_path(args)
     if not create and not db.exists():
         raise UserError(f"no index at {db} (run 'edge-xmr index PATH' first, or pass --db)")
     bundle = load_bundle(_bundle_path(args), args.provider, args.threads, args.precision) if model else None
-    try:
-        lib = Library.open(db, bundle, store=store, create=create)  # type: ignore[arg-type]
-    except (LibraryError, SchemaError) as e:
-        raise UserError(str(e)) from None
-    try:
+    with Library.open(db, bundle, store=store, create=create) as lib:  # type: ignore[arg-type]
         yield lib
-    except LibraryError as e:
-        raise UserError(str(e)) from None
-    finally:
-        lib.close()
 
 
 def _provider_note(bundle: Any) -> str:
@@ -208,77 +197,100 @@ def _index(args: argparse.Namespace) -> int:
     with _open(args, model=True, create=True, store=args.store) as lib:
         print(f"indexing {args.path.resolve()} into {lib.path} (model {lib.info.model_name}, store {lib.info.store},"
               f" provider {_provider_note(lib.bundle)})", file=sys.stderr)
-        with _ProgressBar(disabled=args.quiet) as bar:
-            r = lib.index(args.path, progress=bar.update, options=opts)
+        with opt.Progress("indexing", "photo", quiet=args.quiet) as bar:
+            r = lib.index(args.path, options=opts,
+                          progress=lambda p: bar.update(p.done, p.total, added=p.added, skipped=p.skipped))
+    if args.json:
+        opt.print_json({"db": str(lib.path), "path": str(args.path.resolve()), **asdict(r)})
+        return 0
     rate = (r.added + r.updated) / r.seconds if r.seconds else 0.0
     print(f"scanned {r.scanned}: {r.added} added, {r.updated} updated, {r.moved} moved, {r.copied} copied, "
           f"{r.unchanged} unchanged, {r.removed} removed, {r.skipped} skipped ({r.seconds:.1f} s, "
           f"{rate:.1f} photos/s)")
+    if r.merged:
+        print(f"{r.merged} photos indexed twice under two paths were merged into one", file=sys.stderr)
+    if r.unreadable:
+        print(f"warning: {r.unreadable} folders or files could not be read; {r.kept} indexed photos below them "
+              f"were kept as they were (not removed)", file=sys.stderr)
+        for path, why in r.errors[:5]:
+            print(f"  {path}: {why}", file=sys.stderr)
     return 0
-
-
-class _ProgressBar:
-    """A tqdm bar (photos/s and ETA) fed by indexer Progress events."""
-
-    def __init__(self, disabled: bool):
-        self.disabled = disabled
-        self.bar: Any = None
-
-    def __enter__(self) -> _ProgressBar:
-        return self
-
-    def update(self, p: Progress) -> None:
-        if self.disabled:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=p.total, unit="photo", dynamic_ncols=True, file=sys.stderr)
-        self.bar.update(p.done - self.bar.n)
-        self.bar.set_postfix(added=p.added, skipped=p.skipped, refresh=False)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _search(args: argparse.Namespace) -> int:
     """Search photos by text: the bi-encoder retrieves the top --rerank candidates, the
-    cross-encoder reranks them, the best --k are printed."""
+    cross-encoder reranks them, the best --k are printed. With --queries, each line of the file
+    (or of stdin) is answered as soon as it is read, in order: one JSON object per input line."""
+    from ..search import clean_query
+
     if (args.text is None) == (args.queries is None):
         raise UserError("give either a query TEXT or --queries FILE")
-    queries = _read_queries(args.queries) if args.queries is not None else [args.text]
-    as_json = args.json or args.queries is not None
+    if args.queries is not None:
+        with _query_lines(args.queries) as lines, _open(args, model=True) as lib:
+            return _answer_lines(lib, args, lines)
+    clean_query(args.text)  # an empty query is refused before the model loads
     with _open(args, model=True) as lib:
-        for q in queries:
-            try:
-                hits = lib.search(q, k=args.k, rerank=args.rerank, after=args.after, before=args.before,
-                                  folder=args.folder)
-            except ValueError as e:
-                raise UserError(str(e)) from None
-            _print_hits(hits, as_json, sys.stdout)
+        hits = _query(lib, args, args.text)
+    if args.json:
+        opt.print_json({"query": args.text, "hits": [h.to_dict() for h in hits]})
+    else:
+        _print_hits(hits)
     return 0
 
 
-def _read_queries(path: Path) -> list[str]:
-    try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot read queries: {e}") from None
-    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+def _query(lib: Library, args: argparse.Namespace, text: str) -> list[Hit]:
+    return lib.search(text, k=args.k, rerank=args.rerank, after=args.after, before=args.before, folder=args.folder)
 
 
-def _print_hits(hits: list[Hit], as_json: bool, out: TextIO) -> None:
-    if as_json:
-        out.write(json.dumps([h.to_dict() for h in hits], ensure_ascii=False) + "\n")
-        out.flush()
+@contextmanager
+def _query_lines(path: Path) -> Iterator[Iterator[bytes]]:
+    """The lines of the queries file, or of stdin for '-', each as soon as it arrives."""
+    if str(path) == "-":
+        yield iter(sys.stdin.buffer.readline, b"")
         return
+    with open(path, "rb") as f:
+        yield iter(f.readline, b"")
+
+
+def _answer_lines(lib: Library, args: argparse.Namespace, lines: Iterator[bytes]) -> int:
+    """One JSON object per input line, written (and flushed) before the next line is read. A line
+    that cannot be a query (blank, not UTF-8) gets an object with "error" instead of "hits", so
+    answers and lines always match 1:1; the exit status is then 2."""
+    n = refused = 0
+    for n, raw in enumerate(lines, 1):
+        answer = _answer(lib, args, n, raw)
+        refused += "error" in answer
+        opt.print_json(answer)
+    if refused:
+        print(f"{refused} of {n} queries refused (their answers carry \"error\")", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _answer(lib: Library, args: argparse.Namespace, n: int, raw: bytes) -> dict[str, Any]:
+    from ..search import QueryError
+
+    line = raw.removesuffix(b"\n").removesuffix(b"\r")
+    if n == 1:
+        line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"line": n, "query": line.decode("utf-8", "replace"), "error": "the line is not UTF-8 text"}
+    try:
+        hits = _query(lib, args, text)
+    except QueryError as e:
+        return {"line": n, "query": text, "error": str(e)}
+    return {"line": n, "query": text, "hits": [h.to_dict() for h in hits]}
+
+
+def _print_hits(hits: list[Hit]) -> None:
     if not hits:
         print("no matching photos", file=sys.stderr)
         return
     for i, h in enumerate(hits, 1):
         cross = f"{h.cross_score:8.3f}" if h.cross_score is not None else "       -"
-        out.write(f"{i:3d}  cross {cross}  bi {h.bi_score:6.3f}  {h.taken[:10]}  {h.path}\n")
+        sys.stdout.write(f"{i:3d}  cross {cross}  bi {h.bi_score:6.3f}  {h.taken[:10]}  {h.path}\n")
 
 
 def _similar(args: argparse.Namespace) -> int:
@@ -287,7 +299,10 @@ def _similar(args: argparse.Namespace) -> int:
         if not args.photo.is_file() and lib.photo_id(args.photo) is None:
             raise UserError(f"no such photo: {args.photo}")
         hits = lib.similar(args.photo, k=args.k, after=args.after, before=args.before, folder=args.folder)
-        _print_hits(hits, args.json, sys.stdout)
+    if args.json:
+        opt.print_json({"photo": str(args.photo), "hits": [h.to_dict() for h in hits]})
+    else:
+        _print_hits(hits)
     return 0
 
 
@@ -296,7 +311,7 @@ def _stats(args: argparse.Namespace) -> int:
     with _open(args, model=False) as lib:
         s = lib.stats()
     if args.json:
-        print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
+        opt.print_json(s.to_dict())
         return 0
     print(f"index      {s.db_path}  (schema {s.schema_version})")
     print(f"model      {s.model_name}  id {s.model_id[:16]}  dim {s.dim}")
@@ -316,5 +331,9 @@ def _remove(args: argparse.Namespace) -> int:
     """Forget a photo, or every photo under a folder (the files themselves are not touched)."""
     with _open(args, model=False) as lib:
         n = lib.remove(args.path)
-    print(f"removed {n} photo{'s' if n != 1 else ''} from the index")
+        db = lib.path
+    if args.json:
+        opt.print_json({"db": str(db), "path": os.path.abspath(args.path), "removed": n})
+    else:
+        print(f"removed {n} photo{'s' if n != 1 else ''} from the index")
     return 0

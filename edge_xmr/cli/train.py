@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import UserError
+from . import options as opt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-path", default="", help="CLIPModel checkpoint dir or hub id (base clip)")
     p.add_argument("--out", required=True, help="output model directory (rerun to resume)")
     p.add_argument("--half", action="store_true", help="store weights as float16 (the embedded default)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--tower-blocks", type=int, default=None,
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none either when stderr is no terminal)")
+    p.add_argument("--tower-blocks", type=opt.int_range(0), default=None,
                    help="fine-tune the image tower's last N blocks too (lite; default: the preset's)")
     from ..train_config import TrainConfig
 
@@ -35,13 +36,10 @@ def _bool(s: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import DataError, read_captions
+    from ..data import read_captions
 
-    try:
-        train = read_captions(args.data, args.split)
-        dev = read_captions(args.data, args.eval_split) if args.eval_split else None
-    except DataError as e:
-        raise UserError(str(e)) from None
+    train = read_captions(args.data, args.split)
+    dev = read_captions(args.data, args.eval_split) if args.eval_split else None
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -72,11 +70,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     trainer = Trainer(model, train, dev, out, cfg, log=lambda s: print(s, file=sys.stderr, flush=True),
-                      progress=not args.no_progress)
-    try:
-        result = trainer.fit()
-    except DataError as e:
-        raise UserError(str(e)) from None
+                      progress=not args.no_progress and opt.is_terminal(sys.stderr))
+    result = trainer.fit()
     if args.half:
         bases.save(bases.load(out), out, half=True)
     print(f"saved {out} (best dev score {result['best']:.2f})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .db import IndexFileError
 from .filters import Filters, make_filters
 from .library import (
     Candidates,
@@ -18,7 +19,7 @@ from .schema import SCHEMA_VERSION, SchemaError
 from .stores import DEFAULT_STORE, STORE_KINDS, Store, StoreKind
 
 __all__ = [
-    "DEFAULT_STORE", "SCHEMA_VERSION", "STORE_KINDS", "Candidates", "EncoderBundle", "Filters", "Library",
-    "LibraryError", "LibraryInfo", "ModelMismatchError", "PhotoInfo", "PhotoRecord", "SchemaError", "Stats",
-    "Store", "StoreKind", "make_filters",
+    "DEFAULT_STORE", "SCHEMA_VERSION", "STORE_KINDS", "Candidates", "EncoderBundle", "Filters", "IndexFileError",
+    "Library", "LibraryError", "LibraryInfo", "ModelMismatchError", "PhotoInfo", "PhotoRecord", "SchemaError",
+    "Stats", "Store", "StoreKind", "make_filters",
 ]

@@ -24,6 +24,7 @@ import apsw
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import EdgeXmrError
 from . import schema
 from .db import connect, file_bytes, read_transaction, write_transaction
 from .filters import DateLike, Filters, folder_key, key_range, path_range, wall_seconds_from_epoch, wall_to_iso
@@ -38,7 +39,7 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 
-class LibraryError(Exception):
+class LibraryError(EdgeXmrError):
     """The index cannot do what was asked (no model loaded, unknown photo, unusable file)."""
 
 

@@ -40,6 +40,7 @@ import apsw
 
 from .db import write_transaction
 from .stores import STORE_KINDS, Store
+from ..errors import EdgeXmrError
 
 SCHEMA_VERSION = 3
 
@@ -49,7 +50,7 @@ SKIP_UNREADABLE = "unreadable"  # permission denied, I/O error: every run
 SKIP_UNSUPPORTED = "unsupported"  # a format that needs an optional extra: every run
 
 
-class SchemaError(RuntimeError):
+class SchemaError(EdgeXmrError, RuntimeError):
     """The index file cannot be used by this version of edge_xmr."""
 
 

@@ -19,9 +19,10 @@ from ..tokenizer import Tokenizer, tiny_tokenizer
 from .image import ClipVision, EfficientNetLite0, TinyCNN
 from .joint import JointModel
 from .text import TextTransformer, load_bert, load_clip_text
+from ..errors import EdgeXmrError
 
 
-class ModelDirError(ValueError):
+class ModelDirError(EdgeXmrError, ValueError):
     """A model directory that is missing, empty or inconsistent."""
 
 

@@ -22,7 +22,7 @@ fi
 
 if [[ ! -f "$OUT/reference/manifest.json" ]]; then
   edge-xmr export --model "$MODEL" --out "$OUT/reference" --precision fp32,int8 --no-mobile --overwrite \
-    --calib-images "$DATA/images" --calib-captions "$DATA/captions.tsv" --json "$OUT/export.json"
+    --calib-images "$DATA/images" --calib-captions "$DATA/captions.tsv" --json-out "$OUT/export.json"
 fi
 if [[ -z "$CANDIDATE" ]]; then
   CANDIDATE="$OUT/reference"            # the int8 graphs of the same bundle
@@ -32,4 +32,4 @@ else
 fi
 edge-xmr check --reference "$OUT/reference" --candidate "$CANDIDATE" --candidate-precision "$CANDIDATE_PRECISION" \
   --data "$DATA" --split "$SPLIT" --metric "$METRIC" --max-drop "$MAX_DROP" \
-  --json "$OUT/gate.json" --markdown "$OUT/gate.md"
+  --json-out "$OUT/gate.json" --markdown "$OUT/gate.md"

@@ -21,7 +21,7 @@ def test_export_fp32(tmp_path, capsys, tiny_model_dir):
     caps = tmp_path / "caps.txt"
     caps.write_text("a dog\na cat on a car\n")
     rc = main(["export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "b"), "--fusion", "off",
-               "--no-mobile", "--calib-captions", str(caps), "--json", str(tmp_path / "r.json")])
+               "--no-mobile", "--calib-captions", str(caps), "--json-out", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "bundle written" in out and "sizes" in out

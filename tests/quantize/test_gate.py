@@ -68,7 +68,7 @@ def test_int8_vs_fp32_passes(toy_teacher_bundle, toy_data):
 def test_broken_candidate_fails_with_exit_1(toy_teacher_bundle, broken_bundle, toy_data, tmp_path):
     js, md = tmp_path / "r" / "gate.json", tmp_path / "r" / "gate.md"
     p = cli("check", "--reference", str(toy_teacher_bundle), "--candidate", str(broken_bundle),
-            "--data", str(toy_data), "--split", "all", "--json", str(js), "--markdown", str(md), "--quiet")
+            "--data", str(toy_data), "--split", "all", "--json-out", str(js), "--markdown", str(md), "--quiet")
     assert p.returncode == 1, p.stderr
     assert p.stdout.startswith("FAIL: rerank@20.t2i.R@1")
     import json

@@ -19,6 +19,23 @@ def fake_bundle() -> FakeBundle:
 
 
 @pytest.fixture()
+def fake_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``edge_xmr.cli`` with the fake bundle: its loader faked, ``$EDGE_XMR_BUNDLE`` a folder with a
+    manifest (so it is found as the default bundle), ``$EDGE_XMR_DB`` and ``$EDGE_XMR_CACHE`` in
+    ``tmp_path`` (child processes inherit them); returns the bundle folder."""
+    from edge_xmr.cli import runtime as cli_runtime
+
+    monkeypatch.setattr(cli_runtime, "load_bundle", lambda path, provider, threads, precision="fp32": FakeBundle())
+    bundle_dir = tmp_path / "bundle"
+    bundle_dir.mkdir()
+    (bundle_dir / "manifest.json").write_text("{}")
+    monkeypatch.setenv("EDGE_XMR_BUNDLE", str(bundle_dir))
+    monkeypatch.setenv("EDGE_XMR_DB", str(tmp_path / "default.db"))
+    monkeypatch.setenv("EDGE_XMR_CACHE", str(tmp_path / "cache"))
+    return bundle_dir
+
+
+@pytest.fixture()
 def photo_tree(tmp_path: Path) -> Path:
     """root/{a, a/deep, b}: 9 small JPEGs and PNGs, some with EXIF dates."""
     root = tmp_path / "photos"

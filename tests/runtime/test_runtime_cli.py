@@ -12,13 +12,7 @@ from edge_xmr.cli import runtime as cli_runtime
 
 
 @pytest.fixture()
-def env(tmp_path, photo_tree, monkeypatch):
-    monkeypatch.setattr(cli_runtime, "load_bundle", lambda path, provider, threads, precision="fp32": FakeBundle())
-    bundle_dir = tmp_path / "bundle"
-    bundle_dir.mkdir()
-    (bundle_dir / "manifest.json").write_text("{}")  # found as the default bundle; the loader is faked
-    monkeypatch.setenv("EDGE_XMR_BUNDLE", str(bundle_dir))
-    monkeypatch.setenv("EDGE_XMR_DB", str(tmp_path / "default.db"))
+def env(tmp_path, photo_tree, fake_cli):
     return {"db": str(tmp_path / "lib.db"), "root": photo_tree}
 
 
@@ -26,8 +20,9 @@ def test_index_search_json(env, capsys):
     assert main(["index", str(env["root"]), "--db", env["db"], "--quiet"]) == 0
     assert "9 added" in capsys.readouterr().out
     assert main(["search", "a dog", "--db", env["db"], "--json", "--k", "3", "--rerank", "5"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 3 and {"path", "bi_score", "cross_score"} <= set(rows[0])
+    answer = json.loads(capsys.readouterr().out)
+    rows = answer["hits"]
+    assert answer["query"] == "a dog" and len(rows) == 3 and {"path", "bi_score", "cross_score"} <= set(rows[0])
     assert all(r["cross_score"] is not None for r in rows)
     assert main(["search", "a dog", "--db", env["db"], "--rerank", "0", "--folder", str(env["root"] / "b")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -38,24 +33,26 @@ def test_queries_file_prints_one_json_line_per_query(env, capsys, tmp_path):
     main(["index", str(env["root"]), "--db", env["db"], "--quiet"])
     capsys.readouterr()
     qf = tmp_path / "q.txt"
-    qf.write_text("a dog\n\nsunset over water\n" + "x" * 10000 + "\n")
+    qf.write_text("a dog\nsunset over water\r\n" + "x" * 10000 + "\n")
     assert main(["search", "--queries", str(qf), "--db", env["db"], "--k", "2", "--after", "2020-01-01"]) == 0
-    lines = capsys.readouterr().out.strip().split("\n")
-    assert len(lines) == 3 and all(len(json.loads(line)) == 2 for line in lines)
+    answers = [json.loads(line) for line in capsys.readouterr().out.strip().split("\n")]
+    assert [a["line"] for a in answers] == [1, 2, 3]
+    assert [a["query"] for a in answers] == ["a dog", "sunset over water", "x" * 10000]
+    assert all(len(a["hits"]) == 2 for a in answers)
 
 
 def test_default_db_location(env, capsys, tmp_path):
     assert main(["index", str(env["root"]), "--quiet"]) == 0
     assert (tmp_path / "default.db").exists()
     assert main(["stats", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["photos"] == 9
+    assert json.loads(capsys.readouterr().out.split("\n")[1])["photos"] == 9
 
 
 def test_similar_stats_remove(env, capsys):
     main(["index", str(env["root"]), "--db", env["db"], "--quiet"])
     capsys.readouterr()
     assert main(["similar", str(env["root"] / "a" / "img0.jpg"), "--db", env["db"], "--k", "2", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 2
     assert main(["stats", "--db", env["db"]]) == 0
     out = capsys.readouterr().out
     assert "photos     9 in 3 folders" in out and "edge-xmr-fake" in out and "int8" in out and "bytes/photo" in out

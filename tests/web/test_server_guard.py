@@ -337,3 +337,21 @@ def test_a_fifo_in_a_photos_place_is_refused_at_once(server, gallery):
     os.mkfifo(path)
     status, _, _ = request(server, f"/thumb/{pid}", timeout=10)  # O_NONBLOCK: no thread waits on it
     assert status == 404
+
+
+def test_a_photo_whose_name_is_not_utf8_is_served(tmp_path, colour_bundle):
+    """Its index key (valid Unicode, pathkeys) differs from the OS path: the server opens the latter."""
+    from edge_xmr.index.library import Library
+
+    root = tmp_path / "raw"
+    odd = Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9-\xff.jpg"))
+    write_colour_photo(odd, (220, 30, 30))
+    db = tmp_path / "raw.db"
+    with Library.open(db, colour_bundle) as lib:
+        assert lib.index(root).added == 1
+        (pid,) = [int(r[0]) for r in lib.connection.execute("SELECT id FROM photos")]
+    gallery = Gallery(db=db, bundle=colour_bundle, thumbs=tmp_path / "thumbs")
+    for srv in run_server(gallery):
+        for kind in ("thumb", "photo"):
+            status, headers, body = request(srv, f"/{kind}/{pid}")
+            assert status == 200 and body[:2] == b"\xff\xd8", (kind, status, body[:200])
