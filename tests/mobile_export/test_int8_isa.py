@@ -79,6 +79,20 @@ def test_exported_int8_graphs_cannot_saturate(tiny_bundle, export_report):
     assert export_report["parity_int8"]["cpu"]["machine"]
 
 
+def test_int8_figures_name_the_cpu_they_were_measured_on(tiny_bundle, export_report):
+    """Each int8 graph's figures in the manifest carry the CPU (ISA features) they come from."""
+    import json
+
+    from mobile_export import parity
+
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    here = parity.cpu_isa()
+    for g in ("text_encoder", "image_encoder", "cross_encoder"):
+        int8 = manifest["graphs"][g]["variants"]["onnx/int8"]
+        assert int8["measured_on"] == export_report["parity_int8"]["cpu"], g
+        assert int8["measured_on"]["features"] == here["features"], g
+
+
 def test_saturation_risk_sees_static_qdq_weights():
     """A QDQ weight (int8 initializer -> DequantizeLinear -> MatMul), which onnxruntime fuses into an
     integer kernel, is checked too; an int8 weight that is only cast to float is not at risk."""
