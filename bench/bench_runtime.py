@@ -139,13 +139,13 @@ def records(n: int, seed: int) -> list[Any]:
 
 def build_db(path: Path, bundle: Any, store: str, emb: np.ndarray, tok: np.ndarray) -> float:
     """A fresh index holding the vectors; returns insert rate (photos/s)."""
-    from edge_xmr.index import Library
+    from edge_xmr.index import PhotoStore
 
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     recs = records(len(emb), seed=len(emb))
     t0 = time.perf_counter()
-    with Library.open(path, bundle, store=store) as lib:  # type: ignore[arg-type]
+    with PhotoStore.open(path, bundle, store=store) as lib:
         for i in range(0, len(emb), 1000):
             lib.add_photos(recs[i:i + 1000], emb[i:i + 1000], tok[i:i + 1000])
         lib.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -162,7 +162,7 @@ def latency(db: Path, bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: li
     """Search latency per variant, and per stage, vs an exact numpy brute force over in-memory
     float arrays. Variants are interleaved query by query so that load changes on this shared
     machine hit every variant alike."""
-    from edge_xmr.index import Library
+    from edge_xmr import Library
 
     folder = "/home/someone/Pictures/2016"
     with Library.open(db, bundle) as lib:  # type: ignore[arg-type]
@@ -181,9 +181,9 @@ def latency(db: Path, bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: li
             top[np.argsort(-s[top])]
 
         def cross(text: str, q: np.ndarray) -> None:
-            c = lib.candidates(q, 20)
+            c = lib.store.candidates(q, 20)
             t0 = time.perf_counter()
-            bundle.score_candidates(text, lib.tokens(c.ids.tolist()), c.embeds)
+            bundle.score_candidates(text, lib.store.tokens(c.ids.tolist()), c.embeds)
             stage["cross-encoder on 20 (+ token fetch)"].append((time.perf_counter() - t0) * 1000)
 
         variants: dict[str, Callable[[str, np.ndarray], Any]] = {
@@ -193,7 +193,7 @@ def latency(db: Path, bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: li
                                                                      after="2015-01-01"),
             "numpy exact float + rerank=20": lambda t, q: numpy_search(t),
             "stage: text encoder": lambda t, q: bundle.embed_texts([t]),
-            "stage: KNN top-20 (vec0 + rescoring)": lambda t, q: lib.candidates(q, 20),
+            "stage: KNN top-20 (vec0 + rescoring)": lambda t, q: lib.store.candidates(q, 20),
             "stage: numpy exact brute force top-20": lambda t, q: brute(q),
         }
         if int8_lib is not None:
@@ -225,13 +225,13 @@ def latency(db: Path, bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: li
 
 def recall(db: Path, bundle: Any, emb: np.ndarray, qv: np.ndarray, label: str, store: str) -> dict[str, Any]:
     """recall@10 of the store's search (KNN + rescoring) against exact float search."""
-    from edge_xmr.index import Library
+    from edge_xmr import Library
 
     hits = []
     with Library.open(db, bundle) as lib:  # type: ignore[arg-type]
         for q in qv:
             exact = set((np.argsort(-(emb @ q))[:10] + 1).tolist())
-            got = set(lib.candidates(q, 10).ids.tolist())
+            got = set(lib.store.candidates(q, 10).ids.tolist())
             hits.append(len(exact & got) / 10)
     return {"data": label, "n": len(emb), "store": store, "recall@10": round(float(np.mean(hits)), 4),
             "queries": len(qv)}
@@ -358,7 +358,7 @@ class StubEncoder:
 
 def child_index(bundle_dir: str, folder: str, db: str, stub: bool, threads: int | None) -> None:
     """Index ``folder`` into a fresh ``db``; print a JSON line with the rate and peak RSS."""
-    from edge_xmr.index import Library
+    from edge_xmr import Library
     from edge_xmr.indexer import IndexOptions, default_workers
 
     for suffix in ("", "-wal", "-shm"):

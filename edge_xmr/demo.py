@@ -11,7 +11,7 @@
 Example::
 
     >>> from edge_xmr import demo
-    >>> from edge_xmr.index.library import Library
+    >>> from edge_xmr import Library
     >>> lib = Library.open("demo.db", demo.default_bundle())        # doctest: +SKIP
     >>> lib.index(demo.sample_photos())                              # doctest: +SKIP
     >>> r = demo.timed_search(lib, "a cat", k=3)                     # doctest: +SKIP
@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,8 @@ from .paths import APP, default_bundle_dir
 from .errors import EdgeXmrError
 
 if TYPE_CHECKING:
-    from .index.library import Library
+    from .index.library import PhotoStore
+    from .library import Library
     from .search import Hit
 
 CACHE_ENV = "EDGE_XMR_CACHE"
@@ -290,30 +292,33 @@ def timed_search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: 
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if rerank < 0:
         raise ValueError(f"rerank must be >= 0, got {rerank}")
-    bundle = lib.require_bundle()
+    from .index.library import require_model
+
+    bundle = require_model(lib.bundle)
+    store = lib.store
     text = clean_query(text)
     filters = make_filters(after, before, folder)
     t0 = time.perf_counter()
-    if lib.count() == 0:
+    if store.count() == 0:
         return TimedSearch([], StageTimes(0.0, 0.0, 0.0, _ms(t0), 0))
     query = bundle.encode_query(text)  # one text pass: its embedding retrieves, its states rerank
     t1 = time.perf_counter()
-    cands = lib.candidates(np.asarray(query.embedding, np.float32), max(k, rerank), filters)
+    cands = store.candidates(np.asarray(query.embedding, np.float32), max(k, rerank), filters)
     t2 = time.perf_counter()
     n = min(rerank, len(cands.ids))
     cross = np.zeros((0,), np.float32)
     if n:
-        tokens = lib.tokens(cands.ids[:n].tolist())
+        tokens = store.tokens(cands.ids[:n].tolist())
         cross = np.asarray(bundle.score_encoded(query, tokens, cands.embeds[:n]), np.float32).reshape(n)
     t3 = time.perf_counter()
     order = [int(i) for i in np.argsort(-cross, kind="stable")] + list(range(n, len(cands.ids)))
-    hits = hits_for(lib, cands.ids, cands.scores, cross, order[:k])
+    hits = hits_for(store, cands.ids, cands.scores, cross, order[:k])
     times = StageTimes(embed_ms=1000 * (t1 - t0), knn_ms=1000 * (t2 - t1), rerank_ms=1000 * (t3 - t2),
                        total_ms=_ms(t0), candidates=n)
     return TimedSearch(hits, times)
 
 
-def hits_for(lib: Library, ids: Any, bi: Any, cross: Any, order: list[int]) -> list[Hit]:
+def hits_for(lib: PhotoStore, ids: Any, bi: Any, cross: Any, order: list[int]) -> list[Hit]:
     """Hits for positions ``order`` of candidate arrays (ids, bi scores, cross scores of the first n)."""
     from .search import Hit
 
@@ -325,7 +330,7 @@ def hits_for(lib: Library, ids: Any, bi: Any, cross: Any, order: list[int]) -> l
         if p is None:  # removed by a concurrent writer
             continue
         out.append(Hit(path=p.path, bi_score=float(bi[i]), cross_score=float(cross[i]) if i < len(cross) else None,
-                       photo_id=pid, taken=p.taken, width=p.width, height=p.height))
+                       photo_id=pid, taken=datetime.fromisoformat(p.taken), width=p.width, height=p.height))
     return out
 
 

@@ -41,7 +41,7 @@ from PIL import Image
 
 from .index.db import connect
 from .index.filters import path_range, to_wall_seconds
-from .index.library import Library, LibraryError, PhotoRecord
+from .index.library import EncoderBundle, LibraryError, PhotoRecord, PhotoStore, require_model
 from .index.pathkeys import fs_path, path_key, resolve
 from .index.schema import SKIP_CONTENT, SKIP_UNREADABLE, SKIP_UNSUPPORTED
 from .preprocess import ImageError, ImageReadError, load_image
@@ -156,21 +156,21 @@ def heif_available() -> bool:
     return True
 
 
-def index_folder(lib: Library, root: str | os.PathLike[str], progress: Callable[[Progress], None] | None = None,
+def index_folder(lib: PhotoStore, model: EncoderBundle | None, root: str | os.PathLike[str], progress: Callable[[Progress], None] | None = None,
                  options: IndexOptions = IndexOptions()) -> IndexReport:
     """Bring the index up to date with a folder tree (or a single file). The folder is indexed
     under its resolved path, whatever symlink leads to it."""
     given = os.path.abspath(os.path.expanduser(root))
     root_s = resolve(given)
     if os.path.isfile(root_s):
-        return index_files(lib, [given], progress, options)
+        return index_files(lib, model, [given], progress, options)
     if not os.path.isdir(root_s):
         raise LibraryError(f"not a folder: {root_s}")
     errors = _ScanErrors()
-    return _Run(lib, options, progress).run(_scan(root_s, options, errors), errors, root_s, {given: root_s})
+    return _Run(lib, model, options, progress).run(_scan(root_s, options, errors), errors, root_s, {given: root_s})
 
 
-def index_files(lib: Library, paths: Sequence[str | os.PathLike[str]],
+def index_files(lib: PhotoStore, model: EncoderBundle | None, paths: Sequence[str | os.PathLike[str]],
                 progress: Callable[[Progress], None] | None = None,
                 options: IndexOptions = IndexOptions()) -> IndexReport:
     """Index the given files, each under its resolved path (no removal of anything else)."""
@@ -186,7 +186,7 @@ def index_files(lib: Library, paths: Sequence[str | os.PathLike[str]],
             raise LibraryError(f"not a file: {path_key(given)}")
         entries.append(_entry(real, st))
         aliases[given] = real
-    return _Run(lib, options, progress).run(iter(entries), _ScanErrors(), None, aliases)
+    return _Run(lib, model, options, progress).run(iter(entries), _ScanErrors(), None, aliases)
 
 
 # ---- scanning -----------------------------------------------------------------------------------
@@ -336,11 +336,12 @@ def _reason(message: str, path: str) -> str:
 class _Run:
     """State of one indexing run: counters, the worker pool and per-thread read connections."""
 
-    def __init__(self, lib: Library, options: IndexOptions, progress: Callable[[Progress], None] | None):
+    def __init__(self, lib: PhotoStore, model: EncoderBundle | None, options: IndexOptions,
+                 progress: Callable[[Progress], None] | None):
         if options.batch_size < 1 or options.workers < 1:
             raise ValueError("batch_size and workers must be >= 1")
         self.lib = lib
-        self.bundle = lib.require_bundle()
+        self.bundle = require_model(model)
         self.size = int(self.bundle.manifest["preprocessing"]["size"])
         self.options = options
         self.progress = progress

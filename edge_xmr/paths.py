@@ -50,6 +50,11 @@ def default_bundle_dir() -> Path | None:
     env = os.environ.get(BUNDLE_ENV, "").strip()
     if env:
         return Path(env).expanduser()
+    return packaged_bundle_dir()
+
+
+def packaged_bundle_dir() -> Path | None:
+    """The default model's exported bundle packaged with edge_xmr; ``None`` if this install has none."""
     for cand in _DEFAULT_BUNDLES:
         if (cand / "manifest.json").is_file():
             return cand

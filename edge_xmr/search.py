@@ -1,5 +1,8 @@
 """Retrieve fast, rerank smart: KNN over the index, then the cross-encoder over the top candidates.
 
+The functions take the store (``edge_xmr.index.PhotoStore``) and the loaded model; users call them
+through ``edge_xmr.Library``.
+
 Example::
 
     >>> hits = lib.search("two dogs in the snow", k=5, rerank=20)   # doctest: +SKIP
@@ -12,18 +15,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .errors import EdgeXmrError
 from .index.filters import DateLike, make_filters
-from .index.library import Candidates, LibraryError
+from .index.library import Candidates, EncoderBundle, LibraryError, PhotoStore, require_model
 from .index.stores import dequantize, normalize, quantize
-
-if TYPE_CHECKING:
-    from .index.library import Library
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -36,12 +37,13 @@ class Hit:
     bi_score: float  # bi-encoder cosine between query and stored photo embedding
     cross_score: float | None  # cross-encoder score (None: not reranked)
     photo_id: int  # id in the index
-    taken: str  # capture time (EXIF, else file mtime), ISO wall clock
+    taken: datetime  # capture time (EXIF, else file mtime): naive, on the camera's wall clock
     width: int  # oriented width in pixels
     height: int  # oriented height in pixels
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """A JSON-ready dict (``taken`` as ISO text, e.g. ``"2023-07-14T18:30:05"``)."""
+        return {**asdict(self), "taken": self.taken.isoformat(timespec="seconds")}
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,14 @@ def clean_text(text: str) -> str:
     return text[:MAX_QUERY_CHARS]
 
 
-def search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: DateLike = None,
+def search(lib: PhotoStore, model: EncoderBundle | None, text: str, k: int = 10, rerank: int = 20, after: DateLike = None,
            before: DateLike = None, folder: str | os.PathLike[str] | None = None) -> list[Hit]:
     """Text -> photos: KNN top ``max(k, rerank)``, the first ``rerank`` reranked by the
     cross-encoder (best first), then the rest by bi-encoder score; the best ``k`` returned."""
     _check_k(k)
     if rerank < 0:
         raise ValueError(f"rerank must be >= 0, got {rerank}")
-    bundle = lib.require_bundle()
+    bundle = require_model(model)
     text = clean_query(text)
     filters = make_filters(after, before, folder)
     if lib.is_empty():
@@ -90,21 +92,21 @@ def search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: DateLi
     query = bundle.encode_query(text)  # one text pass: its embedding retrieves, its states rerank
     with lib.snapshot():  # a writer replacing photos meanwhile (re-indexing) cannot pull rows from under us
         cands = lib.candidates(np.asarray(query.embedding, np.float32), max(k, rerank), filters)
-        cross = _cross_scores(lib, query, cands, rerank)
+        cross = _cross_scores(lib, bundle, query, cands, rerank)
         order = list(np.argsort(-cross, kind="stable")) + list(range(len(cross), len(cands.ids)))
         return _hits(lib, cands, cross, order[:k])
 
 
-def _cross_scores(lib: Library, query: Any, cands: Candidates, rerank: int) -> FloatArray:
+def _cross_scores(lib: PhotoStore, bundle: EncoderBundle, query: Any, cands: Candidates, rerank: int) -> FloatArray:
     n = min(rerank, len(cands.ids))
     if n == 0:
         return np.zeros((0,), np.float32)
     tokens = lib.tokens(cands.ids[:n].tolist())
-    scores = lib.require_bundle().score_encoded(query, tokens, cands.embeds[:n])
+    scores = bundle.score_encoded(query, tokens, cands.embeds[:n])
     return np.asarray(scores, np.float32).reshape(n)
 
 
-def _hits(lib: Library, cands: Candidates, cross: FloatArray, order: Sequence[int]) -> list[Hit]:
+def _hits(lib: PhotoStore, cands: Candidates, cross: FloatArray, order: Sequence[int]) -> list[Hit]:
     ids = [int(cands.ids[i]) for i in order]
     info = lib.photo_info(ids)
     hits = []
@@ -114,29 +116,30 @@ def _hits(lib: Library, cands: Candidates, cross: FloatArray, order: Sequence[in
             continue
         hits.append(Hit(path=p.path, bi_score=float(cands.scores[i]),
                         cross_score=float(cross[i]) if i < len(cross) else None,
-                        photo_id=pid, taken=p.taken, width=p.width, height=p.height))
+                        photo_id=pid, taken=datetime.fromisoformat(p.taken), width=p.width, height=p.height))
     return hits
 
 
-def similar(lib: Library, photo: str | os.PathLike[str] | int, k: int = 10, after: DateLike = None,
+def similar(lib: PhotoStore, model: EncoderBundle | None, photo: str | os.PathLike[str] | int, k: int = 10, after: DateLike = None,
             before: DateLike = None, folder: str | os.PathLike[str] | None = None) -> list[Hit]:
     """Image -> image: the ``k`` photos closest to ``photo`` by bi-encoder cosine (itself excluded)."""
     _check_k(k)
     filters = make_filters(after, before, folder)
     with lib.snapshot():
-        pid, emb, _ = photo_vectors(lib, photo)
+        pid, emb, _ = photo_vectors(lib, model, photo)
         cands = lib.candidates(emb, k + 1, filters)
         keep = [i for i, c in enumerate(cands.ids) if int(c) != pid][:k]
         return _hits(lib, cands, np.zeros((0,), np.float32), keep)
 
 
-def rank_texts(lib: Library, photo: str | os.PathLike[str] | int, texts: Sequence[str]) -> list[TextHit]:
+def rank_texts(lib: PhotoStore, model: EncoderBundle | None, photo: str | os.PathLike[str] | int,
+               texts: Sequence[str]) -> list[TextHit]:
     """Image -> text: ``texts`` ranked by the cross-encoder against the photo's stored data."""
-    bundle = lib.require_bundle()
+    bundle = require_model(model)
     clean = [clean_text(t) for t in texts]
     if not clean:
         return []
-    _, emb, tok = photo_vectors(lib, photo)
+    _, emb, tok = photo_vectors(lib, bundle, photo)
     queries = [bundle.encode_query(t) for t in clean]
     bi = np.array([float(np.asarray(q.embedding, np.float32) @ emb) for q in queries], np.float32)
     cross = [float(np.asarray(bundle.score_encoded(q, tok[None], emb[None])).reshape(-1)[0]) for q in queries]
@@ -144,7 +147,7 @@ def rank_texts(lib: Library, photo: str | os.PathLike[str] | int, texts: Sequenc
     return [TextHit(text=texts[i], bi_score=float(bi[i]), cross_score=cross[i], index=int(i)) for i in order]
 
 
-def photo_vectors(lib: Library, photo: str | os.PathLike[str] | int) -> tuple[int, FloatArray, FloatArray]:
+def photo_vectors(lib: PhotoStore, model: EncoderBundle | None, photo: str | os.PathLike[str] | int) -> tuple[int, FloatArray, FloatArray]:
     """(photo id or -1, unit embedding (D,), tokens (T, Dt)): stored data for an indexed photo,
     else the image file is encoded with the bundle (as stored: int8 round trip)."""
     with lib.snapshot():
@@ -156,7 +159,7 @@ def photo_vectors(lib: Library, photo: str | os.PathLike[str] | int) -> tuple[in
         raise LibraryError(f"no photo with id {photo} in the index")
     from .preprocess import ImageError, load_image
 
-    bundle = lib.require_bundle()
+    bundle = require_model(model)
     try:
         image = load_image(photo, int(bundle.manifest["preprocessing"]["size"]))
     except (ImageError, OSError) as e:
@@ -168,7 +171,7 @@ def photo_vectors(lib: Library, photo: str | os.PathLike[str] | int) -> tuple[in
     return -1, normalize(e), _round_trip_tokens(lib, np.asarray(tok, np.float32)[0])
 
 
-def _round_trip_tokens(lib: Library, tok: FloatArray) -> FloatArray:
+def _round_trip_tokens(lib: PhotoStore, tok: FloatArray) -> FloatArray:
     scale = lib.info.token_scale
     return dequantize(quantize(tok, scale), scale) if scale else tok
 

@@ -56,7 +56,8 @@ from .errors import EdgeXmrError
 from .index.pathkeys import fs_path
 
 if TYPE_CHECKING:
-    from .index.library import EncoderBundle, Library
+    from .index.library import EncoderBundle
+    from .library import Library
     from .indexer import Progress
     from .search import Hit
 
@@ -252,14 +253,15 @@ class Gallery:
     @contextmanager
     def library(self, need_model: bool = False) -> Iterator[Library]:
         """Open the index for one request (each request thread gets its own connection)."""
-        from .index.library import Library, LibraryError
+        from .index.library import LibraryError
+        from .library import Library
 
         if not self.db.is_file():
             raise HttpError(503, self.missing_message())
         if need_model and self.bundle is None:
             raise HttpError(503, "No model bundle is loaded, so search is off: restart with --bundle DIR.")
         try:
-            lib = Library.open(self.db, self.bundle if need_model else None, create=False)
+            lib = Library.open(self.db, self.bundle, load_model=need_model, create=False)
         except LibraryError as e:
             raise HttpError(503, str(e)) from None
         except Exception as e:  # not an index file, a newer schema, a locked or corrupt file
@@ -325,7 +327,7 @@ class Gallery:
 
     def folders(self) -> dict[str, Any]:
         with self.library() as lib:
-            rows = [(int(i), str(p), int(n)) for i, p, n in lib.connection.execute(
+            rows = [(int(i), str(p), int(n)) for i, p, n in lib.store.connection.execute(
                 "SELECT f.id, f.path, count(p.id) FROM folders f JOIN photos p ON p.folder_id = f.id"
                 " GROUP BY f.id ORDER BY f.path")]
         base = _common_folder([p for _, p, _ in rows])
@@ -339,7 +341,7 @@ class Gallery:
         folder = None
         if params.get("folder"):
             fid = parse_id(params["folder"], "folder id")
-            row = lib.connection.execute("SELECT path FROM folders WHERE id = ?", (fid,)).fetchone()
+            row = lib.store.connection.execute("SELECT path FROM folders WHERE id = ?", (fid,)).fetchone()
             if row is None:
                 raise HttpError(404, f"No folder with id {fid} in the index.")
             folder = str(row[0])
@@ -347,12 +349,12 @@ class Gallery:
                 (until + timedelta(days=1)).isoformat() if until else None, folder)
 
     def _results(self, lib: Library, hits: list[Hit]) -> list[dict[str, Any]]:
-        rows = {int(i): str(p) for i, p in lib.connection.execute(
+        rows = {int(i): str(p) for i, p in lib.store.connection.execute(
             f"SELECT p.id, f.path FROM photos p JOIN folders f ON f.id = p.folder_id"
             f" WHERE p.id IN ({','.join(str(int(h.photo_id)) for h in hits) or 'NULL'})")}
         return [{"rank": r + 1, "id": h.photo_id, "name": os.path.basename(h.path),
                  "folder": os.path.basename(rows.get(h.photo_id, "").rstrip("/")) or "/",
-                 "taken": h.taken, "bi": round(h.bi_score, 4),
+                 "taken": h.taken.isoformat(timespec="seconds"), "bi": round(h.bi_score, 4),
                  "cross": None if h.cross_score is None else round(h.cross_score, 4),
                  "width": h.width, "height": h.height} for r, h in enumerate(hits)]
 
@@ -366,7 +368,7 @@ class Gallery:
 
     @staticmethod
     def _photo(lib: Library, pid: int) -> str:
-        info = lib.photo_info([pid]).get(pid)
+        info = lib.store.photo_info([pid]).get(pid)
         if info is None:
             raise HttpError(404, f"No photo with id {pid} in the index.")
         return info.path
@@ -398,7 +400,7 @@ class Gallery:
 
     def _indexed_file(self, pid: int) -> IndexedFile:
         with self.library() as lib:
-            row = lib.connection.execute("SELECT path, size, mtime_ns, hash FROM photos WHERE id = ?",
+            row = lib.store.connection.execute("SELECT path, size, mtime_ns, hash FROM photos WHERE id = ?",
                                          (pid,)).fetchone()
         if row is None:
             raise HttpError(404, f"No photo with id {pid} in the index.")

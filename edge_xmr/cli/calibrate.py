@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise UserError("calibration needs torch: pip install torch==2.13.0 'edge-xmr[train]'") from None
     from ..model import ModelDirError, bases
-    from ..train.calibrate import interpolate, recalibrate
+    from ..train.calibrate import interpolate
+    from ..train.loop import recalibrate
     from ..train_config import TrainConfig
 
     try:

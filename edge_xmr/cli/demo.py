@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EdgeXmrError
 from . import UserError
 from . import options as opt
 
 if TYPE_CHECKING:
     from ..demo import DemoQuery, TimedSearch
-    from ..index.library import Library
+    from ..library import Library
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,9 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # ---- shared ---------------------------------------------------------------------------------------
-def _default_bundle() -> Path:
-    """The default model's bundle, exported with a progress bar the first time."""
-    from ..demo import default_bundle
+def _find_bundle(bundle: str | None, db: Path | None) -> Path:
+    """The bundle to use (``edge_xmr.discovery``); the default model's is exported with a progress
+    bar the first time, when this install packages none."""
+    from ..discovery import find_bundle
 
     bar = opt.Progress("bundle", "step")
     stop, started = threading.Event(), threading.Event()
@@ -75,7 +75,7 @@ def _default_bundle() -> Path:
         bar.update(done, total, step=step)
 
     try:
-        return default_bundle(progress=progress)
+        return find_bundle(bundle, db, progress=progress)
     finally:
         stop.set()
         bar.close()
@@ -115,10 +115,11 @@ def _index(lib: Library, root: Path) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from ..demo import (FOLDER_QUERIES, SAMPLE_IMAGE_QUERY, SAMPLE_QUERIES, DemoQuery, demo_db_path,
                         sample_photos)
-    from ..index.library import Library, LibraryError
+    from ..index.library import LibraryError
+    from ..library import Library
 
     t_start = time.perf_counter()
-    bundle_dir = Path(args.bundle).expanduser() if args.bundle else _default_bundle()
+    bundle_dir = _find_bundle(args.bundle, None)  # the demo's index is chosen by the model: no index yet
     model = _manifest(bundle_dir).get("model", {})
     if args.photos:
         photos = Path(args.photos).expanduser().resolve()
@@ -182,7 +183,7 @@ def _times(r: TimedSearch) -> str:
 
 def _image_query(lib: Library, photo: Path | None, k: int) -> None:
     if photo is None or lib.photo_id(photo) is None:
-        row = lib.connection.execute("SELECT path FROM photos ORDER BY id LIMIT 1").fetchone()
+        row = lib.store.connection.execute("SELECT path FROM photos ORDER BY id LIMIT 1").fetchone()
         if row is None:
             return
         photo = Path(str(row[0]))
@@ -202,7 +203,8 @@ def _quote(p: Path) -> str:
 # ---- serve ----------------------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
     from ..demo import cache_dir
-    from ..index.library import Library, LibraryError
+    from ..index.library import LibraryError
+    from ..library import Library
     from ..paths import default_db_path
     from ..server import Gallery, ServeError, ServerConfig, check_config, make_server
 
@@ -222,7 +224,7 @@ def run_serve(args: argparse.Namespace) -> int:
     bundle = _serve_bundle(args, db, need=photos is not None)
     if db.exists():
         try:  # refuse a model mismatch or a file that is no index now, not on every request
-            Library.open(db, bundle, create=False).close()
+            Library.open(db, bundle, load_model=bundle is not None, create=False).close()
         except LibraryError as e:
             raise UserError(str(e)) from None
         except Exception as e:
@@ -253,30 +255,18 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_bundle(args: argparse.Namespace, db: Path, need: bool) -> Any:
-    """--bundle, else the bundle the index names (if still there), else the default bundle."""
+    """--bundle, else the bundle the index names (if still there), else $EDGE_XMR_BUNDLE, else the
+    default bundle (``edge_xmr.discovery``); without one, browsing works but search is off."""
     if args.bundle:
         return _load_bundle(args.bundle, args.threads)
-    hint = _bundle_hint(db)
-    if hint is not None:
-        return _load_bundle(hint, args.threads)
+    from ..discovery import NoBundleError
+
     try:
-        return _load_bundle(_default_bundle(), args.threads)
-    except EdgeXmrError as e:  # no bundle, or an unusable one
+        return _load_bundle(_find_bundle(None, db), args.threads)
+    except (NoBundleError, UserError) as e:  # no bundle, or an unusable one
         if need:
             raise
         print(f"warning: {e}; browsing only, search is off", file=sys.stderr)
         return None
-
-
-def _bundle_hint(db: Path) -> Path | None:
-    if not db.exists():
-        return None
-    from ..index.library import Library
-
-    try:
-        with Library.open(db, None, create=False) as lib:
-            hint = lib.info.bundle_path
-    except Exception as e:  # not an index, newer schema, corrupt file
+    except Exception as e:  # the index names its bundle: not an index, newer schema, corrupt file
         raise UserError(f"cannot open the index {db}: {e}") from None
-    return Path(hint) if hint and (Path(hint) / "manifest.json").is_file() else None
-

@@ -19,7 +19,8 @@ from . import EXIT_USAGE, UserError
 from . import options as opt
 
 if TYPE_CHECKING:
-    from ..index.library import EncoderBundle, Library
+    from ..index.library import EncoderBundle
+    from ..library import Library
     from ..search import Hit
 
 
@@ -121,37 +122,10 @@ def load_bundle(path: Path, provider: str | None, threads: int | None, precision
 
 
 def _bundle_path(args: argparse.Namespace) -> Path:
-    from ..index.db import connect
-    from ..index.schema import has_schema, read_meta
-    from ..paths import default_bundle_dir
+    """--bundle, else the index's recorded bundle, else $EDGE_XMR_BUNDLE, else the default model's."""
+    from ..discovery import find_bundle
 
-    if args.bundle is not None:
-        return Path(args.bundle).expanduser()
-    db = _db_path(args)
-    if db.exists():
-        conn = connect(db, readonly=True)
-        try:
-            hint = read_meta(conn).get("bundle_path", "") if has_schema(conn) else ""
-        finally:
-            conn.close()
-        if hint and (Path(hint) / "manifest.json").is_file():
-            return Path(hint)
-    found = default_bundle_dir()
-    if found is not None:
-        return found
-    return _default_model_bundle()
-
-
-def _default_model_bundle() -> Path:
-    """The embedded default model's bundle (exported into the user cache on first use)."""
-    try:
-        from ..demo import DemoError, default_bundle
-    except ImportError:
-        raise UserError("no model bundle: pass --bundle DIR (or set $EDGE_XMR_BUNDLE)") from None
-    try:
-        return default_bundle()
-    except DemoError as e:
-        raise UserError(f"no model bundle: pass --bundle DIR ({e})") from None
+    return find_bundle(args.bundle, _db_path(args))
 
 
 def _db_path(args: argparse.Namespace) -> Path:
@@ -162,13 +136,13 @@ def _db_path(args: argparse.Namespace) -> Path:
 
 @contextmanager
 def _open(args: argparse.Namespace, model: bool, create: bool = False, store: str = "int8") -> Iterator[Library]:
-    from ..index.library import Library
+    from ..library import Library
 
     db = _db_path(args)
     if not create and not db.exists():
         raise UserError(f"no index at {db} (run 'edge-xmr index PATH' first, or pass --db)")
     bundle = load_bundle(_bundle_path(args), args.provider, args.threads, args.precision) if model else None
-    with Library.open(db, bundle, store=store, create=create) as lib:  # type: ignore[arg-type]
+    with Library.open(db, bundle, load_model=model, store=store, create=create) as lib:
         yield lib
 
 
@@ -290,7 +264,7 @@ def _print_hits(hits: list[Hit]) -> None:
         return
     for i, h in enumerate(hits, 1):
         cross = f"{h.cross_score:8.3f}" if h.cross_score is not None else "       -"
-        sys.stdout.write(f"{i:3d}  cross {cross}  bi {h.bi_score:6.3f}  {h.taken[:10]}  {h.path}\n")
+        sys.stdout.write(f"{i:3d}  cross {cross}  bi {h.bi_score:6.3f}  {h.taken:%Y-%m-%d}  {h.path}\n")
 
 
 def _similar(args: argparse.Namespace) -> int:

@@ -1,13 +1,8 @@
-"""Library: one photo index file (SQLite + sqlite-vec) and the model bundle that fills and searches it.
+"""The store: one photo index file (SQLite + sqlite-vec), its rows and vectors.
 
-Example::
-
-    >>> from edge_xmr import Library
-    >>> lib = Library.open("photos.db", bundle="path/to/bundle")   # doctest: +SKIP
-    >>> lib.index("~/Pictures")                                     # doctest: +SKIP
-    IndexReport(scanned=1204, added=1204, ...)
-    >>> [h.path for h in lib.search("a dog on the beach", k=3)]     # doctest: +SKIP
-    ['/home/me/Pictures/2023/IMG_0412.jpg', ...]
+The lowest layer of the runtime: it reads and writes photos, vectors and meta data, and knows a
+model only by its manifest (``ModelCard``). It imports neither the bundle nor the indexer nor the
+search; the verbs users call (index, search, ...) live in the façade above it, ``edge_xmr.Library``.
 """
 
 from __future__ import annotations
@@ -18,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import apsw
 import numpy as np
@@ -30,10 +25,6 @@ from .db import connect, file_bytes, read_transaction, write_transaction
 from .filters import DateLike, Filters, folder_key, key_range, path_range, wall_seconds_from_epoch, wall_to_iso
 from .pathkeys import lookup_keys
 from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, Store, StoreKind, calibrate_scale, dequantize, quantize
-
-if TYPE_CHECKING:
-    from ..indexer import IndexOptions, IndexReport, Progress
-    from ..search import Hit, TextHit
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -47,13 +38,17 @@ class ModelMismatchError(LibraryError):
     """The index was built with another model than the bundle given to open it."""
 
 
-class EncoderBundle(Protocol):
-    """What the library needs from a loaded model bundle (``edge_xmr.bundle.Bundle``)."""
+class ModelCard(Protocol):
+    """What the store needs to know of a model: its manifest and identity."""
 
     manifest: dict[str, Any]
 
     @property
     def model_id(self) -> str: ...
+
+
+class EncoderBundle(ModelCard, Protocol):
+    """What the runtime needs from a loaded model bundle (``edge_xmr.bundle.Bundle``)."""
 
     def embed_texts(self, texts: Sequence[str]) -> FloatArray: ...
 
@@ -152,31 +147,28 @@ class Stats:
 _EMPTY_IDS: IntArray = np.zeros((0,), np.int64)
 
 
-class Library:
-    """A photo index file, optionally with the model bundle used to fill and search it."""
+class PhotoStore:
+    """A photo index file: photos, their vectors and the index's meta data."""
 
-    def __init__(self, conn: apsw.Connection, path: Path, bundle: EncoderBundle | None):
+    def __init__(self, conn: apsw.Connection, path: Path):
         self._conn = conn
         self.path = path
-        self.bundle = bundle
         self._info = LibraryInfo.from_meta(schema.read_meta(conn))
         self.store = self._make_store()
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, db: str | os.PathLike[str] | None = None, bundle: EncoderBundle | str | os.PathLike[str] | None = None,
-             *, store: StoreKind = DEFAULT_STORE, create: bool = True, providers: str | Sequence[str] | None = None,
-             threads: int | None = None, precision: str = "fp32") -> Library:
-        """Open (or create) an index.
+    def open(cls, db: str | os.PathLike[str] | None = None, model: ModelCard | None = None, *,
+             bundle_path: str = "", store: StoreKind = DEFAULT_STORE, create: bool = True) -> PhotoStore:
+        """Open (or create) an index file.
 
         Args:
             db: the index file (default: the platform's data folder, see ``edge_xmr.paths``).
-            bundle: a loaded bundle, or a bundle folder to load; ``None`` opens the index without a
-                model (stats and remove work; indexing and search need a model).
+            model: the model that fills and searches it (checked against the index's; needed to
+                create a new index); ``None`` opens the file without a model.
+            bundle_path: the folder of that model's bundle, recorded as a hint for later opens.
             store: for a new index: how embeddings are stored (``int8``, ``float32`` or ``bit``).
             create: create the file if missing.
-            providers, threads, precision: onnxruntime settings and graph precision ("fp32" or
-                "int8") when ``bundle`` is a folder.
 
         Raises:
             ModelMismatchError: the index was built with another model.
@@ -185,30 +177,28 @@ class Library:
         from ..paths import default_db_path
 
         path = Path(db).expanduser() if db is not None else default_db_path()
-        loaded, bundle_path = _load_bundle(bundle, providers, threads, precision)
         if not path.exists() and not create:
             raise LibraryError(f"no index at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(path)
         try:
             if not schema.has_schema(conn):
-                if loaded is None:
+                if model is None:
                     raise LibraryError(f"{path} is not an index yet; a model bundle is needed to create one")
-                schema.create(conn, Store(store, _manifest_dim(loaded), 1.0), _new_meta(loaded, store, bundle_path))
+                schema.create(conn, Store(store, _manifest_dim(model), 1.0), _new_meta(model, store, bundle_path))
             schema.migrate(conn)
-            lib = cls(conn, path, loaded)
-            lib._check_model(bundle_path)
+            lib = cls(conn, path)
+            if model is not None:
+                lib._check_model(model, bundle_path)
         except BaseException:
             conn.close()
             raise
         return lib
 
-    def _check_model(self, bundle_path: str) -> None:
-        if self.bundle is None:
-            return
-        name, mid = _manifest_name(self.bundle), self.bundle.model_id
+    def _check_model(self, model: ModelCard, bundle_path: str) -> None:
+        name, mid = _manifest_name(model), model.model_id
         info = self._info
-        eid = _manifest_embedding_id(self.bundle)
+        eid = _manifest_embedding_id(model)
         update: dict[str, str] = {}
         if mid != info.model_id and eid and eid == info.embedding_id:
             # same encoders, another reranker (recalibrated or retrained cross-encoder): the stored
@@ -246,51 +236,13 @@ class Library:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> Library:
+    def __enter__(self) -> PhotoStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def require_bundle(self) -> EncoderBundle:
-        if self.bundle is None:
-            raise LibraryError("no model bundle loaded: open the library with bundle=...")
-        return self.bundle
-
-    # ---- public verbs --------------------------------------------------------------------------
-    def index(self, root: str | os.PathLike[str], progress: Callable[[Progress], None] | None = None,
-              options: IndexOptions | None = None) -> IndexReport:
-        """Index a folder tree incrementally (see ``edge_xmr.indexer.index_folder``)."""
-        from ..indexer import IndexOptions, index_folder
-
-        return index_folder(self, root, progress=progress, options=options or IndexOptions())
-
-    def add(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
-        """Index the given photo files (new or changed ones are embedded, others skipped)."""
-        from ..indexer import IndexOptions, index_files
-
-        return index_files(self, [os.path.abspath(p) for p in paths], options=IndexOptions())
-
-    def search(self, text: str, k: int = 10, rerank: int = 20, after: DateLike = None, before: DateLike = None,
-               folder: str | os.PathLike[str] | None = None) -> list[Hit]:
-        """Text -> the best ``k`` photos: KNN top ``rerank``, cross-encoder rerank (0: no rerank)."""
-        from ..search import search
-
-        return search(self, text, k=k, rerank=rerank, after=after, before=before, folder=folder)
-
-    def similar(self, photo: str | os.PathLike[str] | int, k: int = 10, after: DateLike = None,
-                before: DateLike = None, folder: str | os.PathLike[str] | None = None) -> list[Hit]:
-        """Photo (indexed path, id, or any image file) -> the most similar other photos."""
-        from ..search import similar
-
-        return similar(self, photo, k=k, after=after, before=before, folder=folder)
-
-    def rank_texts(self, photo: str | os.PathLike[str] | int, texts: Sequence[str]) -> list[TextHit]:
-        """Photo -> the texts ranked by the cross-encoder (with bi-encoder scores)."""
-        from ..search import rank_texts
-
-        return rank_texts(self, photo, texts)
-
+    # ---- whole-library operations ------------------------------------------------------------
     def remove(self, path: str | os.PathLike[str]) -> int:
         """Forget a photo, or every photo under a folder (files are not touched); returns the count."""
         c = self._conn
@@ -600,44 +552,38 @@ class Library:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def _load_bundle(bundle: EncoderBundle | str | os.PathLike[str] | None, providers: str | Sequence[str] | None,
-                 threads: int | None, precision: str) -> tuple[EncoderBundle | None, str]:
-    if bundle is None:
-        return None, ""
-    if isinstance(bundle, (str, os.PathLike)):
-        from ..bundle import Bundle
-
-        path = Path(bundle).expanduser().resolve()
-        return Bundle.load(path, precision=precision, providers=providers, threads=threads), str(path)  # type: ignore[arg-type]
-    where = getattr(bundle, "root", None) or getattr(bundle, "path", None)
-    return bundle, str(Path(where).resolve()) if where else ""
+def _manifest_name(model: ModelCard) -> str:
+    return str(model.manifest.get("model", {}).get("name", ""))
 
 
-def _manifest_name(bundle: EncoderBundle) -> str:
-    return str(bundle.manifest.get("model", {}).get("name", ""))
+def _manifest_embedding_id(model: ModelCard) -> str:
+    return str(model.manifest.get("model", {}).get("embedding_id", ""))
 
 
-def _manifest_embedding_id(bundle: EncoderBundle) -> str:
-    return str(bundle.manifest.get("model", {}).get("embedding_id", ""))
+def _manifest_dim(model: ModelCard) -> int:
+    return int(model.manifest["embedding"]["dim"])
 
 
-def _manifest_dim(bundle: EncoderBundle) -> int:
-    return int(bundle.manifest["embedding"]["dim"])
-
-
-def _new_meta(bundle: EncoderBundle, store: StoreKind, bundle_path: str) -> dict[str, str]:
-    m = bundle.manifest
+def _new_meta(model: ModelCard, store: StoreKind, bundle_path: str) -> dict[str, str]:
+    m = model.manifest
     storage = m.get("storage") or {}
     return {
-        "model_name": _manifest_name(bundle), "model_id": bundle.model_id,
-        "embedding_id": _manifest_embedding_id(bundle),
-        "embedding_dim": str(_manifest_dim(bundle)), "metric": str(m.get("embedding", {}).get("metric", "cosine")),
+        "model_name": _manifest_name(model), "model_id": model.model_id,
+        "embedding_id": _manifest_embedding_id(model),
+        "embedding_dim": str(_manifest_dim(model)), "metric": str(m.get("embedding", {}).get("metric", "cosine")),
         "store": store,
         "embedding_int8_scale": repr(float(storage.get("embedding_int8_scale") or 0.0) * EMBEDDING_HEADROOM),
         "token_int8_scale": repr(float(storage.get("token_int8_scale") or 0.0)),
         "token_count": str(int(m["image_tokens"]["count"])), "token_dim": str(int(m["image_tokens"]["dim"])),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "bundle_path": bundle_path,
     }
+
+
+def require_model(bundle: EncoderBundle | None) -> EncoderBundle:
+    """The loaded model bundle, or the error that says how to get one."""
+    if bundle is None:
+        raise LibraryError("no model bundle loaded: open the library with bundle=...")
+    return bundle
 
 
 def _marks(items: Sequence[object]) -> str:

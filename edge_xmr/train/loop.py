@@ -670,3 +670,16 @@ class _null:
 
     def __exit__(self, *a: object) -> None:
         return None
+
+
+def recalibrate(model: JointModel, train: CaptionSet, dev: CaptionSet, out: str | Path,
+                cfg: TrainConfig | None = None, log: Callable[[str], None] | None = None,
+                half: bool = False) -> dict[str, Any]:
+    """Fill the hubness banks from ``train``, choose the score weights on ``dev``'s tuning half, report
+    on its reporting half, save to ``out``. Returns the calibration's figures (as after ``edge-xmr train``)."""
+    cfg = replace(cfg or TrainConfig(), class_distill=0.0)  # no training step runs: no class teacher needed
+    trainer = Trainer(model, train, dev, Path(out), cfg, log=log or (lambda s: None), progress=False)
+    trainer.load_features()
+    result = trainer.calibrate_hubness()
+    bases.save(model.eval(), out, half=half)
+    return result

@@ -16,7 +16,7 @@ import webbrowser
 from pathlib import Path
 
 from edge_xmr.demo import cache_dir, default_bundle, demo_db_path
-from edge_xmr.index.library import Library
+from edge_xmr import Library
 from edge_xmr.server import Gallery, make_server
 
 
@@ -36,7 +36,7 @@ def main() -> int:
         for q in a.queries:
             print(f"\n{q}")
             for h in lib.search(q, k=a.k, rerank=20):
-                print(f"  cross {h.cross_score:6.2f}  bi {h.bi_score:.3f}  {h.taken[:10]}  {h.path}")
+                print(f"  cross {h.cross_score:6.2f}  bi {h.bi_score:.3f}  {h.taken:%Y-%m-%d}  {h.path}")
         if lib.count():
             first = lib.search(a.queries[0], k=1)[0]
             print(f"\nmore like {Path(first.path).name}:")

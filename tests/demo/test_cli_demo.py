@@ -42,9 +42,9 @@ def test_demo_on_a_folder_prints_ranked_results_scores_and_stage_timings(provisi
     assert "embed" in out and "KNN" in out and "rerank" in out and "cross" in out and "bi " in out
     assert "edge-xmr serve --db" in out
     # the index remembers the bundle, so serve needs no --bundle
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
 
-    with Library.open(tmp_path / "d.db", None, create=False) as lib:
+    with Library.open(tmp_path / "d.db", load_model=False, create=False) as lib:
         assert lib.count() == 5 and Path(lib.info.bundle_path) == provisioned.resolve()
 
 

@@ -88,7 +88,7 @@ def test_demo_db_is_keyed_by_folder_and_model(tmp_path):
 
 @pytest.fixture()
 def colour_library(tmp_path):
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
 
     root = tmp_path / "photos"
     for i, (name, rgb) in enumerate(COLOURS.items()):

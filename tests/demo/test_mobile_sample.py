@@ -28,7 +28,7 @@ def ref():
 @pytest.fixture(scope="module", params=["int8", "float32", "bit"])
 def index(request, provisioned, tmp_path_factory):
     """A small index built by the runtime (Library) in each store."""
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
 
     root = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(1)
@@ -45,7 +45,7 @@ QUERIES = ["a dog on the beach", "two children playing in the snow", "red", "ün
 
 
 def test_text_search_matches_the_runtime(ref, provisioned, index):
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
 
     db, _ = index
     model, conn = ref.Model(provisioned), ref.connect(db)

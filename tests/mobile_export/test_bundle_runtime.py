@@ -221,7 +221,7 @@ def test_without_joint_weight_the_runtime_never_opens_the_joint_graph(bundle_cop
 
 
 def test_a_reranked_search_runs_the_text_encoder_once(tiny_bundle, tmp_path):
-    from edge_xmr.index import Library
+    from edge_xmr import Library
 
     root = tmp_path / "photos"
     root.mkdir()

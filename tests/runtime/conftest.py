@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runtime_fakes import FakeBundle  # noqa: E402
 from runtime_photos import write_photo  # noqa: E402
+
+from edge_xmr import Library  # noqa: E402
 
 
 @pytest.fixture()
@@ -33,6 +36,15 @@ def fake_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("EDGE_XMR_DB", str(tmp_path / "default.db"))
     monkeypatch.setenv("EDGE_XMR_CACHE", str(tmp_path / "cache"))
     return bundle_dir
+
+
+@pytest.fixture()
+def lib(tmp_path: Path, photo_tree: Path) -> Iterator[Library]:
+    """A library over ``photo_tree`` indexed with the fake bundle."""
+    lib = Library.open(tmp_path / "i.db", FakeBundle())
+    lib.index(photo_tree)
+    yield lib
+    lib.close()
 
 
 @pytest.fixture()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runtime_fakes import FakeBundle  # noqa: E402
 
-from edge_xmr.index import Library  # noqa: E402
+from edge_xmr import Library  # noqa: E402
 from edge_xmr.indexer import IndexOptions  # noqa: E402
 
 
@@ -42,14 +42,14 @@ def _index(a: argparse.Namespace) -> None:
 def _remove(a: argparse.Namespace) -> None:
     with Library.open(a.db, FakeBundle()) as lib:
         if a.slow:
-            one_at_a_time = lib.delete_photos
+            one_at_a_time = lib.store.delete_photos
 
             def slow_delete(ids: Sequence[int]) -> None:
                 for pid in ids:
                     one_at_a_time([pid])
                     time.sleep(a.slow)
 
-            lib.delete_photos = slow_delete  # type: ignore[method-assign]
+            lib.store.delete_photos = slow_delete  # type: ignore[method-assign]
         print("ready", flush=True)
         n = lib.remove(a.path)
     print(f"removed {n}", flush=True)

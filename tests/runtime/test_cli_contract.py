@@ -27,7 +27,8 @@ from runtime_fakes import FakeBundle
 import edge_xmr
 from edge_xmr.cli import EPILOG, build_parser, main
 from edge_xmr.cli import options as opt
-from edge_xmr.index import IndexFileError, Library
+from edge_xmr.index import IndexFileError
+from edge_xmr import Library
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "runtime_cli_fake.py"

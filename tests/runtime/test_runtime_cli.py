@@ -91,11 +91,11 @@ def test_real_loader_refuses_a_folder_without_manifest(tmp_path):
 def test_no_bundle_anywhere_is_a_user_error(tmp_path, monkeypatch, capsys, photo_tree):
     from edge_xmr import demo
 
-    def no_model() -> None:
+    def no_model(**kw: object) -> None:
         raise demo.DemoError("no default model at /x")
 
     monkeypatch.delenv("EDGE_XMR_BUNDLE", raising=False)
-    monkeypatch.setattr("edge_xmr.paths.default_bundle_dir", lambda: None)
+    monkeypatch.setattr("edge_xmr.discovery.packaged_bundle_dir", lambda: None)
     monkeypatch.setattr(demo, "default_bundle", no_model)
     assert main(["index", str(photo_tree), "--db", str(tmp_path / "x.db")]) == 2
     assert "no model bundle: pass --bundle DIR" in capsys.readouterr().err

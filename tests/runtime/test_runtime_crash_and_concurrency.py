@@ -13,7 +13,7 @@ import pytest
 from runtime_photos import write_photo
 from runtime_fakes import FakeBundle
 
-from edge_xmr.index import Library
+from edge_xmr import Library
 from edge_xmr.index.db import connect
 
 WORKER = Path(__file__).resolve().parent / "runtime_index_worker.py"

@@ -17,7 +17,8 @@ from runtime_faults import Faults
 from runtime_photos import write_photo
 
 from edge_xmr import indexer
-from edge_xmr.index import Library, PhotoRecord
+from edge_xmr.index import PhotoRecord
+from edge_xmr import Library
 from edge_xmr.index.db import connect
 from edge_xmr.index.pathkeys import ESCAPE, fs_path, lookup_keys, path_key
 from edge_xmr.indexer import IndexOptions
@@ -35,7 +36,7 @@ def _lib(tmp_path: Path) -> Library:
 
 
 def _keys(lib: Library) -> list[str]:
-    return [str(r[0]) for r in lib.connection.execute("SELECT path FROM photos ORDER BY path")]
+    return [str(r[0]) for r in lib.store.connection.execute("SELECT path FROM photos ORDER BY path")]
 
 
 # ---- 1. names that are not UTF-8 ------------------------------------------------------------------
@@ -78,7 +79,7 @@ def test_non_utf8_names_are_indexed_searchable_and_printable(tmp_path):
     for name in names:
         os_path = os.fsdecode(raw + b"/" + name)
         pid = lib.photo_id(os_path)
-        assert pid is not None and fs_path(lib.photo_info([pid])[pid].path) == os_path
+        assert pid is not None and fs_path(lib.store.photo_info([pid])[pid].path) == os_path
     (skipped_path, reason), = lib.stats().skipped_files
     skipped_path.encode("utf-8")
     assert fs_path(skipped_path) == os.fsdecode(raw + b"/bad\xfe.jpg") and "cannot identify" in reason
@@ -185,8 +186,8 @@ def test_skipped_kinds_of_v2_indexes_are_migrated(tmp_path, photo_tree):
     """(New with schema 3, no older counterpart.)"""
     with _lib(tmp_path) as lib:
         lib.index(photo_tree)
-        lib.record_skipped(str(photo_tree / "x.jpg"), 1, 1, "cannot read file (Permission denied)", "unreadable")
-        lib.record_skipped(str(photo_tree / "y.jpg"), 1, 1, "cannot identify image file")
+        lib.store.record_skipped(str(photo_tree / "x.jpg"), 1, 1, "cannot read file (Permission denied)", "unreadable")
+        lib.store.record_skipped(str(photo_tree / "y.jpg"), 1, 1, "cannot identify image file")
     conn = connect(tmp_path / "i.db")  # make it a schema-2 index
     conn.execute("ALTER TABLE skipped DROP COLUMN kind; UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     conn.close()
@@ -217,11 +218,11 @@ def test_duplicates_from_an_index_built_through_a_symlink_are_merged(tmp_path, p
     os.symlink(photo_tree, link)
     lib = _lib(tmp_path)
     lib.index(photo_tree)
-    for pid, key in lib.connection.execute("SELECT id, path FROM photos").fetchall():
+    for pid, key in lib.store.connection.execute("SELECT id, path FROM photos").fetchall():
         alias = str(link) + str(key)[len(str(photo_tree)):]
-        h, size, mtime = lib.connection.execute("SELECT hash, size, mtime_ns FROM photos WHERE id = ?",
+        h, size, mtime = lib.store.connection.execute("SELECT hash, size, mtime_ns FROM photos WHERE id = ?",
                                                 (pid,)).fetchone()
-        lib.copy_photo(PhotoRecord(alias, bytes(h), int(size), int(mtime), None, 4, 4), int(pid))
+        lib.store.copy_photo(PhotoRecord(alias, bytes(h), int(size), int(mtime), None, 4, 4), int(pid))
     assert lib.count() == 18
     r = lib.index(link)
     assert lib.count() == 9 and len({h.path for h in lib.search("x", k=50)}) == 9
@@ -236,8 +237,8 @@ def test_photos_indexed_under_a_symlink_move_to_the_real_path(tmp_path, photo_tr
     bundle = FakeBundle()
     lib = Library.open(tmp_path / "i.db", bundle)
     lib.index(photo_tree)
-    for pid, key in lib.connection.execute("SELECT id, path FROM photos").fetchall():
-        lib.move_photo(int(pid), PhotoRecord(str(link) + str(key)[len(str(photo_tree)):], b"", 0, 0, None, 4, 4))
+    for pid, key in lib.store.connection.execute("SELECT id, path FROM photos").fetchall():
+        lib.store.move_photo(int(pid), PhotoRecord(str(link) + str(key)[len(str(photo_tree)):], b"", 0, 0, None, 4, 4))
     calls = bundle.image_calls
     r = lib.index(photo_tree)
     assert lib.count() == 9 and all(k.startswith(str(photo_tree)) for k in _keys(lib))

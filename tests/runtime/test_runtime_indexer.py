@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import datetime
 import struct
 import zlib
 from pathlib import Path
@@ -15,7 +16,7 @@ from runtime_fakes import FakeBundle
 from PIL import Image
 
 from edge_xmr import indexer
-from edge_xmr.index import Library
+from edge_xmr import Library
 from edge_xmr.indexer import HEIF_MISSING, IndexOptions
 
 
@@ -24,7 +25,7 @@ def _lib(tmp_path: Path, bundle: FakeBundle | None = None) -> Library:
 
 
 def _consistent(lib: Library) -> int:
-    c = lib.connection
+    c = lib.store.connection
     n = c.execute("SELECT count(*) FROM photos").fetchone()[0]
     assert c.execute("SELECT count(*) FROM vectors").fetchone()[0] == n
     assert c.execute("SELECT count(*) FROM rerank").fetchone()[0] == n
@@ -90,7 +91,7 @@ def test_exif_time_and_orientation(tmp_path):
     lib.index(root)
     hits = {Path(h.path).name: h for h in lib.search("q", k=5)}
     assert (hits["rot.jpg"].width, hits["rot.jpg"].height) == (30, 60)
-    assert hits["rot.jpg"].taken == "2019-12-24T18:30:05"
+    assert hits["rot.jpg"].taken == datetime(2019, 12, 24, 18, 30, 5)
     assert (hits["plain.jpg"].width, hits["plain.jpg"].height) == (60, 30)
     assert [Path(h.path).name for h in lib.search("q", after="2019-12-24", before="2019-12-25")] == ["rot.jpg"]
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from runtime_fakes import FakeBundle
 
-from edge_xmr.index import Filters, Library, PhotoRecord
+from edge_xmr.index import Filters, PhotoRecord
+
+from edge_xmr import Library
 from edge_xmr.index.filters import folder_key, key_range
 from edge_xmr.index.stores import Store
 
@@ -24,7 +26,7 @@ def _fill(lib: Library, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list
     recs = [PhotoRecord(f"{f}/p{i}.jpg", rng.bytes(32), 10, 10, int(t), 4, 3)
             for i, (f, t) in enumerate(zip(folders, taken))]
     for s in range(0, n, 500):  # several batches
-        lib.add_photos(recs[s:s + 500], emb[s:s + 500], tok[s:s + 500])
+        lib.store.add_photos(recs[s:s + 500], emb[s:s + 500], tok[s:s + 500])
     return emb, taken, folders
 
 
@@ -56,13 +58,13 @@ FILTERS = [Filters(), Filters(after=1_600_000_000), Filters(before=1_550_000_000
 def test_knn_with_filters_equals_brute_force(tmp_path, store, size):
     lib = Library.open(tmp_path / "i.db", FakeBundle(dim=DIM), store=store)
     emb, taken, folders = _fill(lib, size, seed=size)
-    stored = emb if store == "float32" else lib.embeddings(list(range(1, size + 1)))
+    stored = emb if store == "float32" else lib.store.embeddings(list(range(1, size + 1)))
     rng = np.random.default_rng(0)
     for n in (1, 10, 37, size + 5):
         for f in FILTERS:
             q = rng.standard_normal(DIM).astype(np.float32)
             q /= np.linalg.norm(q)
-            got = lib.candidates(q, n, f)
+            got = lib.store.candidates(q, n, f)
             want = _brute(stored, q, _mask(taken, folders, f), n)
             assert got.ids.tolist() == want, (store, size, n, f)
             np.testing.assert_allclose(got.scores, stored[np.array(want, int) - 1] @ q if want else [], atol=1e-5)
@@ -73,17 +75,17 @@ def test_knn_with_filters_equals_brute_force(tmp_path, store, size):
 def test_bit_store_rescores_within_filters(tmp_path, size):
     lib = Library.open(tmp_path / "i.db", FakeBundle(dim=DIM), store="bit")
     emb, taken, folders = _fill(lib, size, seed=size)
-    stored = lib.embeddings(list(range(1, size + 1)))
+    stored = lib.store.embeddings(list(range(1, size + 1)))
     rng = np.random.default_rng(1)
     for f in FILTERS:
         q = rng.standard_normal(DIM).astype(np.float32)
         q /= np.linalg.norm(q)
         mask = _mask(taken, folders, f)
-        got = lib.candidates(q, 10, f)
+        got = lib.store.candidates(q, 10, f)
         assert all(mask[i - 1] for i in got.ids)
         assert np.all(np.diff(got.scores) <= 1e-7)
         np.testing.assert_allclose(got.scores, stored[got.ids - 1] @ q, atol=1e-5)
-        if lib.store.fetch_count(10) >= mask.sum():  # the over-fetch covers every candidate: exact
+        if lib.store.store.fetch_count(10) >= mask.sum():  # the over-fetch covers every candidate: exact
             assert got.ids.tolist() == _brute(stored, q, mask, 10)
     lib.close()
 
@@ -92,7 +94,7 @@ def test_int8_scores_are_close_to_float(tmp_path):
     lib = Library.open(tmp_path / "i.db", FakeBundle(dim=DIM))
     emb, _, _ = _fill(lib, 300, seed=3)
     q = emb[5]
-    got = lib.candidates(q, 5)
+    got = lib.store.candidates(q, 5)
     assert got.ids[0] == 6 and got.scores[0] == pytest.approx(1.0, abs=1e-3)
     np.testing.assert_allclose(got.scores, emb[got.ids - 1] @ q, atol=0.02)
 
@@ -134,6 +136,6 @@ def test_int8_store_matches_exact_float_search(tmp_path):
         q = rng.standard_normal(DIM).astype(np.float32)
         q /= np.linalg.norm(q)
         want = _brute(emb, q, np.ones(len(emb), bool), 10)
-        agree.append(len(set(lib.candidates(q, 10).ids.tolist()) & set(want)) / 10)
+        agree.append(len(set(lib.store.candidates(q, 10).ids.tolist()) & set(want)) / 10)
     assert np.mean(agree) >= 0.99
     lib.close()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edge_xmr.cli import main
-from edge_xmr.index import Library, ModelMismatchError
+from edge_xmr.index import ModelMismatchError
+from edge_xmr import Library
 
 
 @pytest.fixture()
@@ -26,7 +27,7 @@ def test_index_and_search_with_real_graphs(real_lib, real_bundle_dir):
     assert len(hits) == 5 and all(h.cross_score is not None for h in hits)
     assert [h.cross_score for h in hits] == sorted([h.cross_score for h in hits], reverse=True)
     # the cross-encoder saw the stored (dequantised) tokens and embeddings
-    emb, tok = real_lib.stored([h.photo_id for h in hits])
+    emb, tok = real_lib.store.stored([h.photo_id for h in hits])
     np.testing.assert_allclose([h.cross_score for h in hits],
                                real_lib.bundle.score_candidates("a dog on the grass", tok, emb), rtol=1e-4, atol=1e-4)
     plain = real_lib.search("a dog on the grass", k=9, rerank=0)
@@ -39,7 +40,7 @@ def test_stored_vectors_match_a_fresh_encoding(real_lib, photo_tree):
     path = photo_tree / "a" / "img0.jpg"
     size = int(real_lib.bundle.manifest["preprocessing"]["size"])
     e, t = real_lib.bundle.encode_images([load_image(path, size)])
-    emb, tok = real_lib.stored([real_lib.photo_id(path)])
+    emb, tok = real_lib.store.stored([real_lib.photo_id(path)])
     assert float(emb[0] @ e[0]) > 0.999
     err = np.abs(tok[0] - t[0])
     assert np.median(err) <= 0.5 / real_lib.info.token_scale + 1e-6  # int8 rounding (a few clip)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from runtime_fakes import FakeBundle
 
-from edge_xmr.index import SCHEMA_VERSION, Library, LibraryError, ModelMismatchError, SchemaError
+from edge_xmr.index import SCHEMA_VERSION, LibraryError, ModelMismatchError, SchemaError
+
+from edge_xmr import Library
 from edge_xmr.index.db import connect
 from edge_xmr.index.schema import read_meta
 
@@ -18,7 +21,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "index_v1.db"
 
 def test_meta_records_model_and_quantisation(tmp_path, fake_bundle):
     with Library.open(tmp_path / "i.db", fake_bundle) as lib:
-        meta = read_meta(lib.connection)
+        meta = read_meta(lib.store.connection)
     assert meta["schema_version"] == str(SCHEMA_VERSION)
     assert meta["model_id"] == "fake-model-0001" and meta["model_name"] == "edge-xmr-fake"
     assert meta["embedding_dim"] == "24" and meta["metric"] == "cosine" and meta["store"] == "int8"
@@ -29,7 +32,7 @@ def test_meta_records_model_and_quantisation(tmp_path, fake_bundle):
 
 def test_wal_mode(tmp_path, fake_bundle):
     with Library.open(tmp_path / "i.db", fake_bundle) as lib:
-        assert lib.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert lib.store.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_other_model_is_refused_with_a_clear_message(tmp_path, fake_bundle):
@@ -75,12 +78,12 @@ def test_index_from_before_embedding_ids_gets_one(tmp_path, fake_bundle):
 
 def test_open_without_a_model_for_maintenance(tmp_path, fake_bundle):
     Library.open(tmp_path / "i.db", fake_bundle).close()
-    with Library.open(tmp_path / "i.db") as lib:
+    with Library.open(tmp_path / "i.db", load_model=False) as lib:
         assert lib.stats().photos == 0
         with pytest.raises(LibraryError, match="no model bundle"):
             lib.search("x")
     with pytest.raises(LibraryError, match="model bundle is needed"):
-        Library.open(tmp_path / "new.db")
+        Library.open(tmp_path / "new.db", load_model=False)
     with pytest.raises(LibraryError, match="no index"):
         Library.open(tmp_path / "missing.db", fake_bundle, create=False)
 
@@ -103,10 +106,10 @@ def test_scales_calibrated_when_the_manifest_has_none(tmp_path):
         e = np.eye(24, dtype=np.float32)[:3]
         t = np.full((3, 4, 8), 2.0, np.float32)
         recs = [PhotoRecord(f"/p/{i}.jpg", bytes([i]) * 32, 1, 1, None, 1, 1) for i in range(3)]
-        lib.add_photos(recs, e, t)
+        lib.store.add_photos(recs, e, t)
         assert lib.info.embedding_scale == pytest.approx(127.0 * 0.5)
         assert lib.info.token_scale == pytest.approx(127 / 2.0)
-        np.testing.assert_allclose(lib.tokens([1])[0], 2.0, atol=1e-2)
+        np.testing.assert_allclose(lib.store.tokens([1])[0], 2.0, atol=1e-2)
 
 
 def test_migrates_the_v1_fixture(tmp_path, fake_bundle):
@@ -117,8 +120,8 @@ def test_migrates_the_v1_fixture(tmp_path, fake_bundle):
         st = lib.stats()
         assert (st.photos, st.folders, st.skipped) == (5, 3, 1)
         # vectors and tokens survived, now with filter metadata inside vec0
-        assert lib.connection.execute("SELECT count(*) FROM vectors").fetchone()[0] == 5
-        emb, tok = lib.stored([1, 2, 3, 4, 5])
+        assert lib.store.connection.execute("SELECT count(*) FROM vectors").fetchone()[0] == 5
+        emb, tok = lib.store.stored([1, 2, 3, 4, 5])
         assert emb.shape == (5, 24) and tok.shape == (5, 4, 8)
         hits = lib.search("anything", k=10, folder="/photos/2019")
         assert sorted(h.path for h in hits) == ["/photos/2019/beach.jpg", "/photos/2019/trip/hill.jpg",
@@ -126,7 +129,7 @@ def test_migrates_the_v1_fixture(tmp_path, fake_bundle):
         hits = lib.search("anything", k=10, after="2021-01-01")
         assert sorted(h.path for h in hits) == ["/photos/2021/cat.png", "/photos/2021/dog.jpg"]
         assert [h.taken for h in lib.search("x", k=10, folder="/photos/2021/dog.jpg".rsplit("/", 1)[0])
-                if h.path.endswith("dog.jpg")] == ["2021-06-01T10:00:00"]
+                if h.path.endswith("dog.jpg")] == [datetime(2021, 6, 1, 10, 0, 0)]
         # the stored photo is its own nearest neighbour
         assert lib.similar(1, k=1)[0].photo_id != 1
     with Library.open(db, fake_bundle) as lib:  # idempotent

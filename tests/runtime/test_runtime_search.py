@@ -7,16 +7,10 @@ import pytest
 from runtime_photos import write_photo
 from runtime_fakes import FakeBundle
 
-from edge_xmr.index import Library, LibraryError
+from edge_xmr.index import LibraryError
+
+from edge_xmr import Library
 from edge_xmr.search import MAX_QUERY_CHARS, QueryError
-
-
-@pytest.fixture()
-def lib(tmp_path, photo_tree):
-    lib = Library.open(tmp_path / "i.db", FakeBundle())
-    lib.index(photo_tree)
-    yield lib
-    lib.close()
 
 
 def test_rerank_orders_by_cross_score_and_keeps_both_scores(lib):
@@ -25,12 +19,12 @@ def test_rerank_orders_by_cross_score_and_keeps_both_scores(lib):
     cross = [h.cross_score for h in hits]
     assert cross == sorted(cross, reverse=True)
     q = lib.bundle.embed_texts(["a dog on the beach"])[0]
-    emb, tok = lib.stored([h.photo_id for h in hits])
+    emb, tok = lib.store.stored([h.photo_id for h in hits])
     np.testing.assert_allclose([h.bi_score for h in hits], emb @ q, atol=1e-5)
     np.testing.assert_allclose(cross, lib.bundle.score_candidates("a dog on the beach", tok, emb), atol=1e-5)
     # the reranked top-5 are the cross-encoder's best of ALL 9 bi-encoder candidates
     plain = lib.search("a dog on the beach", k=9, rerank=0)
-    emb9, tok9 = lib.stored([h.photo_id for h in plain])
+    emb9, tok9 = lib.store.stored([h.photo_id for h in plain])
     best = np.argsort(-lib.bundle.score_candidates("a dog on the beach", tok9, emb9))[:5]
     assert [h.photo_id for h in hits] == [plain[i].photo_id for i in best]
 

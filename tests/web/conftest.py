@@ -31,7 +31,7 @@ def colour_photos(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def indexed_db(tmp_path: Path, colour_bundle: ColourBundle, colour_photos: Path) -> Path:
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
 
     db = tmp_path / "index.db"
     with Library.open(db, colour_bundle) as lib:

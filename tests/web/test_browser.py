@@ -153,7 +153,7 @@ def test_a_late_answer_to_an_older_query_does_not_replace_the_newer_results(page
 def test_hostile_file_names_are_shown_as_text(page, tmp_path, colour_bundle):
     from web_helpers import run_server, write_colour_photo
 
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
     from edge_xmr.server import Gallery
 
     root = tmp_path / "evil"

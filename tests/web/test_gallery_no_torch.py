@@ -16,7 +16,7 @@ sys.meta_path.insert(0, Block())
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from web_helpers import ColourBundle, COLOURS, write_colour_photo, run_server
-from edge_xmr.index.library import Library
+from edge_xmr import Library
 from edge_xmr.server import Gallery
 from edge_xmr import demo
 import edge_xmr.cli.demo

@@ -182,16 +182,16 @@ def test_missing_index_is_a_clear_503(tmp_path, colour_bundle):
 def test_deleted_photo_file_is_404_not_500(server, gallery):
     _, r = search(server, q="white", k="1")
     pid = r["results"][0]["id"]
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
 
-    with Library.open(gallery.db, None, create=False) as lib:
-        Path(lib.photo_info([pid])[pid].path).unlink()
+    with Library.open(gallery.db, load_model=False, create=False) as lib:
+        Path(lib.store.photo_info([pid])[pid].path).unlink()
     status, _, body = get(server, f"/thumb/{pid}")
     assert status == 404 and b"gone" in body
 
 
 def test_background_indexing_is_reported_then_searchable(tmp_path, colour_bundle, colour_photos):
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
 
     db = tmp_path / "bg.db"
     g = Gallery(db=db, bundle=colour_bundle, thumbs=tmp_path / "t")
@@ -206,7 +206,7 @@ def test_status_during_background_indexing_never_sees_a_half_created_index(tmp_p
     sends right away opens a (still empty) index instead of racing the indexer that creates it."""
     import time
 
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
 
     db = tmp_path / "race.db"
     g = Gallery(db=db, bundle=colour_bundle, thumbs=tmp_path / "t")
@@ -216,7 +216,7 @@ def test_status_during_background_indexing_never_sees_a_half_created_index(tmp_p
         return Library.open(db, colour_bundle)
 
     t = g.start_indexing(colour_photos, slow_open)
-    with Library.open(db, None, create=False) as lib:  # no "not an index yet": the schema is there
+    with Library.open(db, load_model=False, create=False) as lib:  # no "not an index yet": the schema is there
         assert lib.count() <= 6
     s = g.status()
     assert s.get("model") == "colour-fake", s  # read from the (empty) index, not the "no index yet" path

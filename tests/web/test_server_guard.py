@@ -42,10 +42,10 @@ def request(server: Any, path: str, host: str | None = None, headers: dict[str, 
 
 
 def photo_id(gallery: Gallery, name: str) -> tuple[int, Path]:
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
 
-    with Library.open(gallery.db, None, create=False) as lib:
-        for pid, path in lib.connection.execute("SELECT id, path FROM photos"):
+    with Library.open(gallery.db, load_model=False, create=False) as lib:
+        for pid, path in lib.store.connection.execute("SELECT id, path FROM photos"):
             if Path(path).name == name:
                 return int(pid), Path(path)
     raise AssertionError(name)
@@ -341,7 +341,7 @@ def test_a_fifo_in_a_photos_place_is_refused_at_once(server, gallery):
 
 def test_a_photo_whose_name_is_not_utf8_is_served(tmp_path, colour_bundle):
     """Its index key (valid Unicode, pathkeys) differs from the OS path: the server opens the latter."""
-    from edge_xmr.index.library import Library
+    from edge_xmr import Library
 
     root = tmp_path / "raw"
     odd = Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9-\xff.jpg"))
@@ -349,7 +349,7 @@ def test_a_photo_whose_name_is_not_utf8_is_served(tmp_path, colour_bundle):
     db = tmp_path / "raw.db"
     with Library.open(db, colour_bundle) as lib:
         assert lib.index(root).added == 1
-        (pid,) = [int(r[0]) for r in lib.connection.execute("SELECT id FROM photos")]
+        (pid,) = [int(r[0]) for r in lib.store.connection.execute("SELECT id FROM photos")]
     gallery = Gallery(db=db, bundle=colour_bundle, thumbs=tmp_path / "thumbs")
     for srv in run_server(gallery):
         for kind in ("thumb", "photo"):
