@@ -104,7 +104,7 @@ def export_coreml(model: JointModel, spec: GraphSpec, out_dir: str | Path,
     feeds = spec.dummy(model.cfg, spec.export_sizes, np.random.default_rng(seed))
     args = tuple(torch.from_numpy(feeds[t.name]).to(torch.int32 if t.dtype == "int64" else torch.float32)
                  for t in spec.inputs)
-    module = spec.wrapper(model).eval()
+    module = spec.graph(model).eval()
     quiet = contextlib.redirect_stderr(io.StringIO())  # coremltools' per-pass progress bars
     with torch.no_grad(), warnings.catch_warnings(), quiet:
         warnings.simplefilter("ignore")

@@ -49,6 +49,36 @@ def usability(path: str | Path) -> dict[str, Any]:
     return report
 
 
+def export_mobile(model: Any, spec: Any, path: str | Path, seed: int = 0) -> dict[str, Any]:
+    """The fixed-shape mobile variant of ``spec``'s graph (sizes ``spec.fixed_sizes``), rewritten for
+    the accelerators (``rewrite.mobile_rewrite``), saved self-contained at ``path``.
+
+    Returns ``{"sizes", "rewrites"}``."""
+    import onnx
+
+    from .onnx_export import export_onnx
+    from .rewrite import mobile_rewrite
+
+    sizes = spec.fixed_sizes(model.cfg)
+    export_onnx(model, spec, path, seed, fixed=sizes)
+    m = onnx.load(str(path))
+    counts = mobile_rewrite(m)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return {"sizes": sizes, "rewrites": counts}
+
+
+def summary(report: dict[str, Any]) -> dict[str, str]:
+    """One line per provider of a ``usability`` report, as onnxruntime's checker words its verdict
+    (the shapes as exported: a mobile variant's are fixed)."""
+    out = {}
+    for ep in EPS:
+        r = report[ep]["as_exported"]
+        out[ep] = (f"should perform well as is: {r['suitability']} ({r['supported_nodes_pct']}% of nodes "
+                   f"in {r['partitions']} partition(s); CPU fallback: {', '.join(r['fallback_ops']) or 'none'})")
+    return out
+
+
 def to_ort_format(src: str | Path, dst: str | Path, target_platform: str | None = None) -> Path:
     """Convert an .onnx graph to the ORT format (``.ort``) for onnxruntime-mobile.
 
