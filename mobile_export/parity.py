@@ -115,14 +115,15 @@ def fixed_vs_torch(model: JointModel, spec: GraphSpec, path: str | Path, fixed: 
 
 
 def onnx_vs_onnx(spec: GraphSpec, cfg: Any, a: str | Path, b: str | Path, seed: int = 2,
-                 threads: int | None = None) -> dict[str, float]:
-    """Two versions of one graph on the spec's parity sizes: ``max_abs_diff`` and ``min_cosine``
-    (per row of 2-D+ outputs; 1-D outputs, the cross-encoder scores, pooled over all sizes)."""
+                 threads: int | None = None, fixed: dict[str, int] | None = None) -> dict[str, float]:
+    """Two versions of one graph on the spec's parity sizes (two fixed-shape versions: at their sizes
+    ``fixed``): ``max_abs_diff`` and ``min_cosine`` (per row of 2-D+ outputs; 1-D outputs, the
+    cross-encoder scores, pooled over all sizes)."""
     sa, sb = session(a, threads), session(b, threads)
     rng = np.random.default_rng(seed)
     worst, cos = 0.0, 1.0
     flat: list[tuple[np.ndarray, np.ndarray]] = []
-    for sizes in spec.parity_sizes:
+    for sizes in (fixed,) if fixed else spec.parity_sizes:
         feeds = spec.dummy(cfg, sizes, rng)
         for x, y in zip(sa.run(None, feeds), sb.run(None, feeds)):
             worst = max(worst, float(np.abs(x - y).max()) if x.size else 0.0)
