@@ -212,7 +212,7 @@ def _export(model: JointModel, stage: Path, work: Path, formats: tuple[str, ...]
     ids, mask = model.tokenizer.encode(texts, cfg.max_text_len)
     report["samples"] = {"images": len(images), "texts": len(texts),
                          "images_source": "synthetic" if synthetic else "given"}
-    model.tokenizer.save(stage / "tokenizer.json")
+    bw.write_tokenizer(stage / "tokenizer.json", model.tokenizer, cfg.max_text_len)
 
     _onnx_fp32(run)
     _fusion(run, fusion)
@@ -227,6 +227,9 @@ def _export(model: JointModel, stage: Path, work: Path, formats: tuple[str, ...]
         _coreml(run, tuple(COREML_FOR[p] for p in precisions), coreml_target)
     bw.write_score_data(stage, model)
     manifest = bw.write_manifest(stage, cfg, model.tokenizer.pad_id, run.variants, report["storage"])
+    _conformance_kit(run)
+    manifest = bw.write_manifest(stage, cfg, model.tokenizer.pad_id, run.variants, report["storage"],
+                                 extra={"conformance": KIT_MANIFEST})
     report["sizes"] = manifest["sizes"]
     report["model"]["id"] = manifest["model"]["id"]
     _runtime_check(run, images[:RUNTIME_SAMPLES], texts[:RUNTIME_SAMPLES])
@@ -411,6 +414,21 @@ def _coreml(run: _Run, wanted: tuple[str, ...], target: str) -> None:
                 "path": run.rel(path), "target": target,
                 "io_dtypes": "int32 ids/mask (CoreML has no int64), float32 elsewhere"}
     run.lap("coreml")
+
+
+KIT_MANIFEST = {"dir": "conformance", "cases": "conformance/cases.json", "expected": "conformance/expected.npz",
+                "check": "conformance/check.py",
+                "run": "python conformance/check.py RESULTS.npz [--precision fp32|reduced] (docs/bundle.md)"}
+
+
+def _conformance_kit(run: _Run) -> None:
+    """The conformance kit (``conformance.py``) from the staged bundle's own fp32 runtime."""
+    from edge_xmr.bundle import Bundle
+
+    from .conformance import write_kit
+
+    run.report["conformance"] = write_kit(run.stage, Bundle.load(run.stage, "fp32", threads=run.threads, verify=False))
+    run.lap("conformance")
 
 
 def _runtime_check(run: _Run, images: list[Any], texts: list[str]) -> None:
