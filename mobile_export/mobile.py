@@ -4,7 +4,8 @@ The usability check is onnxruntime's own (``onnxruntime.tools.mobile_helpers.usa
 called through its functions instead of its logging front end so the result is data: for NNAPI,
 CoreML ML Program and CoreML NeuralNetwork, the ops with no EP kernel (they fall back to the CPU),
 how many partitions the graph splits into, and onnxruntime's verdict (YES / MAYBE / NO), both with
-the dynamic shapes as exported and as if the shapes were fixed.
+the dynamic shapes as exported and as if the shapes were fixed. ``export_mobile`` writes a graph's
+fixed-shape mobile variant (the accelerators' copy, ``rewrite.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge_xmr.model import JointModel
+
+    from .specs import GraphSpec
 
 EPS = ("NNAPI", "CoreML_MLProgram", "CoreML_NeuralNetwork")
 
@@ -49,7 +55,7 @@ def usability(path: str | Path) -> dict[str, Any]:
     return report
 
 
-def export_mobile(model: Any, spec: Any, path: str | Path, seed: int = 0) -> dict[str, Any]:
+def export_mobile(model: JointModel, spec: GraphSpec, path: str | Path, seed: int = 0) -> dict[str, Any]:
     """The fixed-shape mobile variant of ``spec``'s graph (sizes ``spec.fixed_sizes``), rewritten for
     the accelerators (``rewrite.mobile_rewrite``), saved self-contained at ``path``.
 
