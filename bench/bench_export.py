@@ -5,6 +5,12 @@ Exports the trained default model when it exists (edge_xmr/assets/default_model)
 a table and writes the numbers as JSON.
 
     python bench/bench_export.py --json bench/results/export_lite.json
+    python bench/bench_export.py --graph-forms --json bench/results/graph_forms_lite.json
+
+``--graph-forms`` compares, in one run, the CPU latency of each graph exported from the model's own
+methods (the graphs shipped before ``mobile_export/graphs.py``) with the graph exported from its
+accelerator-friendly form (shipped now), fp32 and int8 (the export's quantization), and the mobile
+usability checker's verdict for both and for the fixed-shape mobile variant.
 """
 
 from __future__ import annotations
@@ -65,6 +71,66 @@ def speed_table(bundle: Path, model_dir: Path, threads: int = 1) -> dict[str, di
     return out
 
 
+FORM_CASES = {"text_encoder": {"batch": 32, "length": 20}, "text_encoder@1": {"batch": 1, "length": 12},
+              "image_encoder": {"batch": 16}, "image_encoder@1": {"batch": 1},
+              "cross_encoder": {"n": 100, "length": 16}}
+
+
+def graph_forms(model_dir: Path, threads: int = 1) -> dict[str, object]:
+    """Old (model methods) vs new (graphs.py forms) exported graphs: ms per call (best of interleaved
+    runs, ``threads`` intra-op threads), node counts and the mobile checker's verdicts.
+
+    Speed: median ms of each and the median of the paired ratio old / new (> 1: the new graph is faster)
+    over 21 back-to-back pairs, so load from other processes on a shared CPU shifts both sides alike."""
+    import collections
+    from dataclasses import replace
+
+    import onnx
+    import torch
+
+    from edge_xmr.model import load
+    from mobile_export import parity
+    from mobile_export.mobile import export_mobile, summary, usability
+    from mobile_export.onnx_export import export_onnx
+    from mobile_export.optimize import fusion_speedup
+    from mobile_export.quantize_int8 import quantize_int8
+    from mobile_export.specs import GRAPHS
+
+    model = load(model_dir).eval()
+    torch.set_num_threads(threads)
+    out: dict[str, object] = {"threads": threads, "cpu": parity.cpu_isa(), "graphs": {}, "speed_ms": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        files: dict[str, dict[str, Path]] = {}
+        for g, spec in GRAPHS.items():
+            files[g] = {}
+            for form, s in (("old", replace(spec, graph=spec.wrapper)), ("new", spec)):
+                fp32 = export_onnx(model, s, Path(tmp) / form / f"{g}.onnx")
+                int8 = Path(tmp) / form / f"{g}.int8.onnx"
+                quantize_int8(fp32, int8, weight_only=spec.int8_weight_only)
+                files[g][f"{form}_fp32"], files[g][f"{form}_int8"] = fp32, int8
+            mobile = Path(tmp) / "mobile" / f"{g}.onnx"
+            fixed = export_mobile(model, spec, mobile)
+            out["graphs"][g] = {
+                "ops": {form: dict(collections.Counter(n.op_type for n in onnx.load(str(files[g][f"{form}_fp32"])).graph.node))
+                        for form in ("old", "new")},
+                "parity_vs_torch": {form: parity.torch_vs_onnx(model, spec, files[g][f"{form}_fp32"])["max_abs_diff"]
+                                    for form in ("old", "new")},
+                "checker": {"old (dynamic shapes)": summary(usability(files[g]["old_fp32"])),
+                            "new (dynamic shapes)": summary(usability(files[g]["new_fp32"])),
+                            f"mobile variant {fixed['sizes']}": summary(usability(mobile))},
+                "mobile_parity_vs_torch": parity.fixed_vs_torch(model, spec, mobile, fixed["sizes"])["max_abs_diff"],
+            }
+        for case, sizes in FORM_CASES.items():
+            g = case.split("@")[0]
+            feeds = GRAPHS[g].dummy(model.cfg, sizes, np.random.default_rng(0))
+            row = {}
+            for p in ("fp32", "int8"):  # old / new timed back to back, order alternating (optimize.fusion_speedup)
+                r = fusion_speedup(files[g][f"old_{p}"], files[g][f"new_{p}"], feeds, rounds=21, threads=threads)
+                row.update({f"old_{p}_ms": r["ms_plain"], f"new_{p}_ms": r["ms_fused"], f"old/new {p}": r["speedup"]})
+            out["speed_ms"][f"{case} {sizes}"] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=200, help="Flickr8k dev photos used by the checks")
@@ -73,7 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "export_lite.json")
     ap.add_argument("--keep", type=Path, default=None, help="keep the bundle in this folder")
     ap.add_argument("--no-speed", action="store_true", help="skip the PyTorch vs ONNX speed table")
+    ap.add_argument("--graph-forms", action="store_true", help="only the old vs new graph forms comparison")
     args = ap.parse_args(argv)
+    if args.graph_forms:
+        from edge_xmr.model.bases import default_model_dir
+
+        result = graph_forms(default_model_dir())
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        for k, v in result["speed_ms"].items():
+            print(f"{k:45s} " + "  ".join(f"{a} {b}" for a, b in v.items()))
+        print(f"\nwrote {args.json}")
+        return 0
 
     from edge_xmr.config import preset
     from edge_xmr.model import build, save

@@ -1,8 +1,13 @@
 """Image decoding and preprocessing (numpy + Pillow only), identical in training, export and runtime.
 
-Rule: decode (JPEG draft mode for large photos), apply EXIF orientation, convert to RGB, resize the
-whole image to size x size (aspect not kept, as in the training data), scale to [0, 1], then
-(x - mean) / std per channel, channels first.
+Rule (written out in full in the bundle's ``manifest.preprocessing``, see ``CONTRACT``):
+
+1. decode; a JPEG at 1/s of its size by libjpeg's DCT scaling, s the largest of 8, 4, 2, 1 with
+   s <= min(width // size, height // size) (Pillow's ``draft``);
+2. apply the EXIF orientation; convert to 8-bit RGB (alpha composited on white);
+3. resize the whole image to size x size (aspect not kept, as in the training data) with Pillow's
+   antialiased bicubic (a = -0.5), each pass rounded to 8 bits;
+4. scale to [0, 1], then (x - mean) / std per channel, channels first.
 """
 
 from __future__ import annotations
@@ -73,6 +78,20 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def to_rgb8(image: Any, size: int) -> npt.NDArray[np.uint8]:
+    """One path / PIL image / HxWx3 uint8 array -> (size, size, 3) uint8 RGB: steps 1-3 of the rule
+    (what a bundle's conformance kit stores as the expected pixels)."""
+    if isinstance(image, (str, Path)):
+        im = load_image(image, size)
+    elif isinstance(image, Image.Image):
+        im = to_rgb(image)
+    else:
+        im = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    return np.asarray(im, np.uint8)
+
+
 def to_pixels(images: Sequence[Any], cfg: Any) -> FloatArray:
     """Paths / PIL images / HxWx3 uint8 arrays -> (B, 3, S, S) float32 normalised pixels.
 
@@ -83,17 +102,30 @@ def to_pixels(images: Sequence[Any], cfg: Any) -> FloatArray:
     std = np.asarray(cfg["std"] if isinstance(cfg, dict) else cfg.std, np.float32)
     out = np.empty((len(images), 3, size, size), np.float32)
     for i, x in enumerate(images):
-        if isinstance(x, (str, Path)):
-            im = load_image(x, size)
-        elif isinstance(x, Image.Image):
-            im = to_rgb(x)
-        else:
-            im = Image.fromarray(np.asarray(x, np.uint8)).convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BICUBIC)
-        a = np.asarray(im, np.float32) / 255.0  # (S, S, 3)
+        a = to_rgb8(x, size).astype(np.float32) / 255.0  # (S, S, 3)
         out[i] = ((a - mean) / std).transpose(2, 0, 1)
     return out
+
+
+CONTRACT = {  # manifest.preprocessing's description of each step (docs/mobile.md, step 3)
+    "decode": "JPEG: libjpeg DCT scaling at 1/s (scale_num 1, scale_denom s), s = the largest of 8, 4, 2, 1 "
+              "with s <= min(width // size, height // size) of the stored (not yet oriented) width and "
+              "height, giving ceil(width / s) x ceil(height / s); libjpeg's islow IDCT, fancy chroma "
+              "upsampling, JFIF YCbCr -> RGB (Pillow's draft('RGB', (size, size))). Other formats: full size",
+    "exif_orientation": "EXIF Orientation (tag 274) applied after decoding, before resizing",
+    "color": "8-bit RGB: alpha composited on white (255, 255, 255); greyscale, palette and CMYK as "
+             "Pillow's convert('RGB'); 16-bit and 32-bit integer greyscale scaled by the image's maximum "
+             "to 0..255 first",
+    "resize_filter": {
+        "kernel": "cubic convolution (Keys)", "a": -0.5, "antialias": True,
+        "support": "2 x max(1, input side / output side) input pixels each side of the output pixel centre",
+        "coordinates": "pixel centres: the input position of output pixel i is (i + 0.5) * input / output",
+        "order": "horizontal pass, then vertical pass (separable)",
+        "rounding": "each pass rounded to the nearest integer and clipped to 0..255 (8-bit intermediate image)",
+        "reference": "PIL.Image.resize((size, size), Image.BICUBIC)",
+    },
+    "normalize": "x = (rgb / 255 - mean) / std per channel, float32",
+}
 
 
 def decode_image(data: bytes, size: int = 224, name: str = "image") -> Image.Image:

@@ -1,6 +1,6 @@
 """``export_bundle``: JointModel -> one bundle folder (docs/bundle.md), checked before it is published.
 
-Pipeline: ONNX fp32 (parity vs PyTorch) -> transformer fusions (checked and timed; shipped per spec) ->
+Pipeline: ONNX fp32 and its fixed-shape mobile variants (parity vs PyTorch) -> transformer fusions (checked and timed; shipped per spec) ->
 int8 (parity vs fp32 on sample photos and captions) -> mobile usability + ORT format -> shared weight
 storage -> CoreML -> manifest -> the torch-free runtime reloads the bundle and must reproduce the
 PyTorch rankings. Everything is written to a hidden sibling folder first and moved into place only
@@ -170,6 +170,7 @@ class _Run:
     seed: int
     report: dict[str, Any]
     plain: dict[str, Path] = field(default_factory=dict)  # graph -> unfused fp32 .onnx
+    mobile: dict[str, Path] = field(default_factory=dict)  # graph -> fixed-shape mobile variant (fp32 .onnx)
     graphs: dict[str, dict[str, Path]] = field(default_factory=dict)  # precision -> graph -> chosen .onnx
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # manifest variants
     _t: float = field(default_factory=time.perf_counter)
@@ -213,7 +214,7 @@ def _export(model: JointModel, stage: Path, work: Path, formats: tuple[str, ...]
     ids, mask = model.tokenizer.encode(texts, cfg.max_text_len)
     report["samples"] = {"images": len(images), "texts": len(texts),
                          "images_source": "synthetic" if synthetic else "given"}
-    model.tokenizer.save(stage / "tokenizer.json")
+    bw.write_tokenizer(stage / "tokenizer.json", model.tokenizer, cfg.max_text_len)
 
     _onnx_fp32(run)
     _fusion(run, fusion)
@@ -228,6 +229,9 @@ def _export(model: JointModel, stage: Path, work: Path, formats: tuple[str, ...]
         _coreml(run, tuple(COREML_FOR[p] for p in precisions), coreml_target)
     bw.write_score_data(stage, model)
     manifest = bw.write_manifest(stage, cfg, model.tokenizer.pad_id, run.variants, report["storage"])
+    _conformance_kit(run)
+    manifest = bw.write_manifest(stage, cfg, model.tokenizer.pad_id, run.variants, report["storage"],
+                                 extra={"conformance": KIT_MANIFEST})
     report["sizes"] = manifest["sizes"]
     report["model"]["id"] = manifest["model"]["id"]
     _runtime_check(run, images[:RUNTIME_SAMPLES], texts[:RUNTIME_SAMPLES])
@@ -248,6 +252,23 @@ def _onnx_fp32(run: _Run) -> None:
         run.checks[f"fp32_parity:{g}"] = r["ok"]
     run.graphs["fp32"] = dict(run.plain)
     run.lap("parity_fp32")
+    _mobile_variants(run)
+
+
+def _mobile_variants(run: _Run) -> None:
+    """Every graph's fixed-shape mobile variant (``GraphSpec.mobile_sizes``), compared with PyTorch."""
+    from . import parity
+    from .mobile import export_mobile
+
+    run.report["mobile_variants"] = {}
+    for g, spec in GRAPHS.items():
+        path = run.work / "mobile" / f"{g}.onnx"
+        info = export_mobile(run.model, spec, path, run.seed)
+        info["parity"] = parity.fixed_vs_torch(run.model, spec, path, info["sizes"], threads=run.threads)
+        run.checks[f"mobile_parity:{g}"] = info["parity"]["ok"]
+        run.report["mobile_variants"][g] = info
+        run.mobile[g] = path
+    run.lap("mobile_variants")
 
 
 def _fusion(run: _Run, fusion: str) -> None:
@@ -316,6 +337,15 @@ def _copy_onnx(run: _Run) -> None:
             else:
                 info["quantization"] = _describe(run.report["quantization"][g])
             run.variants[f"onnx/{p}"][g] = info
+    run.variants["mobile/fp32"] = {}
+    for g, src in run.mobile.items():
+        dst = run.stage / "onnx" / "fp32" / f"{g}.mobile.onnx"  # next to the fp32 graphs: weights shared
+        shutil.copyfile(src, dst)
+        info = run.report["mobile_variants"][g]
+        run.variants["mobile/fp32"][g] = {
+            "format": "onnx", "path": run.rel(dst), "fixed_sizes": info["sizes"],
+            "padding": "inputs padded with zeros to fixed_sizes (padded tokens: attention_mask 0), outputs cut back",
+            "rewrites": info["rewrites"], "parity_vs_torch_max_abs_diff": info["parity"]["max_abs_diff"]}
     if "int8" in run.graphs:
         pi8, v = run.report["parity_int8"], run.variants["onnx/int8"]
         v["text_encoder"]["cosine_vs_fp32"] = pi8["text_cosine"]
@@ -328,7 +358,7 @@ def _copy_onnx(run: _Run) -> None:
 def _mobile(run: _Run) -> None:
     """onnxruntime's mobile usability check per graph and ORT-format copies (checked against the .onnx)."""
     from . import parity
-    from .mobile import required_operators, to_ort_format, usability
+    from .mobile import required_operators, summary, to_ort_format, usability
 
     run.report["mobile"] = {}
     for p in run.graphs:
@@ -346,6 +376,10 @@ def _mobile(run: _Run) -> None:
             run.variants[f"ort/{p}"][g] = {"path": run.rel(dst)}
         required_operators([run.stage / "ort" / p / f"{g}.ort" for g in GRAPHS],
                            run.stage / "ort" / p / "required_operators.config")
+    for g, info in run.variants.get("mobile/fp32", {}).items():
+        use = usability(run.stage / info["path"])
+        run.report["mobile"].setdefault("mobile/fp32", {})[g] = {"usability": use}
+        info["accelerators"] = summary(use)
     run.lap("mobile")
 
 
@@ -357,10 +391,14 @@ def _share_weights(run: _Run) -> None:
     run.report["shared_weights"] = {}
     for p, graphs in run.graphs.items():
         files = [run.stage / "onnx" / p / f"{g}.onnx" for g in GRAPHS]
-        run.report["shared_weights"][p] = bw.share_weights(files)
-        diff = max(parity.onnx_vs_onnx(GRAPHS[g], run.cfg, graphs[g], f, threads=run.threads)["max_abs_diff"]
-                   for g, f in zip(GRAPHS, files))
-        run.checks[f"shared_weights:{p}"] = diff == 0.0
+        mobile = {g: run.stage / "onnx" / p / f"{g}.mobile.onnx" for g in run.mobile} if p == "fp32" else {}
+        run.report["shared_weights"][p] = bw.share_weights(files + list(mobile.values()))
+        diffs = [parity.onnx_vs_onnx(GRAPHS[g], run.cfg, graphs[g], f, threads=run.threads)["max_abs_diff"]
+                 for g, f in zip(GRAPHS, files)]
+        diffs += [parity.onnx_vs_onnx(GRAPHS[g], run.cfg, run.mobile[g], f, threads=run.threads,
+                                      fixed=run.report["mobile_variants"][g]["sizes"])["max_abs_diff"]
+                  for g, f in mobile.items()]
+        run.checks[f"shared_weights:{p}"] = max(diffs) == 0.0
     run.lap("share_weights")
 
 
@@ -378,6 +416,21 @@ def _coreml(run: _Run, wanted: tuple[str, ...], target: str) -> None:
                 "path": run.rel(path), "target": target,
                 "io_dtypes": "int32 ids/mask (CoreML has no int64), float32 elsewhere"}
     run.lap("coreml")
+
+
+KIT_MANIFEST = {"dir": "conformance", "cases": "conformance/cases.json", "expected": "conformance/expected.npz",
+                "check": "conformance/check.py",
+                "run": "python conformance/check.py RESULTS.npz [--precision fp32|reduced] (docs/bundle.md)"}
+
+
+def _conformance_kit(run: _Run) -> None:
+    """The conformance kit (``conformance.py``) from the staged bundle's own fp32 runtime."""
+    from edge_xmr.bundle import Bundle
+
+    from .conformance import write_kit
+
+    run.report["conformance"] = write_kit(run.stage, Bundle.load(run.stage, "fp32", threads=run.threads, verify=False))
+    run.lap("conformance")
 
 
 def _runtime_check(run: _Run, images: list[Any], texts: list[str]) -> None:

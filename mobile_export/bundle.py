@@ -201,6 +201,18 @@ def embedding_id(root: Path, preprocessing: dict[str, Any], max_text_len: int) -
     return h.hexdigest()
 
 
+def write_tokenizer(path: Path, tokenizer: Any, max_text_len: int) -> Path:
+    """``tokenizer.json`` with its ``truncation`` set to the bundle's rule, so a port that encodes with the
+    Hugging Face ``tokenizers`` library as the file says gets the ids of the runtime (which truncates
+    itself, ``edge_xmr.tokenizer``); the conformance kit checks the two agree."""
+    tokenizer.save(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["truncation"] = {"direction": "Right", "max_length": int(max_text_len), "strategy": "LongestFirst",
+                          "stride": 0}
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def write_manifest(root: Path, cfg: Any, tokenizer_pad_id: int, variants: dict[str, dict[str, Any]],
                    storage: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Hash every file and write ``manifest.json``; returns the manifest.
@@ -220,11 +232,14 @@ def write_manifest(root: Path, cfg: Any, tokenizer_pad_id: int, variants: dict[s
             "variants": {v: {"format": v.split("/")[0], **gs[name], "size_mb": sizes[v][name]}
                          for v, gs in variants.items() if name in gs},
         }
+    from edge_xmr.preprocess import CONTRACT
+
     img = cfg.image
     preprocessing = {"size": img.size, "resize": "squash", "interpolation": "bicubic",
                      "mean": list(img.mean), "std": list(img.std), "channel_order": "RGB",
                      "value_range": [0, 1], "layout": "NCHW", "exif_orientation": True,
-                     "formula": "x = (rgb / 255 - mean) / std after resizing the whole image to size x size"}
+                     "formula": "x = (rgb / 255 - mean) / std after resizing the whole image to size x size",
+                     "steps": CONTRACT, "conformance": "conformance/ (cases.json, expected.npz, check.py)"}
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -234,7 +249,9 @@ def write_manifest(root: Path, cfg: Any, tokenizer_pad_id: int, variants: dict[s
         "graphs": graphs,
         "max_text_len": cfg.max_text_len,
         "tokenizer": {"file": "tokenizer.json", "pad_id": int(tokenizer_pad_id),
-                      "truncation": "keep the first max_text_len - 1 tokens and the final special token"},
+                      "truncation": "keep the first max_text_len - 1 tokens and the final special token (for "
+                                    "tokenizer.json's template, what its own 'truncation' entry does: "
+                                    "max_length = max_text_len, right side, specials kept)"},
         "preprocessing": preprocessing,
         "embedding": {"dim": cfg.embed_dim, "metric": "cosine", "normalized": True},
         "image_tokens": {"count": cfg.n_image_tokens, "dim": cfg.token_dim},

@@ -71,15 +71,21 @@ def _patch_scalar_casts(ct: Any) -> None:
     ops._edge_xmr_scalar_cast = True
 
 
-def _ct_inputs(ct: Any, spec: GraphSpec, cfg: Any) -> list[Any]:
-    lo_hi = spec.dim_ranges(cfg)
+def _ranges(spec: GraphSpec, cfg: Any, fixed: dict[str, int] | None) -> dict[str, tuple[int, int]]:
+    """[lower, upper] of each dynamic dim: the spec's ranges, or ``fixed`` sizes (lower = upper)."""
+    return {d: (fixed[d], fixed[d]) for d in fixed} if fixed else spec.dim_ranges(cfg)
+
+
+def _ct_inputs(ct: Any, spec: GraphSpec, cfg: Any, fixed: dict[str, int] | None = None) -> list[Any]:
+    lo_hi = _ranges(spec, cfg, fixed)
     out = []
     for t in spec.inputs:
         dims = []
         for d in spec.concrete_shape(t, cfg):
             if isinstance(d, str):
                 lo, hi = lo_hi[d]
-                dims.append(ct.RangeDim(lower_bound=lo, upper_bound=hi, default=min(spec.export_sizes[d], hi)))
+                dims.append(hi if lo == hi else
+                            ct.RangeDim(lower_bound=lo, upper_bound=hi, default=min(spec.export_sizes[d], hi)))
             else:
                 dims.append(d)
         out.append(ct.TensorType(name=t.name, shape=ct.Shape(dims),
@@ -89,8 +95,11 @@ def _ct_inputs(ct: Any, spec: GraphSpec, cfg: Any) -> list[Any]:
 
 def export_coreml(model: JointModel, spec: GraphSpec, out_dir: str | Path,
                   variants: tuple[str, ...] = COREML_VARIANTS, target: str = "iOS17",
-                  seed: int = 0) -> dict[str, Path]:
+                  seed: int = 0, fixed: dict[str, int] | None = None) -> dict[str, Path]:
     """Write ``{variant}/{graph}.mlpackage`` under ``out_dir`` for each of ``fp16`` / ``int8``.
+
+    Inputs have the spec's shape ranges, or with ``fixed`` (e.g. ``spec.fixed_sizes(cfg)``) static
+    shapes (what the Neural Engine runs best; also a much smaller program to convert).
 
     fp16: ML Program with float16 compute. int8: the fp16 program with ``linear_quantize_weights``
     (int8, symmetric, per output channel); weights are dequantized on the fly by ``constexpr`` ops.
@@ -101,15 +110,15 @@ def export_coreml(model: JointModel, spec: GraphSpec, out_dir: str | Path,
     _patch_scalar_casts(ct)
     from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
-    feeds = spec.dummy(model.cfg, spec.export_sizes, np.random.default_rng(seed))
+    feeds = spec.dummy(model.cfg, fixed or spec.export_sizes, np.random.default_rng(seed))
     args = tuple(torch.from_numpy(feeds[t.name]).to(torch.int32 if t.dtype == "int64" else torch.float32)
                  for t in spec.inputs)
-    module = spec.wrapper(model).eval()
+    module = spec.graph(model).eval()
     quiet = contextlib.redirect_stderr(io.StringIO())  # coremltools' per-pass progress bars
     with torch.no_grad(), warnings.catch_warnings(), quiet:
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, args, check_trace=False)
-        fp16 = ct.convert(traced, inputs=_ct_inputs(ct, spec, model.cfg),
+        fp16 = ct.convert(traced, inputs=_ct_inputs(ct, spec, model.cfg, fixed),
                           outputs=[ct.TensorType(name=t.name, dtype=np.float32) for t in spec.outputs],
                           convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
                           compute_precision=ct.precision.FLOAT16)
@@ -147,7 +156,8 @@ def _type_of(ft: Any) -> tuple[str, list[tuple[int, int]]]:
     return dtype, dims
 
 
-def check_coreml(path: str | Path, spec: GraphSpec, cfg: Any, variant: str) -> dict[str, Any]:
+def check_coreml(path: str | Path, spec: GraphSpec, cfg: Any, variant: str,
+                 fixed: dict[str, int] | None = None) -> dict[str, Any]:
     """Linux-side checks of one ``.mlpackage``; returns a report with ``ok`` and ``problems``.
 
     Reloads the package (no compilation), compares I/O names, dtypes and shape ranges with the ONNX
@@ -158,7 +168,7 @@ def check_coreml(path: str | Path, spec: GraphSpec, cfg: Any, variant: str) -> d
     problems: list[str] = []
     ml = ct.models.MLModel(str(path), skip_model_load=True)
     desc = ml.get_spec().description
-    lo_hi = spec.dim_ranges(cfg)
+    lo_hi = _ranges(spec, cfg, fixed)
 
     def compare(kind: str, got: Any, want: tuple[Any, ...], io: bool) -> None:
         names = [f.name for f in got]
@@ -190,7 +200,7 @@ def check_coreml(path: str | Path, spec: GraphSpec, cfg: Any, variant: str) -> d
         problems.append("int8 variant has no dequantize ops (weights were not quantized)")
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {"ok": not problems, "problems": problems, "size_mb": round(size / 1e6, 3),
-            "dequantize_ops": n_deq, "n_ops": sum(ops.values()),
+            "dequantize_ops": n_deq, "n_ops": sum(ops.values()), "op_types": sorted(ops),
             "inputs": [{"name": f.name, "dtype": _type_of(f.type)[0], "ranges": _type_of(f.type)[1]}
                        for f in desc.input],
             "outputs": [f.name for f in desc.output]}

@@ -4,7 +4,8 @@ The usability check is onnxruntime's own (``onnxruntime.tools.mobile_helpers.usa
 called through its functions instead of its logging front end so the result is data: for NNAPI,
 CoreML ML Program and CoreML NeuralNetwork, the ops with no EP kernel (they fall back to the CPU),
 how many partitions the graph splits into, and onnxruntime's verdict (YES / MAYBE / NO), both with
-the dynamic shapes as exported and as if the shapes were fixed.
+the dynamic shapes as exported and as if the shapes were fixed. ``export_mobile`` writes a graph's
+fixed-shape mobile variant (the accelerators' copy, ``rewrite.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge_xmr.model import JointModel
+
+    from .specs import GraphSpec
 
 EPS = ("NNAPI", "CoreML_MLProgram", "CoreML_NeuralNetwork")
 
@@ -47,6 +53,36 @@ def usability(path: str | Path) -> dict[str, Any]:
         report["CoreML_NeuralNetwork"] = run(
             lambda m, f: uc.check_coreml_partitions(m, f, "coreml_supported_neuralnetwork_ops.md"), model)
     return report
+
+
+def export_mobile(model: JointModel, spec: GraphSpec, path: str | Path, seed: int = 0) -> dict[str, Any]:
+    """The fixed-shape mobile variant of ``spec``'s graph (sizes ``spec.fixed_sizes``), rewritten for
+    the accelerators (``rewrite.mobile_rewrite``), saved self-contained at ``path``.
+
+    Returns ``{"sizes", "rewrites"}``."""
+    import onnx
+
+    from .onnx_export import export_onnx
+    from .rewrite import mobile_rewrite
+
+    sizes = spec.fixed_sizes(model.cfg)
+    export_onnx(model, spec, path, seed, fixed=sizes)
+    m = onnx.load(str(path))
+    counts = mobile_rewrite(m)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return {"sizes": sizes, "rewrites": counts}
+
+
+def summary(report: dict[str, Any]) -> dict[str, str]:
+    """One line per provider of a ``usability`` report, as onnxruntime's checker words its verdict
+    (the shapes as exported: a mobile variant's are fixed)."""
+    out = {}
+    for ep in EPS:
+        r = report[ep]["as_exported"]
+        out[ep] = (f"should perform well as is: {r['suitability']} ({r['supported_nodes_pct']}% of nodes "
+                   f"in {r['partitions']} partition(s); CPU fallback: {', '.join(r['fallback_ops']) or 'none'})")
+    return out
 
 
 def to_ort_format(src: str | Path, dst: str | Path, target_platform: str | None = None) -> Path:

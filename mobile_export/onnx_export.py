@@ -16,15 +16,17 @@ if TYPE_CHECKING:
     from edge_xmr.model import JointModel
 
 
-def export_onnx(model: JointModel, spec: GraphSpec, path: str | Path, seed: int = 0) -> Path:
-    """Export ``spec``'s graph of ``model`` to ``path`` (one self-contained .onnx file).
+def export_onnx(model: JointModel, spec: GraphSpec, path: str | Path, seed: int = 0,
+                fixed: dict[str, int] | None = None) -> Path:
+    """Export ``spec``'s graph (``spec.graph``) of ``model`` to ``path`` (one self-contained .onnx file).
 
-    Traced at ``spec.export_sizes`` (every dynamic dim >= 2) with ``spec.dynamic_axes()``.
+    Traced at ``spec.export_sizes`` (every dynamic dim >= 2) with ``spec.dynamic_axes()``; with
+    ``fixed`` (sizes of every dynamic dim), at those sizes with every shape static (the mobile variant).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = spec.wrapper(model).eval()
-    feeds = spec.dummy(model.cfg, spec.export_sizes, np.random.default_rng(seed))
+    module = spec.graph(model).eval()
+    feeds = spec.dummy(model.cfg, fixed or spec.export_sizes, np.random.default_rng(seed))
     args = tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
@@ -32,7 +34,7 @@ def export_onnx(model: JointModel, spec: GraphSpec, path: str | Path, seed: int 
             module, args, str(path),
             input_names=[t.name for t in spec.inputs],
             output_names=[t.name for t in spec.outputs],
-            dynamic_axes=spec.dynamic_axes(),
+            dynamic_axes=None if fixed else spec.dynamic_axes(),
             opset_version=spec.opset,
             do_constant_folding=True,
             dynamo=False,

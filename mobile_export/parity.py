@@ -74,15 +74,56 @@ def torch_vs_onnx(model: JointModel, spec: GraphSpec, path: str | Path, seed: in
     return {"max_abs_diff": worst, "atol": spec.atol, "ok": worst <= spec.atol, "runs": runs}
 
 
+def pad_to(spec: GraphSpec, feeds: dict[str, np.ndarray], fixed: dict[str, int]) -> dict[str, np.ndarray]:
+    """Inputs padded with zeros along their dynamic dims to the mobile variant's sizes ``fixed`` (padded
+    tokens have mask 0, padded candidates and batch rows are ignored)."""
+    out = {}
+    for t in spec.inputs:
+        x = feeds[t.name]
+        pad = [(0, fixed[d] - x.shape[i]) if d in fixed else (0, 0) for i, d in enumerate(t.shape)]
+        out[t.name] = np.pad(x, pad)
+    return out
+
+
+def cut_to(spec: GraphSpec, outputs: Sequence[np.ndarray], sizes: dict[str, int]) -> list[np.ndarray]:
+    """A mobile variant's outputs cut back to the unpadded ``sizes`` along their dynamic dims."""
+    return [x[tuple(slice(0, sizes[d]) if d in sizes else slice(None) for d in t.shape)]
+            for x, t in zip(outputs, spec.outputs)]
+
+
+def fixed_vs_torch(model: JointModel, spec: GraphSpec, path: str | Path, fixed: dict[str, int], seed: int = 3,
+                   threads: int | None = None) -> dict[str, Any]:
+    """The mobile variant at ``path`` (shapes ``fixed``) vs the model's own method: inputs at each of
+    ``spec.parity_sizes`` that fits (and at ``fixed`` itself), padded to ``fixed``, outputs cut back;
+    max abs diff of every output within ``spec.atol``."""
+    import torch
+
+    sess = session(path, threads)
+    module = spec.wrapper(model).eval()
+    rng = np.random.default_rng(seed)
+    runs, worst = [], 0.0
+    for sizes in [s for s in spec.parity_sizes if all(s[d] <= fixed[d] for d in s)] + [fixed]:
+        feeds = spec.dummy(model.cfg, sizes, rng)
+        with torch.no_grad():
+            ref = module(*[torch.from_numpy(feeds[t.name]) for t in spec.inputs])
+        refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+        got = cut_to(spec, sess.run([t.name for t in spec.outputs], pad_to(spec, feeds, fixed)), sizes)
+        diff = max(float(np.abs(r - g).max()) if r.size else 0.0 for r, g in zip(refs, got))
+        runs.append({**sizes, "max_abs_diff": diff})
+        worst = max(worst, diff)
+    return {"max_abs_diff": worst, "atol": spec.atol, "ok": worst <= spec.atol, "runs": runs}
+
+
 def onnx_vs_onnx(spec: GraphSpec, cfg: Any, a: str | Path, b: str | Path, seed: int = 2,
-                 threads: int | None = None) -> dict[str, float]:
-    """Two versions of one graph on the spec's parity sizes: ``max_abs_diff`` and ``min_cosine``
-    (per row of 2-D+ outputs; 1-D outputs, the cross-encoder scores, pooled over all sizes)."""
+                 threads: int | None = None, fixed: dict[str, int] | None = None) -> dict[str, float]:
+    """Two versions of one graph on the spec's parity sizes (two fixed-shape versions: at their sizes
+    ``fixed``): ``max_abs_diff`` and ``min_cosine`` (per row of 2-D+ outputs; 1-D outputs, the
+    cross-encoder scores, pooled over all sizes)."""
     sa, sb = session(a, threads), session(b, threads)
     rng = np.random.default_rng(seed)
     worst, cos = 0.0, 1.0
     flat: list[tuple[np.ndarray, np.ndarray]] = []
-    for sizes in spec.parity_sizes:
+    for sizes in (fixed,) if fixed else spec.parity_sizes:
         feeds = spec.dummy(cfg, sizes, rng)
         for x, y in zip(sa.run(None, feeds), sb.run(None, feeds)):
             worst = max(worst, float(np.abs(x - y).max()) if x.size else 0.0)

@@ -2,8 +2,10 @@
 
 Each :class:`GraphSpec` names the graph's inputs and outputs (symbolic shapes), which axes are
 dynamic, the ONNX opset, the parity tolerance against PyTorch, the sizes the parity check runs at,
-a dummy-input generator and the wrapper module that maps a :class:`JointModel` method onto the
-graph's inputs and outputs. ``GRAPHS`` holds all three specs; nothing registers itself elsewhere.
+a dummy-input generator, the wrapper module that maps a :class:`JointModel` method onto the
+graph's inputs and outputs (the reference every export is compared with), the module that is
+exported (the same computation in operators phone accelerators take, ``graphs.py``) and the fixed
+sizes of the graph's mobile variant. ``GRAPHS`` holds all three specs; nothing registers itself elsewhere.
 
 Symbolic dims: ``batch`` / ``length`` / ``n`` are dynamic; ``D`` (embedding dim), ``T`` (image tokens),
 ``Dt`` (token dim), ``S`` (image side), ``J`` (text states the cross-encoder reuses: the inputs of its
@@ -23,6 +25,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from .graphs import CrossGraph, ImageGraph, TextGraph
+
 if TYPE_CHECKING:
     from edge_xmr.config import ModelConfig
     from edge_xmr.model import JointModel
@@ -33,6 +37,8 @@ Inputs = dict[str, npt.NDArray[Any]]
 DYNAMIC_DIMS = ("batch", "length", "n")  # symbolic dims left free in the exported graphs
 MAX_BATCH = 256  # texts / images per call the runtime may send (CoreML needs a bound; ONNX has none)
 MAX_CANDIDATES = 1024  # candidates per cross-encoder call (the runtime chunks longer lists)
+MOBILE_TEXT_LEN = 32  # tokens of the mobile variants (capped at max_text_len; shorter texts padded, mask 0)
+MOBILE_CANDIDATES = 20  # candidates per call of the mobile cross_encoder (fewer: padded; more: chunked)
 OPSET = 17  # LayerNormalization is a native op from 17; ORT fusions and the mobile checkers know it
 
 
@@ -48,10 +54,12 @@ class GraphSpec:
     name: str  # graph name = file stem in the bundle
     inputs: tuple[TensorSpec, ...]  # in the order the graph takes them
     outputs: tuple[TensorSpec, ...]  # in the order the wrapper returns them
-    wrapper: Callable[[JointModel], nn.Module]  # JointModel -> module with the graph's signature
+    wrapper: Callable[[JointModel], nn.Module]  # JointModel -> its method with the graph's signature (reference)
+    graph: Callable[[JointModel], nn.Module]  # JointModel -> the module exported (graphs.py), same signature
     dummy: Callable[[ModelConfig, dict[str, int], np.random.Generator], Inputs]  # sizes -> inputs
     export_sizes: dict[str, int]  # dynamic-dim sizes traced at export (>= 2, so none is specialised)
     parity_sizes: tuple[dict[str, int], ...]  # dynamic-dim sizes the fp32 parity check runs at
+    mobile_sizes: dict[str, int]  # dynamic-dim sizes of the fixed-shape mobile variant (inputs padded to them)
     opset: int = OPSET  # ONNX opset
     atol: float = 1e-4  # max abs diff ONNX fp32 vs PyTorch on every output
     fusion: Literal["never", "measure", "ship"] = "never"  # onnxruntime transformer fusions: "never"; "measure" (fuse, check and time
@@ -75,6 +83,10 @@ class GraphSpec:
             return {"name": t.name, "dtype": t.dtype, "shape": self.concrete_shape(t, cfg)}
 
         return {"inputs": [one(t) for t in self.inputs], "outputs": [one(t) for t in self.outputs]}
+
+    def fixed_sizes(self, cfg: ModelConfig) -> dict[str, int]:
+        """The mobile variant's sizes for ``cfg`` (text length capped at ``max_text_len``)."""
+        return {d: min(v, cfg.max_text_len) if d == "length" else v for d, v in self.mobile_sizes.items()}
 
     def dim_ranges(self, cfg: ModelConfig) -> dict[str, tuple[int, int]]:
         """Allowed [lower, upper] of every dynamic dim (the manifest's and CoreML's shape ranges)."""
@@ -166,10 +178,12 @@ GRAPHS: dict[str, GraphSpec] = {
         outputs=(TensorSpec("text_embeds", "float32", ("batch", "D")),
                  TensorSpec("text_states", "float32", ("J", "batch", "length", "W"))),
         wrapper=TextEncoder,
+        graph=TextGraph,
         dummy=dummy_text,
         export_sizes={"batch": 2, "length": 7},
         parity_sizes=({"batch": 1, "length": 1}, {"batch": 1, "length": 9}, {"batch": 3, "length": 5},
                       {"batch": 8, "length": 16}),
+        mobile_sizes={"batch": 1, "length": MOBILE_TEXT_LEN},
         fusion="measure",  # measured 0.93-1.08x (noise) on the lite model: plain graph shipped
     ),
     "image_encoder": GraphSpec(
@@ -178,9 +192,11 @@ GRAPHS: dict[str, GraphSpec] = {
         outputs=(TensorSpec("image_embeds", "float32", ("batch", "D")),
                  TensorSpec("image_tokens", "float32", ("batch", "T", "Dt"))),
         wrapper=ImageEncoder,
+        graph=ImageGraph,
         dummy=dummy_image,
         export_sizes={"batch": 2},
         parity_sizes=({"batch": 1}, {"batch": 3}),
+        mobile_sizes={"batch": 1},
         int8_weight_only=".",  # stored photo data must not depend on the batch (cheap: convs dominate)
     ),
     "cross_encoder": GraphSpec(
@@ -191,10 +207,12 @@ GRAPHS: dict[str, GraphSpec] = {
                 TensorSpec("image_embeds", "float32", ("n", "D"))),
         outputs=(TensorSpec("joint", "float32", ("n",)),),  # the joint pass's term of the score (unweighted)
         wrapper=CrossEncoder,
+        graph=CrossGraph,
         dummy=dummy_cross,
         export_sizes={"n": 3, "length": 7},
         parity_sizes=({"n": 1, "length": 1}, {"n": 1, "length": 12}, {"n": 5, "length": 4},
                       {"n": 17, "length": 16}),
+        mobile_sizes={"n": MOBILE_CANDIDATES, "length": MOBILE_TEXT_LEN},
         fusion="measure",  # measured 0.90-0.98x on the lite model: plain graph shipped
     ),
 }

@@ -8,6 +8,7 @@ mobile), Pillow (image decoding) and SQLite with the sqlite-vec extension.
 
     python samples/mobile/reference.py BUNDLE INDEX.db "a dog on the beach" [-k 5] [--rerank 20]
     python samples/mobile/reference.py BUNDLE INDEX.db --image photo.jpg
+    python samples/mobile/reference.py BUNDLE --conformance OUT.npz   # then: python BUNDLE/conformance/check.py OUT.npz
 
 Steps of a text query (see docs/mobile.md for every tensor and table):
 
@@ -50,9 +51,8 @@ class Model:
         m = self.manifest
         self.max_len = int(m["max_text_len"])
         self.pad_id = int(m["tokenizer"]["pad_id"])
-        self.tok = Tokenizer.from_file(str(root / m["tokenizer"]["file"]))
+        self.tok = Tokenizer.from_file(str(root / m["tokenizer"]["file"]))  # truncates as the file says
         self.tok.no_padding()
-        self.tok.no_truncation()
         self.pre = m["preprocessing"]
         self.max_n = int(m["graphs"]["cross_encoder"].get("dim_ranges", {}).get("n", [1, 256])[1])
         opts = ort.SessionOptions()
@@ -65,7 +65,8 @@ class Model:
 
     # 1. tokenise
     def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """One text -> input_ids, attention_mask (1, L) int64; too long: cut, keeping the final [SEP]."""
+        """One text -> input_ids, attention_mask (1, L) int64; too long: cut, keeping the final [SEP]
+        (tokenizer.json's own truncation does it; the cut below is for bundles whose file has none)."""
         ids = list(self.tok.encode(text).ids)
         if len(ids) > self.max_len:
             ids = ids[: self.max_len - 1] + ids[-1:]
@@ -82,10 +83,20 @@ class Model:
 
     # embed a photo (the image->image query; indexing runs the same graph)
     def pixels(self, path: str | Path) -> np.ndarray:
-        """Decode, apply EXIF orientation, RGB, squash to S x S (bicubic), [0, 1], (x - mean) / std, NCHW."""
+        """manifest.preprocessing.steps: decode (a JPEG at 1/s by DCT scaling), EXIF orientation, 8-bit RGB
+        (alpha on white), squash to S x S (antialiased bicubic), [0, 1], (x - mean) / std, NCHW."""
         s = int(self.pre["size"])
         with Image.open(path) as f:
-            rgb = ImageOps.exif_transpose(f).convert("RGB").resize((s, s), Image.Resampling.BICUBIC)
+            if f.format == "JPEG":
+                # libjpeg decodes at 1/k: k the largest of 8, 4, 2, 1 with k <= min(w // s, h // s) (stored size)
+                f.draft("RGB", (s, s))
+            im = ImageOps.exif_transpose(f)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                white = Image.new("RGB", im.size, (255, 255, 255))
+                white.paste(im, mask=im.split()[-1])
+                im = white
+            rgb = im.convert("RGB").resize((s, s), Image.Resampling.BICUBIC)  # Pillow's bicubic: a = -0.5, antialiased
         a = np.asarray(rgb, np.float32) / np.float32(255.0)
         mean, std = np.asarray(self.pre["mean"], np.float32), np.asarray(self.pre["std"], np.float32)
         return ((a - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)  # (1, 3, S, S)
@@ -281,15 +292,44 @@ def _results(conn: Any, ids: np.ndarray, bi: np.ndarray, cross: np.ndarray, orde
             for j in order if int(ids[j]) in info]
 
 
+# ---- the conformance kit -------------------------------------------------------------------------------
+def conformance_results(model: Model, kit: str | Path) -> dict[str, np.ndarray]:
+    """This port's outputs on the bundle's conformance kit (``conformance/cases.json``), keyed as
+    ``conformance/check.py`` reads them."""
+    kit = Path(kit)
+    cases = json.loads((kit / "cases.json").read_text(encoding="utf-8"))
+    with np.load(kit / "expected.npz") as ex:
+        tokens, embeds = ex["candidates/image_tokens"], ex["candidates/image_embeds"]
+    out: dict[str, np.ndarray] = {}
+    for im in cases["images"]:
+        px = model.pixels(kit / "images" / im["file"])
+        out[f"pixel_values/{im['name']}"] = px
+        out[f"image_embeds/{im['name']}"] = model.sessions["image_encoder"].run(["image_embeds"], {"pixel_values": px})[0][0]
+    for j, text in enumerate(cases["texts"]):
+        q = model.encode_text(text)
+        out[f"input_ids/{j}"] = model.tokenize(text)[0][0]
+        out[f"text_embeds/{j}"] = q["text_embeds"][0]
+        out[f"scores/{j}"] = model.cross_scores(q, tokens, embeds)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Reference search over an edge-xmr index (bundle + onnxruntime + SQL)")
     ap.add_argument("bundle")
-    ap.add_argument("db")
+    ap.add_argument("db", nargs="?")
     ap.add_argument("text", nargs="?")
+    ap.add_argument("--conformance", metavar="OUT.npz", default=None,
+                    help="write this port's outputs on the bundle's conformance kit (no index needed)")
     ap.add_argument("--image", default=None, help="image -> image query instead of text")
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--rerank", type=int, default=20)
     a = ap.parse_args(argv)
+    if a.conformance:
+        np.savez(a.conformance, **conformance_results(Model(a.bundle), Path(a.bundle) / "conformance"))
+        print(f"wrote {a.conformance}: check it with python {Path(a.bundle) / 'conformance' / 'check.py'} {a.conformance}")
+        return 0
+    if a.db is None:
+        ap.error("give an index file (or --conformance OUT.npz)")
     if (a.text is None) == (a.image is None):
         ap.error("give a text query or --image FILE")
     model, conn = Model(a.bundle), connect(a.db)

@@ -75,6 +75,29 @@ def test_image_encoder_with_views_converts(_tiny_model, tmp_path):
         assert r["ok"], (variant, r["problems"])
 
 
+@pytest.mark.parametrize("graph", ["text_encoder", "cross_encoder"])
+def test_text_and_cross_encoder_convert_at_fixed_shapes(_tiny_model, tmp_path, graph):
+    """Every graph converts to CoreML in the default run: text and cross at their mobile variant's fixed
+    shapes (fp16; the flexible-shape conversions of the bundle are the slow test below). Checked: I/O
+    names, dtypes and shapes against the spec, and the MIL op types (no CPU-only custom layers)."""
+    pytest.importorskip("coremltools", reason="coremltools not installed (pip install 'edge-xmr[coreml]')")
+    from mobile_export.coreml_export import check_coreml, export_coreml
+
+    spec, cfg = GRAPHS[graph], _tiny_model.cfg
+    fixed = spec.fixed_sizes(cfg)
+    path = export_coreml(_tiny_model, spec, tmp_path, ("fp16",), fixed=fixed)["fp16"]
+    r = check_coreml(path, spec, cfg, "fp16", fixed=fixed)
+    assert r["ok"], r["problems"]
+    want = {t.name: ("int32" if t.dtype == "int64" else "float32", [(d, d) for d in spec.concrete_shape(t, cfg)])
+            for t in spec.inputs}
+    got = {i["name"]: (i["dtype"], i["ranges"]) for i in r["inputs"]}
+    fill = {k: v for k, v in fixed.items()}
+    assert got == {k: (dt, [(fill.get(a, a), fill.get(b, b)) for a, b in dims]) for k, (dt, dims) in want.items()}
+    assert r["outputs"] == [t.name for t in spec.outputs]
+    assert {"matmul", "softmax", "layer_norm"} <= set(r["op_types"]) or {"linear", "softmax"} <= set(r["op_types"])
+    assert not [op for op in r["op_types"] if op.startswith("custom")]
+
+
 @pytest.mark.slow
 def test_text_and_cross_encoder_specs(_tiny_model, tmp_path):
     pytest.importorskip("coremltools")
@@ -84,9 +107,9 @@ def test_text_and_cross_encoder_specs(_tiny_model, tmp_path):
         for v, path in export_coreml(_tiny_model, GRAPHS[g], tmp_path).items():
             r = check_coreml(path, GRAPHS[g], _tiny_model.cfg, v)
             assert r["ok"], (g, v, r["problems"])
-            ids = r["inputs"][0]
-            assert ids["name"] == "input_ids" and ids["dtype"] == "int32"
-            assert ids["ranges"][-1] == (1, _tiny_model.cfg.max_text_len)
+            first = r["inputs"][0]
+            assert first["name"] == GRAPHS[g].inputs[0].name
+            assert first["ranges"][-2 if g == "cross_encoder" else -1] == (1, _tiny_model.cfg.max_text_len)
 
 
 @pytest.mark.macos

@@ -29,7 +29,7 @@ def test_static_int8_variant(bundle, toy_data):
     m = read_manifest(bundle)
     verify_files(bundle, m)  # every file re-hashed
     assert m["model"]["id"] == before["model"]["id"]
-    assert set(m["sizes"]) == {"onnx/fp32", "onnx/int8", "onnx/int8-static"}
+    assert set(m["sizes"]) == {"onnx/fp32", "mobile/fp32", "onnx/int8", "onnx/int8-static"}
     v = m["graphs"]["text_encoder"]["variants"]["onnx/int8-static"]
     assert v["path"] == "onnx/int8-static/text_encoder.onnx" and "static QDQ int8" in v["quantization"]
     assert v["cosine_vs_fp32"]["mean"] > 0.98
