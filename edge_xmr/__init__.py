@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .assets import Asset as Asset
+    from .assets import SyncReport as SyncReport
     from .bundle import BundleError as BundleError
     from .data import DataError as DataError
     from .demo import DemoError as DemoError
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 
 # name -> module, imported on first use (keep in step with the imports above: tests/test_api_types.py)
 _LAZY = {
+    "Asset": "edge_xmr.assets",
+    "SyncReport": "edge_xmr.assets",
     "BundleError": "edge_xmr.bundle",
     "DataError": "edge_xmr.data",
     "DemoError": "edge_xmr.demo",

@@ -116,8 +116,8 @@ def validate_manifest(m: Any) -> list[str]:
             need(spec, "opset", int, f"graphs.{g}")
             need(spec, "dim_ranges", dict, f"graphs.{g}")
             variants = need(spec, "variants", dict, f"graphs.{g}") or {}
-            if "onnx/fp32" not in variants:
-                p.append(f"graphs.{g}.variants: no 'onnx/fp32'")
+            if not any(v in variants for v in ("onnx/fp32", "onnx/int8")):  # int8 only: a packaged bundle
+                p.append(f"graphs.{g}.variants: no 'onnx/fp32' (or 'onnx/int8')")
             for v, info in variants.items():
                 need(info, "format", str, f"graphs.{g}.variants[{v}]")
                 path = need(info, "path", str, f"graphs.{g}.variants[{v}]")
@@ -228,13 +228,17 @@ class Bundle:
         self._score_data = _read_score_data(root / manifest["score"]["data"])
 
     @classmethod
-    def load(cls, path: str | Path, precision: str = "fp32", providers: list[str] | None = None,
+    def load(cls, path: str | Path, precision: str | None = None, providers: list[str] | None = None,
              threads: int | None = None, verify: bool = True) -> Bundle:
-        """Open a bundle folder; ``verify`` checks the sha256 of every listed file first."""
+        """Open a bundle folder; ``verify`` checks the sha256 of every listed file first.
+        ``precision``: "fp32" or "int8"; None: fp32 if the bundle has it, else int8 (the packaged
+        default bundle ships int8 only)."""
         root = Path(path)
         manifest = read_manifest(root)
         available = sorted({v.split("/", 1)[1] for v in manifest["graphs"]["text_encoder"]["variants"]
                             if v.startswith("onnx/")})
+        if precision is None:
+            precision = "fp32" if "fp32" in available or not available else available[0]
         if precision not in available:
             raise BundleError(f"{root}: no {precision!r} ONNX graphs in this bundle (has {available})")
         for g in GRAPH_NAMES:

@@ -1,8 +1,10 @@
 """The demo's library part: the default bundle, sample photos, demo queries and per-stage search timings.
 
-- :func:`default_bundle` finds the default model's bundle, or exports it once from the embedded
-  default model (``edge_xmr/assets/default_model``) into a user cache folder keyed by the model's
-  hash. Exporting needs torch and the ``[train,export]`` extras; using a bundle never does.
+- :func:`default_bundle` finds the default model's bundle: the one packaged with edge_xmr
+  (``edge_xmr/assets/default_bundle``, built by ``python -m mobile_export.default_bundle``), else
+  one exported once from the embedded default model (``edge_xmr/assets/default_model``) into a user
+  cache folder keyed by the model's hash. Exporting needs torch and the ``[train,export]`` extras;
+  using a bundle never does.
 - :func:`sample_photos` copies public-domain photos that ship inside the scikit-image wheel
   (no download) into the cache: a cat, a rocket launch, a cup of coffee, an astronaut, ...
 - :func:`timed_search` runs the same retrieve-and-rerank as ``Library.search`` stage by stage and

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from .assets import Asset, SyncReport, remove_assets, sync_assets
 from .index.filters import DateLike
 from .index.library import EncoderBundle, LibraryInfo, PhotoStore, Stats
 from .index.stores import DEFAULT_STORE, StoreKind
@@ -48,7 +49,7 @@ class Library:
     def open(cls, db: str | os.PathLike[str] | None = None, bundle: BundleLike | None = None, *,
              load_model: bool = True, store: StoreKind = DEFAULT_STORE, create: bool = True,
              providers: str | Sequence[str] | None = None, threads: int | None = None,
-             precision: str = "fp32") -> Library:
+             precision: str | None = None) -> Library:
         """Open (or create) an index.
 
         Args:
@@ -60,7 +61,7 @@ class Library:
             store: for a new index: how embeddings are stored (``int8``, ``float32`` or ``bit``).
             create: create the file if missing.
             providers, threads, precision: onnxruntime settings and graph precision ("fp32" or
-                "int8") when the bundle is loaded from a folder.
+                "int8"; None: fp32 if the bundle has it, else int8) when the bundle is loaded from a folder.
 
         Raises:
             ModelMismatchError: the index was built with another model.
@@ -118,6 +119,18 @@ class Library:
         with self._lock:
             return index_files(self._store, self._bundle, [os.path.abspath(p) for p in paths], options=IndexOptions())
 
+    def sync_assets(self, assets: Iterable[Asset], complete: bool = False) -> SyncReport:
+        """Index photos an app gives by its own asset id and modification stamp (``edge_xmr.assets``):
+        unchanged stamps are skipped, new ones embedded; with ``complete=True`` (the app listed all
+        its assets) indexed assets not given are removed. Hits name them ``Hit.asset_id``."""
+        with self._lock:
+            return sync_assets(self._store, self._bundle, assets, complete=complete)
+
+    def remove_assets(self, ids: Sequence[str]) -> int:
+        """Forget assets by the app's ids; returns the photos removed."""
+        with self._lock:
+            return remove_assets(self._store, ids)
+
     def remove(self, path: str | os.PathLike[str]) -> int:
         """Forget a photo, or every photo under a folder (files are not touched); returns the count."""
         with self._lock:
@@ -172,7 +185,7 @@ class Library:
 
 
 def _load_bundle(db: Path, bundle: BundleLike | None, providers: str | Sequence[str] | None, threads: int | None,
-                 precision: str) -> tuple[EncoderBundle, str]:
+                 precision: str | None) -> tuple[EncoderBundle, str]:
     """The loaded bundle and its folder (recorded in the index as a hint for the next open)."""
     if bundle is None or isinstance(bundle, (str, os.PathLike)):
         from .bundle import Bundle

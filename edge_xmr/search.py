@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from .errors import EdgeXmrError
 from .index.filters import DateLike, make_filters
-from .index.library import Candidates, EncoderBundle, LibraryError, PhotoStore, require_model
+from .index.library import ASSET_PREFIX, Candidates, EncoderBundle, LibraryError, PhotoStore, require_model
 from .index.stores import dequantize, normalize, quantize
 
 FloatArray = npt.NDArray[np.float32]
@@ -44,6 +44,11 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``taken`` as ISO text, e.g. ``"2023-07-14T18:30:05"``)."""
         return {**asdict(self), "taken": self.taken.isoformat(timespec="seconds")}
+
+    @property
+    def asset_id(self) -> str | None:
+        """The app's asset id of a photo fed by ``Library.sync_assets`` (None: a file)."""
+        return self.path[len(ASSET_PREFIX):] if self.path.startswith(ASSET_PREFIX) else None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parents[1] / "edge_xmr"
 LAYERS: list[tuple[str, ...]] = [
     ("edge_xmr.errors", "edge_xmr.paths", "edge_xmr.index"),  # the store
     ("edge_xmr.bundle",),  # the model runtime
-    ("edge_xmr.search", "edge_xmr.indexer", "edge_xmr.demo"),  # services over store + model
+    ("edge_xmr.search", "edge_xmr.indexer", "edge_xmr.assets", "edge_xmr.demo"),  # services over store + model
     ("edge_xmr.library", "edge_xmr.discovery"),  # the façade and the one bundle discovery
     ("edge_xmr.cli", "edge_xmr.server"),  # applications
 ]
@@ -128,7 +128,8 @@ def test_store_imports_neither_bundle_nor_services():
     g = graph()
     store = [m for m in g if m == "edge_xmr.index" or m.startswith("edge_xmr.index.")]
     assert "edge_xmr.index.library" in store
-    above = ("edge_xmr.bundle", "edge_xmr.search", "edge_xmr.indexer", "edge_xmr.library", "edge_xmr.discovery")
+    above = ("edge_xmr.bundle", "edge_xmr.search", "edge_xmr.indexer", "edge_xmr.assets", "edge_xmr.library",
+             "edge_xmr.discovery")
     bad = {m: sorted(d for d in g[m] if d.startswith(above)) for m in store}
     assert not {m: d for m, d in bad.items() if d}
 

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="index sample photos (or --photos DIR), run text and image queries, show timings")
     d.add_argument("--photos", default=None, help="photo folder (default: sample photos that come with scikit-image)")
-    d.add_argument("--bundle", default=None, help="model bundle folder (default: the default model's bundle, "
-                                                  "exported into the cache on first use)")
+    d.add_argument("--bundle", default=None, help="model bundle folder (default: $EDGE_XMR_BUNDLE, else the default "
+                                                  "model's bundle, packaged with edge-xmr)")
     d.add_argument("--db", default=None, help="index file (default: one per photo folder in the cache)")
     d.add_argument("--query", "-q", action="append", default=None, help="text query (repeatable; default: a few)")
     d.add_argument("-k", type=opt.K, default=3, help="results shown per query (default 3)")

@@ -80,8 +80,9 @@ def _db_args(p: argparse.ArgumentParser, model: bool) -> None:
                        help="onnxruntime execution provider(s), e.g. cpu, cuda, coreml (default: best available)")
         p.add_argument("--threads", type=opt.THREADS, default=None,
                        help="intra-op threads (default: all cores; at most 4 per core)")
-        p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
-                       help="graph precision: int8 halves text/cross-encoder latency on CPU (default fp32)")
+        p.add_argument("--precision", choices=["fp32", "int8"], default=None,
+                       help="graph precision: int8 halves text/cross-encoder latency on CPU (default fp32 if the bundle has it, "
+                            "else int8: the packaged default bundle is int8)")
 
 
 def _result_args(p: argparse.ArgumentParser) -> None:
@@ -105,7 +106,7 @@ def _date(s: str) -> str:
 
 
 # ---- opening the library -------------------------------------------------------------------------
-def load_bundle(path: Path, provider: str | None, threads: int | None, precision: str = "fp32") -> EncoderBundle:
+def load_bundle(path: Path, provider: str | None, threads: int | None, precision: str | None = None) -> EncoderBundle:
     """Load a bundle folder (torch-free); errors become one-line user errors."""
     if not (path / "manifest.json").is_file():
         raise UserError(f"not a model bundle (no manifest.json): {path}")

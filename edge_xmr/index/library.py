@@ -29,6 +29,20 @@ from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, Store, StoreKind, calibra
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
+# Photos an app gives by its own asset id (``edge_xmr.assets``) share the tables of files: their key
+# (photos.path, skipped.path) is ASSET_PREFIX + the id (a file's key is an absolute path, so the two
+# never meet), mtime_ns holds the app's modification stamp, size is 0 and hash empty (no bytes are
+# hashed), and they sit in one folder, ASSET_FOLDER. That is the whole schema of asset ids.
+ASSET_PREFIX = "asset:"
+ASSET_FOLDER = "asset:/"
+
+
+def asset_key(asset_id: str) -> str:
+    """The index key of an app's asset id."""
+    if not isinstance(asset_id, str) or not asset_id:
+        raise ValueError(f"an asset id must be a non-empty string, got {asset_id!r}")
+    return ASSET_PREFIX + asset_id
+
 
 class LibraryError(EdgeXmrError):
     """The index cannot do what was asked (no model loaded, unknown photo, unusable file)."""
@@ -382,6 +396,16 @@ class PhotoStore:
         return {str(p): (int(i), int(s), int(m), bytes(h)) for i, p, s, m, h in self._conn.execute(
             "SELECT id, path, size, mtime_ns, hash FROM photos WHERE path >= ? AND path < ?", (lo, hi))}
 
+    def asset_states(self) -> tuple[dict[str, int], dict[str, tuple[int, str]]]:
+        """Of the app's assets: id -> stamp of indexed ones, id -> (stamp, skip kind) of skipped ones."""
+        lo, hi = ASSET_PREFIX, ASSET_PREFIX[:-1] + chr(ord(ASSET_PREFIX[-1]) + 1)
+        n = len(ASSET_PREFIX)
+        photos = {str(p)[n:]: int(m) for p, m in self._conn.execute(
+            "SELECT path, mtime_ns FROM photos WHERE path >= ? AND path < ?", (lo, hi))}
+        skipped = {str(p)[n:]: (int(m), str(k)) for p, m, k in self._conn.execute(
+            "SELECT path, mtime_ns, kind FROM skipped WHERE path >= ? AND path < ?", (lo, hi))}
+        return photos, skipped
+
     def skipped_states(self, root: str) -> dict[str, tuple[int, int]]:
         """path -> (size, mtime_ns) of skipped files under ``root``."""
         lo, hi = path_range(root)
@@ -444,7 +468,7 @@ class PhotoStore:
         return pid
 
     def _folder_id(self, path: str) -> int:
-        key = folder_key(os.path.dirname(path))
+        key = ASSET_FOLDER if path.startswith(ASSET_PREFIX) else folder_key(os.path.dirname(path))
         self._conn.execute("INSERT INTO folders(path) VALUES (?) ON CONFLICT(path) DO NOTHING", (key,))
         return int(self._conn.execute("SELECT id FROM folders WHERE path = ?", (key,)).fetchone()[0])
 

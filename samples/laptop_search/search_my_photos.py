@@ -4,8 +4,8 @@
     python samples/laptop_search/search_my_photos.py ~/Pictures --gallery
 
 Uses the public API only: ``Library.open`` / ``.index`` / ``.search`` / ``.similar`` and the
-gallery server. The first run builds the default model bundle (needs the [train,export] extras
-once) and indexes the folder; later runs only pick up new or changed photos.
+gallery server. The default model's bundle ships with edge_xmr (no torch needed); the first run
+indexes the folder, later runs only pick up new or changed photos.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> int:
     ap.add_argument("-k", type=int, default=5)
     a = ap.parse_args()
 
-    bundle = default_bundle()  # the default model, exported once into the user cache
+    bundle = default_bundle()  # the default model's bundle, packaged with edge_xmr
     db = demo_db_path(a.folder, model_id=_model_id(bundle))
     with Library.open(db, bundle) as lib:
         report = lib.index(a.folder, progress=lambda p: print(f"\rindexing {p.done}/{p.total}", end="", file=sys.stderr))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -69,3 +70,34 @@ def test_runtime_without_torch_real_bundle(tmp_path, photo_tree, real_bundle_dir
 def test_blocker_really_blocks(tmp_path):
     p = subprocess.run([sys.executable, "-c", BLOCK + "import torch"], capture_output=True, text=True)
     assert p.returncode != 0 and "blocked" in p.stderr
+
+
+DEFAULT_MODEL = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    db, root = sys.argv[1], Path(sys.argv[2])
+    os.environ.pop("EDGE_XMR_BUNDLE", None)
+    from edge_xmr import Library
+    from edge_xmr.cli import main
+    assert main(["index", str(root), "--db", db, "--quiet"]) == 0   # no --bundle: the packaged default model
+    assert main(["search", "a dog", "--db", db, "--k", "2"]) == 0
+    with Library.open(db) as lib:                                   # no bundle: the index's recorded one
+        hits = lib.search("a dog", k=3)
+        assert len(hits) == 3 and lib.bundle.precision == "int8", hits
+    with Library.open(db + ".new") as lib:                          # a new index: the packaged default
+        assert lib.index(root).added == 9
+    bad = [m for m in ("torch", "transformers", "onnx") if m in sys.modules]
+    assert not bad, bad
+    print("OK")
+""")
+
+
+def test_default_model_works_without_torch(tmp_path, photo_tree):
+    """A torch-free process searches with the default model at once: the packaged int8 bundle, found
+    by ``edge_xmr.discovery`` (no export into the cache, no --bundle)."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGE_XMR_BUNDLE"}
+    env["EDGE_XMR_CACHE"] = str(tmp_path / "cache")
+    p = subprocess.run([sys.executable, "-c", BLOCK + DEFAULT_MODEL, str(tmp_path / "i.db"), str(photo_tree)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0 and "OK" in p.stdout, p.stdout + p.stderr
+    assert not (tmp_path / "cache").exists()  # nothing was exported
