@@ -147,8 +147,7 @@ def export_bundle(model_or_dir: JointModel | str | Path, out_dir: str | Path,
         report = _export(model, stage, work, tuple(formats), tuple(precisions), calib_images, calib_texts,
                          fusion, int8_weight_only, mobile, coreml_target, threads, seed)
         if multilingual is not None:
-            report["multilingual"] = _multilingual(stage, multilingual, tuple(precisions), routing)
-            report["model"]["id"] = report["multilingual"]["model_id"]
+            _multilingual(report, stage, multilingual, tuple(precisions), routing)
         failed = [k for k, ok in report["checks"].items() if not ok]
         report["ok"] = not failed
         report["time_s"]["total"] = round(time.perf_counter() - t_start, 2)
@@ -240,14 +239,20 @@ def _export(model: JointModel, stage: Path, work: Path, formats: tuple[str, ...]
     return report
 
 
-def _multilingual(stage: Path, student: Any, precisions: tuple[str, ...], routing: str) -> dict[str, Any]:
+def _multilingual(report: dict[str, Any], stage: Path, student: Any, precisions: tuple[str, ...], routing: str) -> None:
+    """Add the multilingual encoder to the staged bundle; its checks join the export's."""
     from edge_xmr.model.multilingual import load_student
 
     from .multilingual import add_multilingual
 
     if isinstance(student, (str, Path)):
         student = load_student(student)
-    return add_multilingual(stage, student, precisions, routing)
+    try:
+        report["multilingual"] = add_multilingual(stage, student, precisions, routing)
+        report["model"]["id"] = report["multilingual"]["model_id"]
+    except ExportError as e:
+        report["multilingual"] = e.report
+    report["checks"].update(report["multilingual"].get("checks", {}))
 
 
 def _onnx_fp32(run: _Run) -> None:

@@ -106,7 +106,7 @@ class Distiller:
         logits = e @ y.T / self.cfg.temperature  # (B, B)
         nce = F.cross_entropy(logits, torch.arange(len(e)))
         total = (1.0 - cos).mean() + self.cfg.contrastive * nce
-        return total, {"cos": float(cos.mean()), "nce": float(nce)}
+        return total, {"cos": float(cos.detach().mean()), "nce": float(nce.detach())}
 
     def train_step(self, idx: np.ndarray) -> dict[str, float]:
         frac = self.step / max(1, self.total)
