@@ -29,3 +29,9 @@ ev "$WORK/bundle_full" always fp32 $OUT/results_full_always_fp32.json   # the mu
 ev "$WORK/bundle_$VOCAB" auto int8 $OUT/results_vocab${VOCAB}_auto_int8.json
 ev "$WORK/bundle_$VOCAB" auto fp32 $OUT/results_vocab${VOCAB}_auto_fp32.json
 .venv/bin/python bench/multilingual/sizes.py "$WORK" "$VOCAB" > $OUT/sizes.json
+# English must not lose: the standard dev evaluation (reporting half, all five captions per photo) with the
+# router on and off
+for r in auto never; do
+  nice -n 10 $X eval --model "$WORK/bundle_full" --data "$DATA" --split dev --queries edge_xmr/train/dev_report.txt \
+      --skip-cross-all --rerank 20 --routing $r --json-out $OUT/results_full_english_$r.json
+done
