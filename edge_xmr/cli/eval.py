@@ -83,11 +83,16 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate(enc, data, settings, progress=lambda s: print(s, file=sys.stderr, flush=True))
     res["model"] = str(args.model)
     res["data"] = {"root": str(args.data), "split": args.split, "queries": args.queries}
+    return _emit(args, res, format_table)
+
+
+def _emit(args: argparse.Namespace, res: dict, table) -> int:
+    """The results: to --json-out, then as JSON or as a table on stdout."""
     opt.write_json(args.json_out, res)
     if args.json:
         opt.print_json(res)
     else:
-        print(format_table(res))
+        print(table(res))
     return 0
 
 
@@ -104,12 +109,7 @@ def _run_languages(args: argparse.Namespace, enc, data, table, ks: tuple[int, ..
     res["routing"] = enc.router.mode
     res["precision"] = args.precision
     res["data"] = {"root": str(args.data), "split": args.split, "queries_lang": args.queries_lang}
-    opt.write_json(args.json_out, res)
-    if args.json:
-        opt.print_json(res)
-    else:
-        print(format_language_table(res))
-    return 0
+    return _emit(args, res, format_language_table)
 
 
 def format_language_table(res: dict) -> str:

@@ -268,3 +268,30 @@ def test_torch_free_search_with_a_non_english_query(ml_bundle, photo_tree, tmp_p
     assert p.returncode == 0 and "OK" in p.stdout, p.stdout + p.stderr
     hits = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{") or line.startswith("[")]
     assert hits, p.stdout
+
+
+def test_eval_queries_lang_cli(ml_bundle, tiny_model_dir, tmp_path, capsys) -> None:
+    """``edge-xmr eval --queries-lang`` writes one result per language; the German rows went multilingual."""
+    from edge_xmr.cli import main
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+    from runtime_photos import write_photo  # type: ignore[import-not-found]
+
+    data = tmp_path / "data"
+    names = [f"p{i}.jpg" for i in range(4)]
+    for i, n in enumerate(names):
+        write_photo(data / "images" / n, i)
+    (data / "splits").mkdir()
+    (data / "splits" / "dev.txt").write_text("\n".join(names) + "\n")
+    (data / "captions.tsv").write_text("image\tcaption\n" + "".join(f"{n}\ta dog {i}\n" for i, n in enumerate(names)))
+    table = tmp_path / "q.tsv"
+    table.write_text("image\ten\tde\n" + "".join(f"{n}\ta dog in the snow\tein hund im schnee\n" for n in names[:3]))
+    out = tmp_path / "res.json"
+    assert main(["eval", "--model", str(ml_bundle), "--data", str(data), "--split", "dev", "--queries-lang", str(table),
+                 "--rerank", "2", "--json-out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["languages"]) == {"en", "de"} and res["routing"] == "auto" and res["n_images"] == 4
+    assert res["languages"]["en"]["multilingual_share"] == 0.0 and res["languages"]["de"]["multilingual_share"] == 1.0
+    assert "rerank@2" in res["languages"]["de"] and "de " in capsys.readouterr().out
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--queries-lang", str(table)]) == 2
+    assert "--queries-lang evaluates a bundle" in capsys.readouterr().err

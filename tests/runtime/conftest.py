@@ -25,7 +25,7 @@ def fake_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ``tmp_path`` (child processes inherit them); returns the bundle folder."""
     from edge_xmr.cli import runtime as cli_runtime
 
-    monkeypatch.setattr(cli_runtime, "load_bundle", lambda path, provider, threads, precision="fp32": FakeBundle())
+    monkeypatch.setattr(cli_runtime, "load_bundle", lambda path, provider, threads, precision="fp32", routing=None: FakeBundle())
     bundle_dir = tmp_path / "bundle"
     bundle_dir.mkdir()
     (bundle_dir / "manifest.json").write_text("{}")
