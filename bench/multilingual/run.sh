@@ -35,3 +35,11 @@ for r in auto never; do
   nice -n 10 $X eval --model "$WORK/bundle_full" --data "$DATA" --split dev --queries edge_xmr/train/dev_report.txt \
       --skip-cross-all --rerank 20 --routing $r --json-out $OUT/results_full_english_$r.json
 done
+# a variant: only the head trained (the base's DNN frozen at its pretrained weights)
+s="$WORK/student_headonly"; b="$WORK/bundle_headonly"
+[[ -f "$s/multilingual.safetensors" ]] || nice -n 10 $X distil-multilingual --data "$DATA" --out "$s" \
+    --cache "$WORK/cache" --dev-queries edge_xmr/train/dev_tune.txt --no-progress --lr-base 0
+[[ -f "$b/manifest.json" ]] || nice -n 10 $X export --model default --out "$b" --precision fp32 \
+    --calib-images "$WORK/calib_images.txt" --calib-captions "$DATA/captions.tsv" --fusion off --no-mobile \
+    --multilingual "$s" --overwrite > /dev/null
+ev "$b" auto fp32 $OUT/results_headonly_auto_fp32.json
