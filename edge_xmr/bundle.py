@@ -15,7 +15,7 @@ import json
 import re
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import score as sc
+from .multilingual import NO_STATE_TERMS, ROUTINGS, MultilingualEncoder, Router, Routing, english_words
 from .preprocess import to_pixels
 from .providers import create_session
 from .score import ScoreConfig, ScoreConfigError, combine
@@ -45,11 +46,19 @@ class BundleError(EdgeXmrError, ValueError):
 
 @dataclass(frozen=True)
 class EncodedText:
-    """One text after the text encoder: what retrieval and reranking both need (one text pass)."""
+    """One text after the text encoder: what retrieval and reranking both need (one text pass).
+
+    A text the multilingual encoder encoded has no states (None): it is reranked with the terms that
+    need none (``edge_xmr.multilingual.NO_STATE_TERMS``)."""
 
     embedding: FloatArray  # (D,) bi-encoder embedding, L2-normalised
-    states: FloatArray  # (J, 1, L, W) text states the cross-encoder graph starts from
-    mask: npt.NDArray[np.int64]  # (1, L) attention mask of the text
+    states: FloatArray | None  # (J, 1, L, W) text states the cross-encoder graph starts from
+    mask: npt.NDArray[np.int64] | None  # (1, L) attention mask of the text
+
+    @property
+    def multilingual(self) -> bool:
+        """Whether the multilingual encoder encoded it (no token states)."""
+        return self.states is None
 
 
 def sha256_path(path: str | Path) -> str:
@@ -205,7 +214,7 @@ class Bundle:
     only when the score weights it (``score_config.joint != 0``)."""
 
     def __init__(self, root: Path, manifest: dict[str, Any], precision: str,
-                 providers: list[str] | None = None, threads: int | None = None):
+                 providers: list[str] | None = None, threads: int | None = None, routing: Routing | None = None):
         self.root = root
         self.manifest = manifest
         self.precision = precision
@@ -226,13 +235,16 @@ class Bundle:
         except ScoreConfigError as e:
             raise BundleError(f"{root / MANIFEST}: {e}") from None
         self._score_data = _read_score_data(root / manifest["score"]["data"])
+        self.multilingual = self._multilingual_encoder()
+        self.router = self._router(routing)
 
     @classmethod
     def load(cls, path: str | Path, precision: str | None = None, providers: list[str] | None = None,
-             threads: int | None = None, verify: bool = True) -> Bundle:
+             threads: int | None = None, verify: bool = True, routing: Routing | None = None) -> Bundle:
         """Open a bundle folder; ``verify`` checks the sha256 of every listed file first.
         ``precision``: "fp32" or "int8"; None: fp32 if the bundle has it, else int8 (the packaged
-        default bundle ships int8 only)."""
+        default bundle ships int8 only). ``routing``: which text encoder a query goes to when the
+        bundle has a multilingual one (``edge_xmr.multilingual``; None: the manifest's choice)."""
         root = Path(path)
         manifest = read_manifest(root)
         available = sorted({v.split("/", 1)[1] for v in manifest["graphs"]["text_encoder"]["variants"]
@@ -246,7 +258,28 @@ class Bundle:
                 raise BundleError(f"{root}: graph {g} has no onnx/{precision} variant")
         if verify:
             verify_files(root, manifest)
-        return cls(root, manifest, precision, providers, threads)
+        return cls(root, manifest, precision, providers, threads, routing)
+
+    def _multilingual_encoder(self) -> MultilingualEncoder | None:
+        section = self.manifest.get("multilingual")
+        if section is None:
+            return None
+        problems = validate_multilingual(section, self.manifest.get("files", {}))
+        if problems:
+            raise BundleError(f"{self.root / MANIFEST}: invalid multilingual section: " + "; ".join(problems[:5]))
+        if self.variant not in section["graph"]["variants"]:
+            raise BundleError(f"{self.root}: the multilingual encoder has no {self.variant} variant")
+        return MultilingualEncoder(self.root, section, self.variant,
+                                   lambda p: create_session(p, self._providers, self._threads))
+
+    def _router(self, routing: Routing | None) -> Router:
+        mode = routing or (self.manifest["multilingual"]["routing"] if self.multilingual else "never")
+        if mode not in ROUTINGS:
+            raise BundleError(f"routing {mode!r}: expected one of {', '.join(ROUTINGS)}")
+        if mode != "never" and self.multilingual is None:
+            raise BundleError(f"{self.root}: routing {mode!r} needs a multilingual encoder, this bundle has none "
+                              "(export it with 'edge-xmr export --multilingual')")
+        return Router(mode, english_words(self.tokenizer.vocab()) if mode == "auto" else frozenset())
 
     @property
     def model_id(self) -> str:
@@ -265,18 +298,43 @@ class Bundle:
         return self._sessions[graph]
 
     # ---- texts ---------------------------------------------------------------------------------
+    def _routes(self, texts: Sequence[str]) -> npt.NDArray[np.bool_]:
+        """(M,) whether each text goes to the multilingual encoder (``self.router``)."""
+        return np.array([self.router.multilingual(t) for t in texts], bool)
+
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> FloatArray:
-        """Texts -> (M, D) float32, L2-normalised."""
-        out = []
-        sess = self.session("text_encoder") if len(texts) else None
-        for i in range(0, len(texts), batch_size):
-            ids, mask = self.tokenizer.encode(list(texts[i:i + batch_size]), self.max_text_len)
-            out.append(sess.run(["text_embeds"], {"input_ids": ids, "attention_mask": mask})[0])
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+        """Texts -> (M, D) float32, L2-normalised (each from the encoder the router picks)."""
+        out = np.zeros((len(texts), self.dim), np.float32)
+        multi = self._routes(texts)
+        eng = [t for t, m in zip(texts, multi) if not m]
+        sess = self.session("text_encoder") if eng else None
+        parts = []
+        for i in range(0, len(eng), batch_size):
+            ids, mask = self.tokenizer.encode(eng[i:i + batch_size], self.max_text_len)
+            parts.append(sess.run(["text_embeds"], {"input_ids": ids, "attention_mask": mask})[0])
+        if parts:
+            out[~multi] = np.concatenate(parts)
+        if multi.any():
+            out[multi] = self._multilingual_embed([t for t, m in zip(texts, multi) if m], batch_size)
+        return out
+
+    def _multilingual_embed(self, texts: Sequence[str], batch_size: int) -> FloatArray:
+        assert self.multilingual is not None  # the router sends none there otherwise
+        return self.multilingual.embed(texts, batch_size)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> list[EncodedText]:
         """Texts -> one :class:`EncodedText` each: the embedding to retrieve with and the states to
-        rerank with, from a single run of the text encoder."""
+        rerank with, from a single run of the text encoder the router picks (the multilingual one
+        gives no states)."""
+        multi = self._routes(texts)
+        eng = self._encode_english([t for t, m in zip(texts, multi) if not m], batch_size)
+        ml = ([EncodedText(embedding=e, states=None, mask=None)
+               for e in self._multilingual_embed([t for t, m in zip(texts, multi) if m], batch_size)]
+              if multi.any() else [])
+        e_it, m_it = iter(eng), iter(ml)
+        return [next(m_it) if m else next(e_it) for m in multi]
+
+    def _encode_english(self, texts: Sequence[str], batch_size: int) -> list[EncodedText]:
         out: list[EncodedText] = []
         sess = self.session("text_encoder") if len(texts) else None
         for i in range(0, len(texts), batch_size):
@@ -331,8 +389,15 @@ class Bundle:
         self._check_candidates(tokens, embeds)
         if len(tokens) == 0:
             return np.zeros((0,), np.float32)
-        cfg = self.score_config
+        cfg = self.query_score_config(query)
         return np.asarray(combine(self.score_terms(query, tokens, embeds, cfg.needed()), cfg), np.float32)
+
+    def query_score_config(self, query: EncodedText) -> ScoreConfig:
+        """The score a query is reranked with: ``score_config``; for a multilingual query (no token
+        states) the same without late interaction and the joint pass."""
+        if not query.multilingual:
+            return self.score_config
+        return replace(self.score_config, late_interaction=0.0, joint=0.0)
 
     def score_terms(self, query: EncodedText, tokens: npt.NDArray[Any], embeds: npt.NDArray[Any],
                     terms: Sequence[str] = sc.TERMS) -> dict[str, FloatArray]:
@@ -343,6 +408,10 @@ class Bundle:
         unknown = set(terms) - set(sc.TERMS)
         if unknown:
             raise KeyError(f"unknown score terms {sorted(unknown)}")
+        stateful = sorted(set(terms) - set(NO_STATE_TERMS))
+        if query.multilingual and stateful:
+            raise ValueError(f"score terms {stateful} need the English encoder's token states; a multilingual "
+                             f"query has none (terms it can have: {', '.join(NO_STATE_TERMS)})")
         tokens, embeds = self._float(tokens, "token"), self._float(embeds, "embedding")
         cfg, data, n = self.score_config, self._score_data, len(tokens)
         t_emb = np.asarray(query.embedding, np.float32)
@@ -393,6 +462,31 @@ class Bundle:
         if x.dtype == np.int8:
             return (x.astype(np.float32) / float(self.manifest["storage"][f"{kind}_int8_scale"]))
         return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def validate_multilingual(section: Any, files: dict[str, Any]) -> list[str]:
+    """Problems with a manifest's optional ``multilingual`` section (docs/bundle.md)."""
+    if not isinstance(section, dict):
+        return ["multilingual: not a JSON object"]
+    p: list[str] = []
+    graph, tok = section.get("graph"), section.get("tokenizer")
+    variants = graph.get("variants") if isinstance(graph, dict) else None
+    if not isinstance(variants, dict) or "onnx/fp32" not in variants:
+        p.append("multilingual.graph.variants: missing or without 'onnx/fp32'")
+    else:
+        for v, info in variants.items():
+            path = info.get("path") if isinstance(info, dict) else None
+            if not isinstance(path, str) or path not in files:
+                p.append(f"multilingual.graph.variants[{v}].path {path!r} is not listed in files")
+    if not isinstance(tok, dict) or not isinstance(tok.get("file"), str) or tok["file"] not in files:
+        p.append("multilingual.tokenizer.file: missing or not listed in files")
+    elif not isinstance(tok.get("pad_id"), int):
+        p.append("multilingual.tokenizer.pad_id: expected int")
+    if not isinstance(section.get("max_text_len"), int):
+        p.append("multilingual.max_text_len: expected int")
+    if section.get("routing") not in ROUTINGS:
+        p.append(f"multilingual.routing: expected one of {', '.join(ROUTINGS)}")
+    return p
 
 
 def _read_score_data(path: Path) -> dict[str, FloatArray]:

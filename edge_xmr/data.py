@@ -92,3 +92,25 @@ def read_names(path: str | Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{f}: cannot read the photo list ({e})") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def read_query_table(path: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """Captions of the same photos in several languages: a UTF-8 TSV with header
+    ``image<TAB>lang1<TAB>lang2...`` (e.g. ``en de es zh``), one photo per row ->
+    {language: [(image, caption), ...]} in row order."""
+    f = Path(path)
+    try:
+        with f.open(encoding="utf-8", newline="") as fh:
+            rows = [r for r in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE) if r and "".join(r).strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{f}: cannot read the query table ({e})") from None
+    if not rows or rows[0][0].strip().lower() != "image" or len(rows[0]) < 2:
+        raise DataError(f"{f}: malformed header (expected 'image<TAB>language...')")
+    langs = [h.strip() for h in rows[0][1:]]
+    out: dict[str, list[tuple[str, str]]] = {lang: [] for lang in langs}
+    for lineno, r in enumerate(rows[1:], start=2):
+        if len(r) != len(langs) + 1 or not all(x.strip() for x in r):
+            raise DataError(f"{f}:{lineno}: expected {len(langs) + 1} non-empty columns")
+        for lang, text in zip(langs, r[1:]):
+            out[lang].append((r[0].strip(), text.strip()))
+    return out

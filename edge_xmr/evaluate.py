@@ -193,3 +193,48 @@ def _latency(enc: Any, captions: list[str], qt: np.ndarray, iemb: np.ndarray, it
                 enc.score_encoded(query, itok[j:j + 256], iemb[j:j + 256])
             times["cross_encoder"].append(time.perf_counter() - t0)
     return {m: float(1000 * np.median(v)) if v else float("nan") for m, v in times.items()}
+
+
+def evaluate_languages(enc: Any, data: CaptionSet, table: dict[str, list[tuple[str, str]]], rerank_k: int = 20,
+                       latency_queries: int = 20, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Text -> image per language: the same photos' captions in each language of ``table``
+    (``data.read_query_table``) as queries against every photo of ``data``. Per language: R@1/5/10 of the
+    bi-encoder and after reranking its top ``rerank_k`` (percent), the share of queries the encoder's
+    router sent to the multilingual encoder, and the median latency of one reranked query (ms: text
+    encoding, the gallery's cosines, the top-k's score). Every language is run in this one call."""
+    say = progress or (lambda s: None)
+    index = {n: i for i, n in enumerate(data.images)}
+    for lang, rows in table.items():
+        absent = [img for img, _ in rows if img not in index]
+        if absent:
+            raise DataError(f"query table ({lang}): {len(absent)} photos are not in the evaluated data, e.g. {absent[0]}")
+    say(f"embedding {len(data.images)} images")
+    iemb, itok = enc.encode_images(data.image_paths())
+    k = min(rerank_k, len(data.images))
+    out: dict[str, Any] = {}
+    for lang, rows in table.items():
+        say(f"{lang}: {len(rows)} queries")
+        texts = [t for _, t in rows]
+        targets = [[index[img]] for img, _ in rows]
+        queries = enc.encode_texts(texts)
+        qemb = np.stack([np.asarray(q.embedding, np.float32) for q in queries])
+        bi = np.argsort(-(qemb @ iemb.T), axis=1, kind="stable")
+        ce = np.stack([np.asarray(enc.score_encoded(q, itok[bi[j, :k]], iemb[bi[j, :k]]), np.float32)
+                       for j, q in enumerate(queries)])
+        out[lang] = {"queries": len(rows), "bi_encoder": recalls(ranks_of_targets(bi, targets)),
+                     f"rerank@{k}": recalls(ranks_of_targets(rerank_order(bi, ce, k), targets)),
+                     "multilingual_share": float(np.mean([bool(getattr(q, "multilingual", False)) for q in queries])),
+                     "latency_ms": _query_latency(enc, texts[:latency_queries], iemb, itok, k)}
+    return {"languages": out, "n_images": len(data.images), "rerank_k": k}
+
+
+def _query_latency(enc: Any, texts: Sequence[str], iemb: np.ndarray, itok: np.ndarray, k: int) -> float:
+    """Median ms of one reranked query: encode, cosine with every photo, score the top k."""
+    times = []
+    for text in texts:
+        t0 = time.perf_counter()
+        q = enc.encode_query(text)
+        top = np.argsort(-(iemb @ np.asarray(q.embedding, np.float32)), kind="stable")[:k]
+        enc.score_encoded(q, itok[top], iemb[top])
+        times.append(time.perf_counter() - t0)
+    return float(1000 * np.median(times)) if times else float("nan")

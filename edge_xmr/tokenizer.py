@@ -43,6 +43,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size())  # type: ignore[attr-defined]
 
+    def vocab(self) -> dict[str, int]:
+        """{token: id} of the whole vocabulary."""
+        return dict(self._tok.get_vocab())  # type: ignore[attr-defined]
+
     def encode(self, texts: list[str], max_len: int) -> tuple[IntArray, IntArray]:
         """Texts -> ids (B, L) and mask (B, L), L = longest text (<= max_len); over-long texts are cut
         keeping the final special token."""

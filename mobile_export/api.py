@@ -94,7 +94,7 @@ def export_bundle(model_or_dir: JointModel | str | Path, out_dir: str | Path,
                   calib_images: Sequence[Any] | None = None, calib_texts: Sequence[str] | None = None,
                   fusion: Fusion = "spec", int8_weight_only: str | None = None, mobile: bool = True,
                   coreml_target: str = "iOS17", overwrite: bool = False, threads: int | None = None,
-                  seed: int = 0) -> dict[str, Any]:
+                  seed: int = 0, multilingual: Any = None, routing: str = "auto") -> dict[str, Any]:
     """Export a JointModel (or a model directory, or ``"default"``) as a checked bundle.
 
     Args:
@@ -117,6 +117,9 @@ def export_bundle(model_or_dir: JointModel | str | Path, out_dir: str | Path,
         threads: intra-op threads of torch (restored afterwards) and of the checking onnxruntime
             sessions; None keeps the libraries' defaults.
         seed: seed of the dummy inputs.
+        multilingual: a ``MultilingualStudent`` (or its directory) distilled onto this model's text
+            encoder: added as the bundle's optional multilingual query encoder (``mobile_export.multilingual``).
+        routing: the bundle's default choice of text encoder per query (``edge_xmr.multilingual``).
 
     Returns:
         The report: parity numbers, fusion speed-ups, mobile fallbacks, CoreML checks, sizes, timings.
@@ -143,6 +146,8 @@ def export_bundle(model_or_dir: JointModel | str | Path, out_dir: str | Path,
     try:
         report = _export(model, stage, work, tuple(formats), tuple(precisions), calib_images, calib_texts,
                          fusion, int8_weight_only, mobile, coreml_target, threads, seed)
+        if multilingual is not None:
+            _multilingual(report, stage, multilingual, tuple(precisions), routing)
         failed = [k for k, ok in report["checks"].items() if not ok]
         report["ok"] = not failed
         report["time_s"]["total"] = round(time.perf_counter() - t_start, 2)
@@ -236,6 +241,22 @@ def _export(model: JointModel, stage: Path, work: Path, formats: tuple[str, ...]
     report["model"]["id"] = manifest["model"]["id"]
     _runtime_check(run, images[:RUNTIME_SAMPLES], texts[:RUNTIME_SAMPLES])
     return report
+
+
+def _multilingual(report: dict[str, Any], stage: Path, student: Any, precisions: tuple[str, ...], routing: str) -> None:
+    """Add the multilingual encoder to the staged bundle; its checks join the export's."""
+    from edge_xmr.model.multilingual import load_student
+
+    from .multilingual import add_multilingual
+
+    if isinstance(student, (str, Path)):
+        student = load_student(student)
+    try:
+        report["multilingual"] = add_multilingual(stage, student, precisions, routing)
+        report["model"]["id"] = report["multilingual"]["model_id"]
+    except ExportError as e:
+        report["multilingual"] = e.report
+    report["checks"].update(report["multilingual"].get("checks", {}))
 
 
 def _onnx_fp32(run: _Run) -> None:

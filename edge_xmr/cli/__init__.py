@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import EdgeXmrError
 
 # subcommand modules, in the order shown by --help
-_MODULES = ["train", "calibrate", "eval", "export", "runtime", "quantize", "demo"]
+_MODULES = ["train", "calibrate", "eval", "export", "runtime", "quantize", "demo", "multilingual"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 0, 1, 2, 130, 141
 

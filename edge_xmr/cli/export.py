@@ -38,6 +38,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-mobile", action="store_true", help="skip the mobile usability check and ORT format")
     p.add_argument("--coreml-target", default="iOS17", help="CoreML minimum deployment target")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.add_argument("--multilingual", type=Path, metavar="DIR",
+                   help="add the multilingual query encoder distilled onto this model "
+                        "(a directory written by 'edge-xmr distil-multilingual')")
+    p.add_argument("--routing", choices=("auto", "always", "never"), default="auto",
+                   help="with --multilingual: the bundle's default text encoder per query (auto: English-looking "
+                        "queries to the English encoder, the rest to the multilingual one)")
     opt.add_json(p, "the export report", out_file=True)
     p.set_defaults(func=run)
 
@@ -96,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--model {args.model}: model directory {model_dir} not found")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise UserError(f"--out {args.out}: exists and is not empty (add --overwrite to replace it)")
+    if args.multilingual is not None and not args.multilingual.is_dir():
+        raise UserError(f"--multilingual {args.multilingual}: directory not found")
     if "coreml" in formats:
         from mobile_export.coreml_export import coreml_available
 
@@ -111,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         report = export_bundle(model_dir, args.out, formats=formats, precisions=precisions, calib_images=images,
                                calib_texts=captions, fusion=args.fusion, int8_weight_only=args.int8_weight_only,
                                mobile=not args.no_mobile, coreml_target=args.coreml_target,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, multilingual=args.multilingual, routing=args.routing)
         status = 0
     except ExportError as e:
         report, status = e.report, 1
@@ -163,6 +171,11 @@ def format_report(r: dict[str, Any]) -> str:
             u = m["usability"]
             out.append(f"  {p} {g}: NNAPI: {ops(u['NNAPI']['fallback_ops'])} | "
                        f"CoreML: {ops(u['CoreML_MLProgram']['fallback_ops'])}")
+    if r.get("multilingual"):
+        m = r["multilingual"]
+        out.append("multilingual encoder: fp32 vs PyTorch max abs diff " + f"{m['fp32']['max_abs_diff']:.1e}"
+                   + (f", int8 vs fp32 cos min {m['int8']['cos_min']:.4f}" if "int8" in m else "")
+                   + ", sizes " + ", ".join(f"{v} {x:.1f} MB" for v, x in m["sizes_mb"].items()))
     for v, gs in r.get("coreml", {}).items():
         out.append(f"coreml {v}: " + ", ".join(f"{g} {c['size_mb']} MB{'' if c['ok'] else ' FAIL ' + str(c['problems'])}"
                                                for g, c in gs.items()))

@@ -83,6 +83,10 @@ def _db_args(p: argparse.ArgumentParser, model: bool) -> None:
         p.add_argument("--precision", choices=["fp32", "int8"], default=None,
                        help="graph precision: int8 halves text/cross-encoder latency on CPU (default fp32 if the bundle has it, "
                             "else int8: the packaged default bundle is int8)")
+        p.add_argument("--routing", choices=["auto", "always", "never"], default=None,
+                       help="a bundle with a multilingual query encoder: auto sends English-looking queries to the "
+                            "English encoder and the rest to the multilingual one; always / never force one "
+                            "(default: the bundle's choice)")
 
 
 def _result_args(p: argparse.ArgumentParser) -> None:
@@ -106,7 +110,8 @@ def _date(s: str) -> str:
 
 
 # ---- opening the library -------------------------------------------------------------------------
-def load_bundle(path: Path, provider: str | None, threads: int | None, precision: str | None = None) -> EncoderBundle:
+def load_bundle(path: Path, provider: str | None, threads: int | None, precision: str | None = None,
+                routing: str | None = None) -> EncoderBundle:
     """Load a bundle folder (torch-free); errors become one-line user errors."""
     if not (path / "manifest.json").is_file():
         raise UserError(f"not a model bundle (no manifest.json): {path}")
@@ -115,7 +120,7 @@ def load_bundle(path: Path, provider: str | None, threads: int | None, precision
 
     try:
         return Bundle.load(path, precision=precision, providers=provider,  # type: ignore[arg-type]
-                           threads=threads)
+                           threads=threads, routing=routing)  # type: ignore[arg-type]
     except ProviderError:
         raise
     except (OSError, ValueError) as e:
@@ -142,7 +147,8 @@ def _open(args: argparse.Namespace, model: bool, create: bool = False, store: st
     db = _db_path(args)
     if not create and not db.exists():
         raise UserError(f"no index at {db} (run 'edge-xmr index PATH' first, or pass --db)")
-    bundle = load_bundle(_bundle_path(args), args.provider, args.threads, args.precision) if model else None
+    bundle = (load_bundle(_bundle_path(args), args.provider, args.threads, args.precision, args.routing)
+              if model else None)
     with Library.open(db, bundle, load_model=model, store=store, create=create) as lib:
         yield lib
 

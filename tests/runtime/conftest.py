@@ -28,7 +28,8 @@ def fake_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ``tmp_path`` (child processes inherit them); returns the bundle folder."""
     from edge_xmr.cli import runtime as cli_runtime
 
-    monkeypatch.setattr(cli_runtime, "load_bundle", lambda path, provider, threads, precision=None: FakeBundle())
+    monkeypatch.setattr(cli_runtime, "load_bundle",
+                        lambda path, provider, threads, precision=None, routing=None: FakeBundle())
     bundle_dir = tmp_path / "bundle"
     bundle_dir.mkdir()
     (bundle_dir / "manifest.json").write_text("{}")

@@ -16,7 +16,7 @@ from runtime_fakes import FakeBundle  # noqa: E402
 from edge_xmr.cli import main  # noqa: E402
 from edge_xmr.cli import runtime as cli_runtime  # noqa: E402
 
-cli_runtime.load_bundle = lambda path, provider, threads, precision="fp32": FakeBundle()  # type: ignore[assignment]
+cli_runtime.load_bundle = lambda path, provider, threads, precision="fp32", routing=None: FakeBundle()  # type: ignore[assignment]
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

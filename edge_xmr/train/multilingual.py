@@ -1,0 +1,168 @@
+"""Distil the multilingual query encoder (``edge_xmr.model.multilingual``) onto a model's text encoder.
+
+The teacher's embeddings of the English training captions are computed once and cached; so is the
+student's frozen part (the USE base up to its pooled token sum), so an epoch trains only the DNN and
+the head on cached vectors. Loss per batch: 1 - cos(student, teacher) plus an in-batch InfoNCE of the
+student's embedding against the teacher's (the student must rank its own caption's teacher embedding
+first, which is what retrieval needs). The epoch loop is ``edge_xmr.train.loop.run_stage``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model.multilingual import MultilingualStudent, save_student
+from .loop import Stage, run_stage
+
+
+@dataclass(frozen=True)
+class DistilConfig:
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 1e-3  # head
+    lr_base: float = 2e-4  # the base's DNN (pretrained: moved gently)
+    weight_decay: float = 1e-4
+    temperature: float = 0.05  # of the in-batch InfoNCE
+    contrastive: float = 1.0  # weight of the InfoNCE next to the cosine loss
+    seed: int = 0
+    ckpt_every: int = 10_000
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
+
+
+def cached(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()`` once, kept in ``path`` (.npy)."""
+    if path.is_file():
+        return np.load(path)
+    arr = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+    return arr
+
+
+def teacher_embeddings(teacher: Any, captions: Sequence[str], cache: Path, tag: str) -> np.ndarray:
+    """(N, D) the teacher's text embeddings of ``captions`` (cached under ``cache``)."""
+    key = _digest(tag, len(captions), captions[0] if captions else "", captions[-1] if captions else "")
+    return cached(cache / f"teacher_{key}.npy", lambda: np.asarray(teacher.embed_texts(list(captions)), np.float32))
+
+
+@torch.no_grad()
+def pooled_features(student: MultilingualStudent, captions: Sequence[str], cache: Path,
+                    batch_size: int = 256) -> np.ndarray:
+    """(N, F + 1): the student's frozen part per caption, [token-feature sum, token count] (cached)."""
+    def compute() -> np.ndarray:
+        out = []
+        for i in range(0, len(captions), batch_size):
+            ids, mask = student.tokenizer.encode(list(captions[i:i + batch_size]), student.cfg.max_text_len)
+            s, n = student.base.pooled(torch.from_numpy(ids), torch.from_numpy(mask))
+            out.append(torch.cat([s, n], 1).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    c = student.cfg
+    key = _digest(c.base, c.vocab_size, c.keep, c.max_text_len, len(captions), captions[0], captions[-1])
+    return cached(cache / f"pooled_{key}.npy", compute)
+
+
+class Distiller:
+    """One distillation run; ``epoch`` / ``step`` / ``save_checkpoint`` for ``run_stage``."""
+
+    def __init__(self, student: MultilingualStudent, pooled: np.ndarray, target: np.ndarray, out: Path,
+                 cfg: DistilConfig, dev: tuple[np.ndarray, np.ndarray] | None = None,
+                 log: Callable[[str], None] = lambda s: None, progress: bool = False):
+        self.student, self.cfg, self.out, self.log, self.progress = student, cfg, out, log, progress
+        self.x, self.y = torch.from_numpy(pooled), torch.from_numpy(target)
+        self.dev = None if dev is None else (torch.from_numpy(dev[0]), torch.from_numpy(dev[1]))
+        student.set_trainable()
+        head = [p for k, p in student.named_parameters() if p.requires_grad and k.startswith("head.")]
+        base = [p for k, p in student.named_parameters() if p.requires_grad and not k.startswith("head.")]
+        self.opt = torch.optim.AdamW([{"params": head, "lr": cfg.lr}, {"params": base, "lr": cfg.lr_base}],
+                                     weight_decay=cfg.weight_decay)
+        self.base_lrs = [cfg.lr, cfg.lr_base]
+        self.steps_per_epoch = max(1, len(self.x) // cfg.batch_size)
+        self.total = self.steps_per_epoch * cfg.epochs
+        self.epoch = self.step = 0
+        self.history: list[dict[str, Any]] = []
+
+    def save_checkpoint(self) -> None:  # a run takes minutes: nothing to resume
+        return None
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        e = self.student.from_pooled(x[:, :-1], x[:, -1:])  # (B, D)
+        cos = (e * y).sum(-1)
+        logits = e @ y.T / self.cfg.temperature  # (B, B)
+        nce = F.cross_entropy(logits, torch.arange(len(e)))
+        total = (1.0 - cos).mean() + self.cfg.contrastive * nce
+        return total, {"cos": float(cos.detach().mean()), "nce": float(nce.detach())}
+
+    def train_step(self, idx: np.ndarray) -> dict[str, float]:
+        frac = self.step / max(1, self.total)
+        for g, lr in zip(self.opt.param_groups, self.base_lrs):
+            g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * frac))  # cosine decay
+        t = torch.from_numpy(idx)
+        loss, stats = self.loss(self.x[t], self.y[t])
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return stats
+
+    @torch.no_grad()
+    def dev_stats(self) -> dict[str, float]:
+        """Mean cosine with the teacher on held-out captions, and how often the student's embedding is
+        closest to its own caption's teacher embedding among them (R@1, percent)."""
+        if self.dev is None:
+            return {}
+        e = self.student.from_pooled(self.dev[0][:, :-1], self.dev[0][:, -1:])
+        y = self.dev[1]
+        r1 = (e @ y.T).argmax(1) == torch.arange(len(e))
+        return {"dev_cos": float((e * y).sum(-1).mean()), "dev_match_R@1": float(100 * r1.float().mean())}
+
+    def fit(self) -> dict[str, Any]:
+        torch.manual_seed(self.cfg.seed)
+        self.student.train()
+        t0 = time.time()
+
+        def end_epoch() -> None:
+            rec = {"epoch": self.epoch, "minutes": round((time.time() - t0) / 60, 2), **self.dev_stats()}
+            self.history.append(rec)
+            self.log(json.dumps(rec))
+
+        run_stage(self, Stage("distil-multilingual epoch", 0, self.cfg.epochs, self.steps_per_epoch, 0,
+                              self.cfg.batch_size), len(self.x), self.cfg.seed, lambda s, b: self.train_step(b),
+                  lambda: None, end_epoch, self.progress, self.cfg.ckpt_every)
+        self.student.eval()
+        save_student(self.student, self.out)
+        (self.out / "distil_log.json").write_text(json.dumps(
+            {"config": asdict(self.cfg), "student": {**asdict(self.student.cfg), "keep": len(self.student.cfg.keep)},
+             "history": self.history}, indent=2) + "\n")
+        return {"history": self.history}
+
+
+def distil(teacher: Any, student: MultilingualStudent, captions: Sequence[str], out: str | Path, cache: str | Path,
+           cfg: DistilConfig = DistilConfig(), dev_captions: Sequence[str] = (), teacher_tag: str = "",
+           log: Callable[[str], None] = lambda s: None, progress: bool = False) -> dict[str, Any]:
+    """Train ``student`` onto ``teacher``'s embeddings of ``captions`` (both cached under ``cache``) and
+    save it to ``out``; ``dev_captions`` give the per-epoch check."""
+    cache = Path(cache)
+    tag = teacher_tag or getattr(getattr(teacher, "cfg", None), "name", "teacher")
+    x = pooled_features(student, captions, cache)
+    y = teacher_embeddings(teacher, captions, cache, tag)
+    dev = None
+    if dev_captions:
+        dev = (pooled_features(student, dev_captions, cache), teacher_embeddings(teacher, dev_captions, cache, tag))
+    student.cfg = type(student.cfg)(**{**asdict(student.cfg), "teacher": tag})
+    student.base.cfg = student.cfg
+    return Distiller(student, x, y, Path(out), cfg, dev, log, progress).fit()
