@@ -423,14 +423,20 @@ class Bundle:
             t_tok = sc.unit(h @ data["li_weight"].T + data["li_bias"])
             out["late_interaction"] = sc.late_interaction(t_tok, tokens) if n else np.zeros(0, np.float32)
         if "photo_hubness" in terms:
-            out["photo_hubness"] = sc.hubness(embeds, data["text_bank"], cfg.hubness_temperature,
-                                              cfg.photo_hubness_floor)
+            out["photo_hubness"] = self.photo_prior(embeds)
         if "text_hubness" in terms:
             t = sc.hubness(t_emb[None], data["image_bank"], cfg.hubness_temperature, cfg.text_hubness_floor)
             out["text_hubness"] = np.full(n, t[0], np.float32)
         if "joint" in terms:
             out["joint"] = self._joint(query, tokens, embeds)
         return out
+
+    def photo_prior(self, embeds: npt.NDArray[Any]) -> FloatArray:
+        """The per-photo hubness prior hub(e) (N,) of stored embeddings (N, D): the score's
+        ``photo_hubness`` term, which the first stage also uses (``ScoreConfig.first_stage_prior``)."""
+        cfg = self.score_config
+        return sc.hubness(self._float(embeds, "embedding"), self._score_data["text_bank"], cfg.hubness_temperature,
+                          cfg.photo_hubness_floor)
 
     def _joint(self, query: EncodedText, tokens: FloatArray, embeds: FloatArray) -> FloatArray:
         """The joint pass's term (N,): the cross_encoder graph, in chunks of its largest n."""

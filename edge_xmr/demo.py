@@ -288,7 +288,7 @@ class TimedSearch:
 def timed_search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: DateLike = None,
                  before: DateLike = None, folder: str | os.PathLike[str] | None = None) -> TimedSearch:
     """``Library.search`` stage by stage (same results, same order) with the time of each stage."""
-    from .search import clean_query
+    from .search import clean_query, first_stage
 
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -305,7 +305,7 @@ def timed_search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: 
         return TimedSearch([], StageTimes(0.0, 0.0, 0.0, _ms(t0), 0))
     query = bundle.encode_query(text)  # one text pass: its embedding retrieves, its states rerank
     t1 = time.perf_counter()
-    cands = store.candidates(np.asarray(query.embedding, np.float32), max(k, rerank), filters)
+    cands = first_stage(store, bundle, np.asarray(query.embedding, np.float32), max(k, rerank), filters)
     t2 = time.perf_counter()
     n = min(rerank, len(cands.ids))
     cross = np.zeros((0,), np.float32)

@@ -32,7 +32,8 @@ from .index.filters import DateLike
 from .index.library import EncoderBundle, LibraryInfo, PhotoStore, Stats
 from .index.stores import DEFAULT_STORE, StoreKind
 from .indexer import IndexOptions, IndexReport, Progress, index_files, index_folder
-from .search import Hit, TextHit, rank_texts, search, similar
+from .score import Normalization
+from .search import Hit, LabelHit, TextHit, classify, rank_texts, search, similar
 
 BundleLike = EncoderBundle | str | os.PathLike[str]  # a loaded bundle, or a bundle folder
 
@@ -168,6 +169,13 @@ class Library:
             return rank_texts(self._store, self._bundle, photo, texts)
 
     # ---- reading it ----------------------------------------------------------------------------
+    def classify(self, labels: Sequence[str], photos: Sequence[str | os.PathLike[str] | int] | None = None,
+                 normalize: Normalization = "center") -> list[LabelHit]:
+        """Zero-shot labels: each photo's best label, every label's cosines normalised over the library
+        first (``edge_xmr.search.classify``; ``center``, ``zscore`` or ``none``)."""
+        with self._lock:
+            return classify(self._store, self._bundle, labels, photos=photos, normalize=normalize)
+
     def stats(self, max_skipped: int = 100) -> Stats:
         """Counts, skipped files with reasons, model, store type and size on disk."""
         with self._lock:

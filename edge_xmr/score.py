@@ -15,6 +15,11 @@ For a text t and a photo (embedding e, image tokens v)::
   only: a per-photo prior. ``hub(t)`` likewise against a bank of training photos (constant for one
   text query, it reorders image -> text only).
 
+The first stage (the KNN before the rerank) may use the photo prior too: it ranks its over-fetched
+candidates by ``cosine · cos(t, e) − first_stage_prior · hub(e)`` (:func:`first_stage_key`) before the
+top-k cut. :class:`LibraryMoments` holds the statistics of a user's own library that make one text's
+cosines comparable with another's (zero-shot labels: ``Library.classify``).
+
 Both the PyTorch model (``edge_xmr.model.joint``) and the runtime bundle (``edge_xmr.bundle``) return
 the terms by name and call :func:`combine`; the weights live in the model's ``config.json`` and the
 bundle's manifest, not in the weights file.
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +41,8 @@ PENALTIES = frozenset({"photo_hubness", "text_hubness"})  # terms subtracted fro
 NO_FLOOR = -1.0e4  # a floor below every statistic: none
 
 FloatArray = npt.NDArray[np.float32]
+Normalization = Literal["none", "center", "zscore"]  # how LibraryMoments.normalized compares queries
+NORMALIZATIONS: tuple[Normalization, ...] = ("none", "center", "zscore")
 A = TypeVar("A")  # numpy arrays or torch tensors: combine uses operators only
 
 
@@ -54,6 +61,8 @@ class ScoreConfig:
     photo_hubness_floor: float = NO_FLOOR  # f_e: hub(e) is clamped from below here (a low percentile of the
     #                                        calibration photos': a photo unlike every bank caption gets no bonus)
     text_hubness_floor: float = NO_FLOOR  # f_t: hub(t) is clamped from below here (likewise for texts)
+    first_stage_prior: float = 0.0  # weight of hub(e) subtracted in the FIRST stage, before the top-k cut
+    #                                 (``first_stage_key``; 0: the first stage ranks by cosine alone)
 
     @property
     def uses_joint(self) -> bool:
@@ -124,3 +133,77 @@ def hubness(x: npt.NDArray[Any], bank: npt.NDArray[Any], temperature: float, flo
     top = z.max(-1, keepdims=True)
     lse = top[:, 0] + np.log(np.exp(z - top).sum(-1))
     return np.maximum(lse, floor).astype(np.float32)
+
+
+# ---- the first stage: the per-photo prior before the top-k cut -----------------------------------
+def first_stage_key(cosine: npt.NDArray[Any], prior: npt.NDArray[Any], cfg: ScoreConfig) -> FloatArray:
+    """What the first stage ranks by: ``cosine · cos(t, e) − first_stage_prior · hub(e)`` (the photo
+    hubness prior of the rerank score, applied before the top-k cut; weight 0: the cosine alone)."""
+    key = cfg.cosine * np.asarray(cosine, np.float32)
+    if cfg.first_stage_prior:
+        key = key - cfg.first_stage_prior * np.asarray(prior, np.float32)
+    return key.astype(np.float32)
+
+
+# ---- library statistics: the moments of the photos' embeddings -----------------------------------
+@dataclass(frozen=True)
+class LibraryMoments:
+    """The first two moments of a library's photo embeddings, kept as sums so that adding or removing
+    a photo is exact and O(D²): ``count``, ``total = Σ e`` (D,) and ``outer = Σ e eᵀ`` (D, D), float64.
+
+    For a text embedding q, the mean and variance of its cosine q·e over the library's photos are
+    ``q·μ`` and ``qᵀ Σ q`` (μ = total / n, Σ = outer / n − μ μᵀ): one caption's scores can be
+    centred or z-scored over the user's own photos without touching them (:meth:`normalized`)."""
+
+    count: int
+    total: npt.NDArray[np.float64]
+    outer: npt.NDArray[np.float64]
+
+    @staticmethod
+    def empty(dim: int) -> LibraryMoments:
+        return LibraryMoments(0, np.zeros(dim, np.float64), np.zeros((dim, dim), np.float64))
+
+    @staticmethod
+    def of(embeds: npt.NDArray[Any]) -> LibraryMoments:
+        """The moments of the photos ``embeds`` (n, D), computed from scratch."""
+        e = np.asarray(embeds, np.float64)
+        return LibraryMoments(len(e), e.sum(0), e.T @ e)
+
+    def add(self, embeds: npt.NDArray[Any], sign: int = 1) -> LibraryMoments:
+        """These moments with the photos ``embeds`` (n, D) added (``sign`` −1: removed)."""
+        d = LibraryMoments.of(embeds)
+        return LibraryMoments(self.count + sign * d.count, self.total + sign * d.total, self.outer + sign * d.outer)
+
+    def remove(self, embeds: npt.NDArray[Any]) -> LibraryMoments:
+        return self.add(embeds, -1)
+
+    @property
+    def mean(self) -> npt.NDArray[np.float64]:
+        """μ (D,): the mean photo embedding (zeros for an empty library)."""
+        return self.total / max(self.count, 1)
+
+    def query_stats(self, queries: npt.NDArray[Any]) -> tuple[FloatArray, FloatArray]:
+        """(mean, std) over the library's photos of each query's cosine, queries (Q, D) -> two (Q,)."""
+        q = np.asarray(queries, np.float64).reshape(-1, len(self.total))
+        mu = self.mean
+        mean = q @ mu
+        second = np.einsum("qd,de,qe->q", q, self.outer, q) / max(self.count, 1)
+        var = np.maximum(second - mean**2, 0.0)
+        return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+    def normalized(self, queries: npt.NDArray[Any], embeds: npt.NDArray[Any], how: Normalization = "center",
+                   min_std: float = 1e-3) -> FloatArray:
+        """(Q, N): each query's cosine with each photo, made comparable across queries by the library:
+        ``none`` the cosine; ``center`` minus the query's mean over the library (q·μ); ``zscore`` also
+        over its std there (√(qᵀΣq), floored at ``min_std``: a library of one photo, identical photos)."""
+        if how not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {how!r}: choose one of {', '.join(NORMALIZATIONS)}")
+        q = np.asarray(queries, np.float32).reshape(-1, len(self.total))
+        cos = q @ np.asarray(embeds, np.float32).T
+        if how == "none":
+            return cos.astype(np.float32)
+        mean, std = self.query_stats(q)
+        out = cos - mean[:, None]
+        if how == "zscore":
+            out = out / np.maximum(std, min_std)[:, None]
+        return out.astype(np.float32)

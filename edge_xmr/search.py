@@ -22,12 +22,15 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import EdgeXmrError
-from .index.filters import DateLike, make_filters
+from .index.filters import DateLike, Filters, make_filters
 from .index.library import ASSET_PREFIX, Candidates, EncoderBundle, LibraryError, PhotoStore, require_model
 from .index.stores import dequantize, normalize, quantize
+from .score import NORMALIZATIONS, Normalization, first_stage_key
 
 FloatArray = npt.NDArray[np.float32]
 
+PRIOR_OVERFETCH = 2  # first-stage candidates fetched per kept one when the prior reorders them
+#                      (bench/first_stage_prior.py: as good as ranking every photo by the prior)
 MAX_QUERY_CHARS = 2000  # longer queries are cut before tokenising (the model sees at most ~32 tokens)
 
 
@@ -96,10 +99,23 @@ def search(lib: PhotoStore, model: EncoderBundle | None, text: str, k: int = 10,
         return []
     query = bundle.encode_query(text)  # one text pass: its embedding retrieves, its states rerank
     with lib.snapshot():  # a writer replacing photos meanwhile (re-indexing) cannot pull rows from under us
-        cands = lib.candidates(np.asarray(query.embedding, np.float32), max(k, rerank), filters)
+        cands = first_stage(lib, bundle, np.asarray(query.embedding, np.float32), max(k, rerank), filters)
         cross = _cross_scores(lib, bundle, query, cands, rerank)
         order = list(np.argsort(-cross, kind="stable")) + list(range(len(cross), len(cands.ids)))
         return _hits(lib, cands, cross, order[:k])
+
+
+def first_stage(lib: PhotoStore, bundle: EncoderBundle, query: FloatArray, n: int, filters: Filters) -> Candidates:
+    """The ``n`` candidates the rerank sees: the KNN's best by cosine, or, when the score has a first-stage
+    prior (``ScoreConfig.first_stage_prior``), the cosine's best ``PRIOR_OVERFETCH · n`` reordered by
+    ``score.first_stage_key`` (cosine minus the per-photo hubness prior) and cut to ``n``."""
+    cfg = bundle.score_config
+    if not cfg.first_stage_prior:
+        return lib.candidates(query, n, filters)
+    c = lib.candidates(query, PRIOR_OVERFETCH * n, filters)
+    key = first_stage_key(c.scores, bundle.photo_prior(c.embeds), cfg)
+    order = np.argsort(-key, kind="stable")[:n]
+    return Candidates(c.ids[order], c.embeds[order], c.scores[order])
 
 
 def _cross_scores(lib: PhotoStore, bundle: EncoderBundle, query: Any, cands: Candidates, rerank: int) -> FloatArray:
@@ -150,6 +166,52 @@ def rank_texts(lib: PhotoStore, model: EncoderBundle | None, photo: str | os.Pat
     cross = [float(np.asarray(bundle.score_encoded(q, tok[None], emb[None])).reshape(-1)[0]) for q in queries]
     order = np.argsort(-np.asarray(cross), kind="stable")
     return [TextHit(text=texts[i], bi_score=float(bi[i]), cross_score=cross[i], index=int(i)) for i in order]
+
+
+@dataclass(frozen=True)
+class LabelHit:
+    photo_id: int  # id in the index
+    path: str  # the photo file
+    label: str  # the best of the given labels for this photo
+    index: int  # its position in the given list
+    score: float  # its cosine with the photo, normalised over the library (``classify``)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def classify(lib: PhotoStore, model: EncoderBundle | None, labels: Sequence[str], photos: Sequence[str | os.PathLike[str] | int] | None = None,
+             normalize: Normalization = "center") -> list[LabelHit]:
+    """Zero-shot labelling: for each photo (every indexed photo, or ``photos``: indexed paths or ids),
+    the label whose text scores highest with it, each label's cosines first normalised over the whole
+    library (``score.LibraryMoments.normalized``: ``center`` subtracts the label's mean cosine over
+    the library's photos, so that a label close to every photo does not win for most; ``zscore``
+    also divides by its std; ``none`` compares raw cosines). In photo id order."""
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    texts = [clean_query(t) for t in labels]
+    if not texts:
+        raise ValueError("classify needs at least one label")
+    q = np.asarray(require_model(model).embed_texts(texts), np.float32)
+    out: list[LabelHit] = []
+    with lib.snapshot():
+        stats = lib.moments()
+        ids = lib.all_ids() if photos is None else [_known_id(lib, p) for p in photos]
+        for i in range(0, len(ids), 4096):
+            chunk = ids[i:i + 4096]
+            s = stats.normalized(q, lib.embeddings(chunk), normalize)  # (L, n)
+            best = s.argmax(0)
+            info = lib.photo_info(chunk)
+            out += [LabelHit(pid, info[pid].path, texts[b], int(b), float(s[b, j]))
+                    for j, (pid, b) in enumerate(zip(chunk, best))]
+    return out
+
+
+def _known_id(lib: PhotoStore, photo: str | os.PathLike[str] | int) -> int:
+    pid = photo if isinstance(photo, int) else lib.photo_id(photo)
+    if pid is None or not lib.photo_info([pid]):
+        raise LibraryError(f"not an indexed photo: {photo}")
+    return int(pid)
 
 
 def photo_vectors(lib: PhotoStore, model: EncoderBundle | None, photo: str | os.PathLike[str] | int) -> tuple[int, FloatArray, FloatArray]:

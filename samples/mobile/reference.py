@@ -122,20 +122,24 @@ class Model:
             v = tokens / np.linalg.norm(tokens, axis=2, keepdims=True)
             score += w["late_interaction"] * np.einsum("ld,ntd->nlt", q, v).max(-1).mean(-1)
 
-        def hub(x: np.ndarray, bank: np.ndarray, floor: float) -> np.ndarray:
-            if not len(bank):
-                return np.zeros(len(x), np.float32)
-            z = w["hubness_temperature"] * (x @ bank.T)
-            top = z.max(-1)
-            return np.maximum(top + np.log(np.exp(z - top[:, None]).sum(-1)), floor)
-
-        score -= w["photo_hubness"] * hub(embeds, a["text_bank"], w["photo_hubness_floor"])
-        score -= w["text_hubness"] * hub(t[None], a["image_bank"], w["text_hubness_floor"])[0]
+        score -= w["photo_hubness"] * self.photo_prior(embeds)
+        score -= w["text_hubness"] * self._hub(t[None], a["image_bank"], w["text_hubness_floor"])[0]
         if w["joint"]:
             score += w["joint"] * np.concatenate([self.sessions["cross_encoder"].run(["joint"], {
                 **query, "image_tokens": tokens[i:i + self.max_n], "image_embeds": embeds[i:i + self.max_n]})[0]
                 for i in range(0, len(tokens), self.max_n)])
         return score.astype(np.float32)
+
+    def photo_prior(self, embeds: np.ndarray) -> np.ndarray:
+        """hub(e) (n,): the per-photo prior, in the rerank score and (first_stage_prior) before the cut."""
+        return self._hub(embeds.astype(np.float32), self.arrays["text_bank"], self.w["photo_hubness_floor"])
+
+    def _hub(self, x: np.ndarray, bank: np.ndarray, floor: float) -> np.ndarray:
+        if not len(bank):
+            return np.zeros(len(x), np.float32)
+        z = self.w["hubness_temperature"] * (x @ bank.T)
+        top = z.max(-1)
+        return np.maximum(top + np.log(np.exp(z - top[:, None]).sum(-1)), floor)
 
 
 # ---- the index file ------------------------------------------------------------------------------------
@@ -223,6 +227,18 @@ class Result:
     cross_score: float | None  # cross-encoder score (None: not reranked)
 
 
+def first_stage(model: Model, conn: Any, meta: IndexMeta, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rerank's candidates: the KNN's n best, or with ``first_stage_prior`` its 2n best reordered by
+    cosine·cos − first_stage_prior·hub(e) and cut to n (edge_xmr.search.first_stage)."""
+    beta = float(model.w.get("first_stage_prior", 0.0))
+    if not beta:
+        return knn(conn, meta, q, n)
+    ids, embeds, bi = knn(conn, meta, q, 2 * n)
+    key = (model.w["cosine"] * bi - beta * model.photo_prior(embeds)).astype(np.float32)
+    order = np.argsort(-key, kind="stable")[:n]
+    return ids[order], embeds[order], bi[order]
+
+
 def knn(conn: Any, meta: IndexMeta, q: np.ndarray, n: int, after: int | None = None,
         before: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """3 + 4. KNN in SQL (filters run inside vec0), then exact rescoring -> (ids, embeds, cosines), best first."""
@@ -269,7 +285,7 @@ def search(model: Model, conn: Any, text: str, k: int = 10, rerank: int = 20) ->
     if not same_vectors(meta, model.manifest):
         raise SystemExit("this index was built with another model: its embeddings mean nothing to this bundle")
     query = model.encode_text(text)
-    ids, embeds, bi = knn(conn, meta, query["text_embeds"][0], max(k, rerank))
+    ids, embeds, bi = first_stage(model, conn, meta, query["text_embeds"][0], max(k, rerank))
     n = min(rerank, len(ids))
     cross = model.cross_scores(query, image_tokens(conn, meta, ids[:n]), embeds[:n]) if n else np.zeros(0, np.float32)
     order = [int(i) for i in np.argsort(-cross, kind="stable")] + list(range(n, len(ids)))

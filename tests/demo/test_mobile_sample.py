@@ -44,12 +44,17 @@ def index(request, provisioned, tmp_path_factory):
 QUERIES = ["a dog on the beach", "two children playing in the snow", "red", "ünïcödé 🐈 and a very long query " * 5]
 
 
-def test_text_search_matches_the_runtime(ref, provisioned, index):
+@pytest.mark.parametrize("prior", [0.0, 3.0])
+def test_text_search_matches_the_runtime(ref, provisioned, index, prior):
+    from dataclasses import replace
+
     from edge_xmr import Library
 
     db, _ = index
     model, conn = ref.Model(provisioned), ref.connect(db)
     with Library.open(db, provisioned, create=False) as lib:
+        lib.bundle.score_config = replace(lib.bundle.score_config, first_stage_prior=prior)  # the first stage too
+        model.w = {**model.w, "first_stage_prior": prior}
         for q in QUERIES:
             for k, rerank in ((5, 0), (3, 8), (12, 12)):
                 want = lib.search(q, k=k, rerank=rerank)

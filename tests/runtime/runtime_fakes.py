@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge_xmr.preprocess import to_pixels
+from edge_xmr.score import ScoreConfig
 
 
 
@@ -49,6 +50,8 @@ class FakeBundle:
         self.delay = delay  # seconds slept per encode_images call (to make indexing slow in tests)
         self.image_calls = 0  # images embedded so far
         self.path = Path("/nonexistent/fake-bundle")
+        self.score_config = ScoreConfig()  # the first stage by cosine alone unless a test sets a prior
+        self.prior_direction = rng.standard_normal(dim).astype(np.float32)  # photo_prior: a made-up hub(e)
 
     @property
     def model_id(self) -> str:
@@ -81,6 +84,9 @@ class FakeBundle:
 
     def score_encoded(self, query: FakeQuery, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
         return self.score_candidates(query.text, tokens, embeds)
+
+    def photo_prior(self, embeds: np.ndarray) -> np.ndarray:
+        return (np.asarray(embeds, np.float32) @ self.prior_direction).astype(np.float32)
 
     def score_candidates(self, text: str, tokens: np.ndarray, embeds: np.ndarray) -> np.ndarray:
         assert len(tokens) >= 1, "the cross-encoder is never called with no candidates"

@@ -16,7 +16,7 @@ from edge_xmr import discovery
 
 # what users call; everything else lives in the store (``lib.store``) or below
 PUBLIC = {"open", "path", "info", "bundle", "store", "close", "index", "add", "remove", "search", "search_many",
-          "similar", "rank_texts", "stats", "count", "photo_id", "sync_assets", "remove_assets"}
+          "similar", "rank_texts", "classify", "stats", "count", "photo_id", "sync_assets", "remove_assets"}
 
 
 def test_public_surface_is_the_verbs():

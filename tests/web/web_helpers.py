@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from edge_xmr.preprocess import to_pixels
+from edge_xmr.score import ScoreConfig
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
            "black": (10, 10, 10), "white": (245, 245, 245)}
@@ -42,6 +43,10 @@ class ColourBundle:
             "index_schema_version": 2,
         }
         self.path = Path("/nonexistent/colour-fake")
+        self.score_config = ScoreConfig()  # no first-stage prior: the KNN's cosine order
+
+    def photo_prior(self, embeds: np.ndarray) -> np.ndarray:
+        return np.zeros(len(embeds), np.float32)
 
     @property
     def model_id(self) -> str:
