@@ -8,7 +8,9 @@
 2. The rest is read by worker threads: sha256 of the bytes, header (size, EXIF orientation and
    capture time), and, unless the content is already indexed, a reduced-size decode (JPEG draft
    mode; 12 MP photos decode at 1/4 or 1/8 size) oriented and resized to the model's input.
-3. The main thread embeds decoded photos in batches and commits each batch in one transaction:
+3. The main thread runs decoded photos through the image encoder a few at a time
+   (``IndexOptions.encoder_batch``; each decoded image is dropped once encoded) and commits
+   ``batch_size`` photos per transaction:
    new files are added; changed files re-embedded; files with an indexed content hash are moved
    (the old path is gone) or copied (it still exists) without re-embedding; same content with a
    new mtime is re-stamped; files that fail are recorded in ``skipped`` with the reason and its
@@ -20,7 +22,8 @@
 
 Every batch is one transaction: a run killed at any point (even ``kill -9``) resumes where it
 stopped, with no duplicate rows. Memory does not grow with library size (the scan lives in a
-temporary table; worker threads keep at most a few batches of decoded photos in flight).
+temporary table; at most ``IndexOptions.max_in_flight`` files are read and decoded ahead of the
+encoder), and the encoder's working memory is bounded by its small batches (bench/bench_index_memory.py).
 """
 
 from __future__ import annotations
@@ -59,8 +62,14 @@ MAX_REPORTED_ERRORS = 100  # scan errors listed by path in an IndexReport
 
 @dataclass(frozen=True)
 class IndexOptions:
-    batch_size: int = 32  # photos per encoder call and per committed transaction
+    batch_size: int = 32  # photos per committed transaction
     workers: int = 2  # threads that read, hash and decode files
+    encoder_batch: int = 4  # decoded photos per image-encoder call: the encoder's working memory grows
+    # with it (about 20 MB per photo with the default model at 224 px), its speed does not
+    # (bench/bench_index_memory.py: 16 per call peaked far above the 500 MB budget, 4 is as fast)
+    max_in_flight: int = 16  # files read and decoded ahead of the encoder (each waits as one decoded
+    # S x S image, ~150 kB at 224 px; a worker decoding a non-JPEG photo holds it at full size
+    # meanwhile); at least ``workers``
     follow_symlinks: bool = False  # descend into symlinked folders and index symlinked files
     include_hidden: bool = False  # also index files and folders whose name starts with "."
 
@@ -119,10 +128,11 @@ class _Entry:
 class _Prepared:
     entry: _Entry  # the file, with size/mtime as read
     record: PhotoRecord | None  # metadata and hash (None: the file failed)
-    image: Image.Image | None  # decoded S x S RGB image (None: content already indexed, or failed)
+    image: Image.Image | None  # decoded S x S RGB image (None: content already indexed, failed, or encoded)
     error: str | None  # why the file failed
     kind: str = SKIP_CONTENT  # when a failed file is tried again (``index.schema``)
     vanished: bool = False  # the file disappeared since the scan
+    vectors: tuple[Any, Any] | None = None  # (embedding (1, D), tokens (1, T, Dt)) once encoded
 
 
 @dataclass
@@ -338,8 +348,8 @@ class _Run:
 
     def __init__(self, lib: PhotoStore, model: EncoderBundle | None, options: IndexOptions,
                  progress: Callable[[Progress], None] | None):
-        if options.batch_size < 1 or options.workers < 1:
-            raise ValueError("batch_size and workers must be >= 1")
+        if min(options.batch_size, options.workers, options.encoder_batch, options.max_in_flight) < 1:
+            raise ValueError("batch_size, workers, encoder_batch and max_in_flight must be >= 1")
         self.lib = lib
         self.bundle = require_model(model)
         self.size = int(self.bundle.manifest["preprocessing"]["size"])
@@ -423,7 +433,7 @@ class _Run:
         """Worker results in scan order, with a bounded number in flight."""
         window: deque[Future[_Prepared]] = deque()
         todo = self._todo()
-        limit = 2 * self.options.batch_size + self.options.workers
+        limit = max(self.options.max_in_flight, self.options.workers)
         for entry in todo:
             window.append(pool.submit(_prepare, entry, self.size, self._known, self.heif))
             if len(window) >= limit:
@@ -435,23 +445,44 @@ class _Run:
         t0 = time.perf_counter()
         done = 0
         with ThreadPoolExecutor(self.options.workers, thread_name_prefix="edge-xmr-decode") as pool:
-            for batch in _batches(self._prepared(pool), self.options.batch_size):
+            for batch in _batches(self._encoded(self._prepared(pool)), self.options.batch_size):
                 self._apply(batch)
                 done += len(batch)
                 if self.progress is not None:
                     self.progress(Progress(done, total, self.counts["added"] + self.counts["updated"],
                                            self.counts["skipped"], time.perf_counter() - t0))
 
+    def _encoded(self, prepared: Iterator[_Prepared]) -> Iterator[_Prepared]:
+        """``prepared`` in order, decoded photos run through the image encoder ``encoder_batch`` at a
+        time (their images dropped once encoded)."""
+        group: list[_Prepared] = []
+        images = 0
+        for p in prepared:
+            group.append(p)
+            images += p.image is not None
+            if images >= self.options.encoder_batch:
+                yield from self._encode(group)
+                group, images = [], 0
+        yield from self._encode(group)
+
+    def _encode(self, group: list[_Prepared]) -> list[_Prepared]:
+        """``group`` with each decoded photo encoded: vectors set, image dropped."""
+        out, step = list(group), self.options.encoder_batch
+        todo = [i for i, p in enumerate(out) if p.image is not None]
+        for k in range(0, len(todo), step):
+            part = todo[k:k + step]
+            embeds, tokens = self.bundle.encode_images([out[i].image for i in part])
+            for j, i in enumerate(part):
+                out[i] = replace(out[i], image=None, vectors=(embeds[j:j + 1], tokens[j:j + 1]))
+        return out
+
     def _apply(self, batch: list[_Prepared]) -> None:
-        batch = self._fix_stale_copies(batch)
-        images = [p.image for p in batch if p.image is not None]
-        embeds, tokens = self.bundle.encode_images(images) if images else (None, None)
-        lib, j = self.lib, 0
+        batch = self._encode(self._fix_stale_copies(batch))
+        lib = self.lib
         with lib.transaction():
             for p in batch:
-                if p.image is not None:
-                    self._add(p, embeds[j:j + 1], tokens[j:j + 1])  # type: ignore[index]
-                    j += 1
+                if p.vectors is not None:
+                    self._add(p, *p.vectors)
                 elif p.vanished:  # open() said ENOENT: proven absent
                     self.counts["removed"] += lib.forget_key(p.entry.key)
                 elif p.record is None:
@@ -491,7 +522,7 @@ class _Run:
         """A worker saw the content as indexed, but that photo changed since: decode it after all."""
         out = []
         for p in batch:
-            if p.record is not None and p.image is None and not self._known_now(p.record.hash):
+            if p.record is not None and p.image is None and p.vectors is None and not self._known_now(p.record.hash):
                 try:
                     p = replace(p, image=_decode(p.entry.path, self.size))
                 except _GONE:
