@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import apsw
 from PIL import Image
@@ -63,13 +63,13 @@ MAX_REPORTED_ERRORS = 100  # scan errors listed by path in an IndexReport
 @dataclass(frozen=True)
 class IndexOptions:
     batch_size: int = 32  # photos per committed transaction
-    workers: int = 2  # threads that read, hash and decode files
+    workers: int = 2  # threads that read, hash and decode files (local pipeline; Ray: RayOptions.decoders)
     encoder_batch: int = 4  # decoded photos per image-encoder call: the encoder's working memory grows
-    # with it (about 20 MB per photo with the default model at 224 px), its speed does not
+    # with it (about 20-25 MB per photo with the default model's views), its speed does not
     # (bench/bench_index_memory.py: 16 per call peaked far above the 500 MB budget, 4 is as fast)
     max_in_flight: int = 16  # files read and decoded ahead of the encoder (each waits as one decoded
     # S x S image, ~150 kB at 224 px; a worker decoding a non-JPEG photo holds it at full size
-    # meanwhile); at least ``workers``
+    # meanwhile); at least ``workers``. The local pipeline's; on Ray, Ray Data's backpressure bounds it
     follow_symlinks: bool = False  # descend into symlinked folders and index symlinked files
     include_hidden: bool = False  # also index files and folders whose name starts with "."
 
@@ -167,22 +167,25 @@ def heif_available() -> bool:
 
 
 def index_folder(lib: PhotoStore, model: EncoderBundle | None, root: str | os.PathLike[str], progress: Callable[[Progress], None] | None = None,
-                 options: IndexOptions = IndexOptions()) -> IndexReport:
+                 options: IndexOptions = IndexOptions(), pipeline: Pipeline | None = None) -> IndexReport:
     """Bring the index up to date with a folder tree (or a single file). The folder is indexed
-    under its resolved path, whatever symlink leads to it."""
+    under its resolved path, whatever symlink leads to it. ``pipeline``: where files are read,
+    decoded and encoded (default: this process, ``local_pipeline``; ``edge_xmr.ray_index``: a Ray
+    cluster); scanning and writing are the same either way."""
     given = os.path.abspath(os.path.expanduser(root))
     root_s = resolve(given)
     if os.path.isfile(root_s):
-        return index_files(lib, model, [given], progress, options)
+        return index_files(lib, model, [given], progress, options, pipeline)
     if not os.path.isdir(root_s):
         raise LibraryError(f"not a folder: {root_s}")
     errors = _ScanErrors()
-    return _Run(lib, model, options, progress).run(_scan(root_s, options, errors), errors, root_s, {given: root_s})
+    return _Run(lib, model, options, progress, pipeline).run(_scan(root_s, options, errors), errors, root_s,
+                                                             {given: root_s})
 
 
 def index_files(lib: PhotoStore, model: EncoderBundle | None, paths: Sequence[str | os.PathLike[str]],
                 progress: Callable[[Progress], None] | None = None,
-                options: IndexOptions = IndexOptions()) -> IndexReport:
+                options: IndexOptions = IndexOptions(), pipeline: Pipeline | None = None) -> IndexReport:
     """Index the given files, each under its resolved path (no removal of anything else)."""
     entries, aliases = [], {}
     for p in paths:
@@ -196,7 +199,7 @@ def index_files(lib: PhotoStore, model: EncoderBundle | None, paths: Sequence[st
             raise LibraryError(f"not a file: {path_key(given)}")
         entries.append(_entry(real, st))
         aliases[given] = real
-    return _Run(lib, model, options, progress).run(iter(entries), _ScanErrors(), None, aliases)
+    return _Run(lib, model, options, progress, pipeline).run(iter(entries), _ScanErrors(), None, aliases)
 
 
 # ---- scanning -----------------------------------------------------------------------------------
@@ -342,12 +345,39 @@ def _reason(message: str, path: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
+def encode_group(bundle: EncoderBundle, group: list[_Prepared], step: int) -> list[_Prepared]:
+    """``group`` with each decoded photo run through the image encoder, ``step`` photos per call:
+    vectors set, image dropped (what the local pipeline and the Ray encoder actors both run)."""
+    out = list(group)
+    todo = [i for i, p in enumerate(out) if p.image is not None]
+    for k in range(0, len(todo), step):
+        part = todo[k:k + step]
+        embeds, tokens = bundle.encode_images([out[i].image for i in part])
+        for j, i in enumerate(part):
+            out[i] = replace(out[i], image=None, vectors=(embeds[j:j + 1], tokens[j:j + 1]))
+    return out
+
+
 # ---- one run -------------------------------------------------------------------------------------
+class Pipeline(Protocol):
+    """Turns the files that need work into prepared ones (hashed, header read, decoded unless the
+    content is indexed, encoded), in any order; the run writes them. ``local_pipeline`` is the
+    default; ``edge_xmr.ray_index.RayPipeline`` runs the same steps on a Ray cluster."""
+
+    def __call__(self, run: _Run, todo: Iterator[_Entry]) -> Iterator[_Prepared]: ...
+
+
+def local_pipeline(run: _Run, todo: Iterator[_Entry]) -> Iterator[_Prepared]:
+    """Worker threads read and decode (``workers``, ``max_in_flight`` ahead), this thread encodes."""
+    with ThreadPoolExecutor(run.options.workers, thread_name_prefix="edge-xmr-decode") as pool:
+        yield from run.encoded(run.prepared(pool, todo))
+
+
 class _Run:
     """State of one indexing run: counters, the worker pool and per-thread read connections."""
 
     def __init__(self, lib: PhotoStore, model: EncoderBundle | None, options: IndexOptions,
-                 progress: Callable[[Progress], None] | None):
+                 progress: Callable[[Progress], None] | None, pipeline: Pipeline | None = None):
         if min(options.batch_size, options.workers, options.encoder_batch, options.max_in_flight) < 1:
             raise ValueError("batch_size, workers, encoder_batch and max_in_flight must be >= 1")
         self.lib = lib
@@ -355,6 +385,7 @@ class _Run:
         self.size = int(self.bundle.manifest["preprocessing"]["size"])
         self.options = options
         self.progress = progress
+        self.pipeline: Pipeline = pipeline or local_pipeline
         self.heif = heif_available()
         self.counts: dict[str, int] = {k: 0 for k, f in IndexReport.__dataclass_fields__.items()
                                        if f.type in (int, "int")}
@@ -363,7 +394,8 @@ class _Run:
         self._lock = threading.Lock()
 
     # reads from worker threads use their own connections (WAL snapshots of committed batches)
-    def _known(self, digest: bytes) -> bool:
+    def known(self, digest: bytes) -> bool:
+        """Whether a photo with this content hash is indexed (committed batches; any thread)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.lib.path)
@@ -429,13 +461,12 @@ class _Run:
                 yield _Entry(str(key), int(size), int(mtime))
             last = int(rows[-1][0])
 
-    def _prepared(self, pool: ThreadPoolExecutor) -> Iterator[_Prepared]:
+    def prepared(self, pool: ThreadPoolExecutor, todo: Iterator[_Entry]) -> Iterator[_Prepared]:
         """Worker results in scan order, with a bounded number in flight."""
         window: deque[Future[_Prepared]] = deque()
-        todo = self._todo()
         limit = max(self.options.max_in_flight, self.options.workers)
         for entry in todo:
-            window.append(pool.submit(_prepare, entry, self.size, self._known, self.heif))
+            window.append(pool.submit(_prepare, entry, self.size, self.known, self.heif))
             if len(window) >= limit:
                 yield window.popleft().result()
         while window:
@@ -444,15 +475,14 @@ class _Run:
     def _process(self, total: int) -> None:
         t0 = time.perf_counter()
         done = 0
-        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="edge-xmr-decode") as pool:
-            for batch in _batches(self._encoded(self._prepared(pool)), self.options.batch_size):
-                self._apply(batch)
-                done += len(batch)
-                if self.progress is not None:
-                    self.progress(Progress(done, total, self.counts["added"] + self.counts["updated"],
-                                           self.counts["skipped"], time.perf_counter() - t0))
+        for batch in _batches(self.pipeline(self, self._todo()), self.options.batch_size):
+            self._apply(batch)
+            done += len(batch)
+            if self.progress is not None:
+                self.progress(Progress(done, total, self.counts["added"] + self.counts["updated"],
+                                       self.counts["skipped"], time.perf_counter() - t0))
 
-    def _encoded(self, prepared: Iterator[_Prepared]) -> Iterator[_Prepared]:
+    def encoded(self, prepared: Iterator[_Prepared]) -> Iterator[_Prepared]:
         """``prepared`` in order, decoded photos run through the image encoder ``encoder_batch`` at a
         time (their images dropped once encoded)."""
         group: list[_Prepared] = []
@@ -461,23 +491,12 @@ class _Run:
             group.append(p)
             images += p.image is not None
             if images >= self.options.encoder_batch:
-                yield from self._encode(group)
+                yield from encode_group(self.bundle, group, self.options.encoder_batch)
                 group, images = [], 0
-        yield from self._encode(group)
-
-    def _encode(self, group: list[_Prepared]) -> list[_Prepared]:
-        """``group`` with each decoded photo encoded: vectors set, image dropped."""
-        out, step = list(group), self.options.encoder_batch
-        todo = [i for i, p in enumerate(out) if p.image is not None]
-        for k in range(0, len(todo), step):
-            part = todo[k:k + step]
-            embeds, tokens = self.bundle.encode_images([out[i].image for i in part])
-            for j, i in enumerate(part):
-                out[i] = replace(out[i], image=None, vectors=(embeds[j:j + 1], tokens[j:j + 1]))
-        return out
+        yield from encode_group(self.bundle, group, self.options.encoder_batch)
 
     def _apply(self, batch: list[_Prepared]) -> None:
-        batch = self._encode(self._fix_stale_copies(batch))
+        batch = encode_group(self.bundle, self._fix_stale_copies(batch), self.options.encoder_batch)
         lib = self.lib
         with lib.transaction():
             for p in batch:
@@ -600,5 +619,5 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-__all__ = ["HEIF_EXTENSIONS", "IMAGE_EXTENSIONS", "IndexOptions", "IndexReport", "Progress", "default_workers",
-           "heif_available", "index_files", "index_folder"]
+__all__ = ["HEIF_EXTENSIONS", "IMAGE_EXTENSIONS", "IndexOptions", "IndexReport", "Pipeline", "Progress",
+           "default_workers", "encode_group", "heif_available", "index_files", "index_folder", "local_pipeline"]
