@@ -108,6 +108,17 @@ class _Encoder:
         return {"item": np.array([pickle.dumps(p) for p in encode_group(self.bundle, group, self.step)], dtype=object)}
 
 
+def actor_counts(o: RayOptions, cpus: float) -> tuple[int, int]:
+    """(encoder actors, decoder actors) that ``o`` asks for on a cluster of ``cpus`` CPUs."""
+    enc = o.encoders or max(1, int(cpus // (2 * o.encoder_threads)))
+    dec = o.decoders or max(1, int(cpus) - enc * o.encoder_threads)
+    if enc * o.encoder_threads + dec > cpus:  # Ray would wait for the missing CPUs forever
+        raise RayIndexError(f"the Ray cluster has {cpus:g} CPUs; {enc} encoders x {o.encoder_threads} threads + "
+                            f"{dec} decoders need {enc * o.encoder_threads + dec} (index without --ray, or "
+                            f"set RayOptions.encoders / decoders)")
+    return enc, dec
+
+
 class RayPipeline:
     """``indexer.Pipeline`` on a Ray cluster (see the module docstring)."""
 
@@ -131,14 +142,7 @@ class RayPipeline:
 
     def actors(self, cpus: float) -> tuple[int, int]:
         """(encoder actors, decoder actors) for a cluster of ``cpus`` CPUs."""
-        o = self.options
-        enc = o.encoders or max(1, int(cpus // (2 * o.encoder_threads)))
-        dec = o.decoders or max(1, int(cpus) - enc * o.encoder_threads)
-        if enc * o.encoder_threads + dec > cpus:  # Ray would wait for the missing CPUs forever
-            raise RayIndexError(f"the Ray cluster has {cpus:g} CPUs; {enc} encoders x {o.encoder_threads} threads + "
-                                f"{dec} decoders need {enc * o.encoder_threads + dec} (index without --ray, or "
-                                f"set RayOptions.encoders / decoders)")
-        return enc, dec
+        return actor_counts(self.options, cpus)
 
     def __call__(self, run: _Run, todo: Iterator[_Entry]) -> Iterator[_Prepared]:
         ray, o = self.ray, self.options
