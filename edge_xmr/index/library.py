@@ -28,7 +28,7 @@ from .filters import DateLike, Filters, folder_key, key_range, path_range, wall_
 from .partitions import DEFAULT_PARTITIONS, PartitionConfig, Partitions
 from .pathkeys import lookup_keys
 from ..score import LibraryMoments, ScoreConfig
-from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, Store, StoreKind, calibrate_scale, dequantize, quantize
+from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, MAX_K, Store, StoreKind, calibrate_scale, dequantize, quantize
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -425,23 +425,29 @@ class PhotoStore:
 
     def _probe(self, q: FloatArray, fetch: int, where: str, params: list[object], nlist: int,
                filtered: bool) -> list[int]:
-        """The ``fetch`` nearest photos by vec0 distance among the lists nearest to ``q``: one KNN
-        over ``nprobe`` lists (vec0 answers ``k`` rows per list; merged here); a filtered search
-        starts wider and doubles the lists while fewer than ``fetch`` photos pass its filters."""
+        """The ``fetch`` nearest photos by vec0 distance among the lists nearest to ``q``: one vec0
+        KNN over the ``nprobe`` nearest lists (vec0 answers up to ``k`` rows per list; SQLite merges
+        them). A filtered search starts wider and doubles the lists until the photos passing its
+        filters in the lists read reach ``filtered_match_share`` of what an unfiltered search reads
+        (so that a selective filter still sees enough of its photos), or every list is read."""
         cfg = self.partitions.cfg
         ranked = self.partitions.ranked(q)
         probe = cfg.nprobe(nlist)
+        target = 0
         if filtered:
+            target = math.ceil(cfg.filtered_match_share * probe * self.partitions.photos() / nlist)
             probe = min(nlist, math.ceil(probe * cfg.filtered_probe_factor))
         while True:
             lists = ",".join(str(int(i)) for i in ranked[:probe])
-            rows = self._conn.execute(f"SELECT rowid, distance FROM vectors WHERE {where} AND list IN ({lists})",
-                                      params).fetchall()
-            if len(rows) >= fetch or probe >= nlist:
+            # MATERIALIZED keeps SQLite from handing the LIMIT to vec0 (which refuses LIMIT with k)
+            sql = (f"WITH c AS MATERIALIZED (SELECT rowid, distance FROM vectors WHERE {where} AND list IN ({lists}))"
+                   " SELECT rowid, (SELECT count(*) FROM c) FROM c ORDER BY distance LIMIT ?")
+            rows = self._conn.execute(sql, [*params[:1], MAX_K if filtered else fetch, *params[2:], fetch]).fetchall()
+            matched = int(rows[0][1]) if rows else 0
+            if probe >= nlist or (len(rows) >= fetch and matched >= target):
                 break
             probe = min(nlist, 2 * probe)
-        rows.sort(key=lambda r: r[1])
-        return [int(r[0]) for r in rows[:fetch]]
+        return [int(r[0]) for r in rows]
 
     def retrain_partitions(self) -> int:
         """Re-cluster every photo into fresh lists (one transaction); returns the number of lists.

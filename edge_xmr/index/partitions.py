@@ -55,8 +55,9 @@ class PartitionConfig:
     split_at: int = 512  # a list with more photos than this is split in two (2-means over its members)
     nprobe_min: int = 8  # lists probed by a search at least (all of them when there are fewer)
     nprobe_sqrt: float = 1.0  # ... and at least ceil(nprobe_sqrt * sqrt(nlist)): sub-linear in the library
-    filtered_probe_factor: float = 2.0  # a filtered search probes this many times more lists first, and
-    #                                    doubles them while fewer than the wanted candidates pass the filters
+    filtered_probe_factor: float = 2.0  # a filtered search first probes this many times more lists ...
+    filtered_match_share: float = 0.25  # ... and doubles them until the photos passing its filters in the
+    #                                    lists read are this share of what an unfiltered search reads
     kmeans_iters: int = 12  # Lloyd iterations of the training k-means
     kmeans_sample: int = 64  # training sample: at most this many photos per list (the rest are assigned after)
     split_iters: int = 8  # Lloyd iterations of a split's 2-means
@@ -128,6 +129,10 @@ class Partitions:
         self._load()
         return self._ids[np.argsort(-(self._cent @ np.asarray(q, np.float32)), kind="stable")]
 
+    def photos(self) -> int:
+        """Photos in the lists (the sum of their sizes)."""
+        return int(self._conn.execute("SELECT total(size) FROM partitions").fetchone()[0])
+
     def sizes(self) -> dict[int, int]:
         return {int(i): int(s) for i, s in self._conn.execute("SELECT id, size FROM partitions")}
 
@@ -147,9 +152,10 @@ class Partitions:
                 return 0
             return self.retrain(embeddings)
         changed = self.drop_empty(bump=False)
-        for pid, in c.execute("SELECT id FROM partitions WHERE size > ?", (cfg.split_at,)).fetchall():
-            self._split(int(pid), embeddings)
-            changed += 1
+        while full := c.execute("SELECT id FROM partitions WHERE size > ?", (cfg.split_at,)).fetchall():
+            for pid, in full:  # halves of a list far past split_at may be full still: split again
+                self._split(int(pid), embeddings)
+                changed += 1
         if changed:
             self._bump()
         return int(changed)
