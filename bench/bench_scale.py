@@ -50,7 +50,7 @@ WORK = Path(os.environ.get("EDGE_XMR_SCALE_WORK", Path(tempfile.gettempdir()) / 
 OUT = REPO / "bench" / "results" / "scale.json"
 FIG = REPO / "bench" / "figures" / "scale_latency.png"
 FOLDER = "/home/someone/Pictures/2016"  # the folder filter of the filtered recall (one year of 10)
-AFTER = 1_500_000_000  # ... and the date filter (photos taken after mid-2017)
+AFTER = 1_467_331_200  # ... and the date filter: taken from 1 July 2016 (about 5% of the photos pass both)
 GEN_VERSION = 1  # bump when the synthetic generator or the DB layout changes (DB file names carry it)
 
 
@@ -192,6 +192,7 @@ def build(db: Path, old: Path, b: Any, emb: np.ndarray) -> dict[str, Any]:
         with PhotoStore.open(db, b) as lib:
             conn = connect(tmp)
             conn.execute(f"CREATE VIRTUAL TABLE vectors USING vec0({lib.store.column_sql}, taken integer, folder integer)")
+            conn.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")  # opens like an index
             ids = lib.all_ids()
             for i in range(0, len(ids), 4096):
                 chunk = ids[i:i + 4096]
@@ -315,16 +316,44 @@ def measure(label: str, emb: np.ndarray, b: Any, queries: list[str], qv: np.ndar
                 got = [set(s.candidates(q, 10, f).ids.tolist()) for q in qv]
                 recall[f"{name}, {fname}"] = round(float(np.mean([len(a & g) / 10 for a, g in zip(truth, got)])), 4)
         nlist = store.partitions.nlist
+        sweep = nprobe_sweep(db, b, emb, qv) if nlist else []
         row = {"data": label, "n": n, "lists": nlist, "nprobe": store.partitions.cfg.nprobe(nlist) if nlist else 0,
                "build_s": info.get("build_s"),
                "latency_ms": {k: {"p50": pct(v, 50), "p90": pct(v, 90)} for k, v in times.items()},
                "recall@10": recall, "db_bytes_per_photo": round(file_bytes(db) / n),
                "vec0_schema3_table_bytes_per_photo": round(file_bytes(old) / n),
                "float32_matrix_bytes_per_photo": emb.shape[1] * 4, "queries": len(qv),
-               "filtered_fraction": round(float(((taken >= AFTER) & in_folder).mean()), 4)}
+               "filtered_fraction": round(float(((taken >= AFTER) & in_folder).mean()), 4),
+               "nprobe_sweep": sweep}
     if rss:
         row["peak_rss_mb"] = {v: child_rss(label, emb, v) for v in ("partitioned", "numpy", "vec0")}
     return row
+
+
+def nprobe_sweep(db: Path, b: Any, emb: np.ndarray, qv: np.ndarray) -> list[dict[str, Any]]:
+    """recall@10 (unfiltered) and KNN top-20 time of the partitioned stage per ``nprobe_sqrt`` (not
+    interleaved with the other variants: for the shape of the trade-off, not for comparisons)."""
+    from dataclasses import replace
+
+    from edge_xmr.index import PhotoStore
+    from edge_xmr.index.partitions import DEFAULT_PARTITIONS
+
+    exact = NumpyExact(emb)
+    truth = [set(exact.candidates(q, 10).ids.tolist()) for q in qv]
+    out = []
+    for f in (0.5, 1.0, 1.5, 2.0, 3.0):
+        cfg = replace(DEFAULT_PARTITIONS, nprobe_sqrt=f)
+        with PhotoStore.open(db, b, partitions=cfg) as st:
+            st.candidates(qv[0], 20)
+            ms, hits = [], []
+            for q, t in zip(qv, truth):
+                t0 = time.perf_counter()
+                st.candidates(q, 20)
+                ms.append((time.perf_counter() - t0) * 1000)
+                hits.append(len(t & set(st.candidates(q, 10).ids.tolist())) / 10)
+            out.append({"nprobe_sqrt": f, "nprobe": cfg.nprobe(st.partitions.nlist), "recall@10": round(float(np.mean(hits)), 4),
+                        "knn_top20_p50_ms": pct(ms, 50)})
+    return out
 
 
 def child_rss(label: str, emb: np.ndarray, variant: str) -> float:

@@ -433,7 +433,7 @@ def src(prov: dict[str, str]) -> str:
 
 
 def write_doc(rd: dict[str, Any] | None, rt: dict[str, Any] | None, ex: dict[str, Any] | None,
-              demo: dict[str, Any] | None, qz: dict[str, Any] | None) -> None:
+              demo: dict[str, Any] | None, qz: dict[str, Any] | None, sc: dict[str, Any] | None = None) -> None:
     cmds = commands(False, None)
     p_rt = runtime_prov(rt or {}, provenance("runtime", shown(cmds["runtime"]), "runtime.json"))
     p_ex = provenance("export", shown(cmds["export"]), "export_lite.json")
@@ -510,8 +510,46 @@ def write_doc(rd: dict[str, Any] | None, rt: dict[str, Any] | None, ex: dict[str
         cols = ["variant"] + sorted({k for r in rows for k in r if k not in ("variant", "total")}) + ["total"]
         parts.append(md_table(rows, cols) + "\n\n(MB = 10^6 bytes; `shared_weights`: one weight file the ONNX "
                      "graphs share; ORT and Core ML files each hold their own weights.)\n")
+    parts.append(scale_section(sc))
     parts.append(PUBLISHED)
     DOC.write_text("\n".join(parts))
+
+
+SCALE_SERIES = [("search rerank=20", "partitioned: whole search"), ("numpy exact + rerank=20", "numpy exact: whole search"),
+                ("vec0 brute force + rerank=20", "vec0 brute force: whole search"),
+                ("KNN top-20: partitioned vec0", "partitioned: KNN"), ("KNN top-20: numpy exact float32", "numpy: KNN"),
+                ("KNN top-20: vec0 brute force (schema 3)", "vec0 brute force: KNN")]
+
+
+def scale_section(sc: dict[str, Any] | None) -> str:
+    """Section 5 from bench/results/scale.json (bench/bench_scale.py draws its own figure: building
+    the 1M-photo index takes long, so ``--run`` does not run it)."""
+    head = "## 5. Library size: 10k to 1M photos (partitioned KNN)\n"
+    if not sc:
+        return head + NOT_RUN.format(cmd="python bench/bench_scale.py --sizes 10000 100000 300000 1000000")
+    m = sc["machine"]
+    out = [head, f"![latency vs size](bench/figures/scale_latency.png)\n\n*Run:* `{sc['command']}`"
+           + "".join(f", `{c}`" for c in sc.get("earlier_commands", [])) + f" · {m['date']} · {m['cpu']}, "
+           f"{m['cpus']} cores; {m['shared']} (load average {m['loadavg_at_start'][0]} at start, "
+           f"{m['loadavg_at_end'][0]} at end). Bundle: default ({sc['bundle']['precision']}). Synthetic photos: "
+           f"a mixture of Gaussians shaped like the default bundle's Flickr8k embeddings "
+           f"({sc['synthetic']['clusters']}; mean nearest-neighbour cosine of 7000 real photos "
+           f"{sc['synthetic']['real_mean_nn_cosine_7000']}); queries: Flickr8k dev captions. p50 ms (p90 ms).\n"]
+    rows = []
+    for r in sc["rows"]:
+        lat, rec = r["latency_ms"], r["recall@10"]
+        row: dict[str, Any] = {"data": r["data"], "photos": r["n"], "lists / probed": f"{r['lists']} / {r['nprobe']}"}
+        for key, label in SCALE_SERIES:
+            row[label] = f"{lat[key]['p50']} ({lat[key]['p90']})"
+        row["recall@10 partitioned"] = rec["partitioned vec0, unfiltered"]
+        row["recall@10 filtered"] = rec["partitioned vec0, date+folder filter"]
+        row["bytes / photo"] = r["db_bytes_per_photo"]
+        if r.get("peak_rss_mb"):
+            row["peak RSS MB (part. / numpy / vec0)"] = " / ".join(f"{r['peak_rss_mb'][v]:.0f}"
+                                                                   for v in ("partitioned", "numpy", "vec0"))
+        rows.append(row)
+    out.append(md_table(rows, list(rows[-1])) + "\n")
+    return "\n".join(out)
 
 
 HEADER = """# Benchmarks
@@ -586,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         made.append(fig_variants(plt, qz, quantize_prov(qz)))
     elif ex or rd:
         made.append(fig_variants_default(plt, ex, rd, provenance("export", shown(cmds["export"]), "export_lite.json")))
-    write_doc(rd, rt, ex, demo, qz)
+    write_doc(rd, rt, ex, demo, qz, load("scale.json"))
     for p in made:
         print(f"wrote {p}")
     print(f"wrote {DOC}")

@@ -407,17 +407,18 @@ class PhotoStore:
             if not fids:
                 return Candidates(_EMPTY_IDS, np.zeros((0, self._info.dim), np.float32), np.zeros((0,), np.float32))
             where.append(f"folder IN ({','.join(str(f) for f in fids)})")
-        nlist = self.partitions.nlist
-        if nlist:
-            ids = self._probe(q, fetch, " AND ".join(where), params, nlist, not filters.empty)
-            knn = self._vector_blobs(ids) if self.store.rescores_from_knn_vector else dict.fromkeys(ids)
-            rows: list[tuple[int, bytes | None]] = [(i, knn[i]) for i in ids]
-        else:
-            col = "embedding" if self.store.rescores_from_knn_vector else "NULL"
-            rows = [(int(r), bytes(v) if v is not None else None) for r, v in self._conn.execute(
-                f"SELECT rowid, {col} FROM vectors WHERE {' AND '.join(where)}", params)]
-        ids = [r for r, _ in rows]
-        refine = self._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
+        with read_transaction(self._conn):  # the centroids and the lists of one state of the index
+            nlist = self.partitions.nlist
+            if nlist:
+                ids = self._probe(q, fetch, " AND ".join(where), params, nlist, not filters.empty)
+                knn = self._vector_blobs(ids) if self.store.rescores_from_knn_vector else dict.fromkeys(ids)
+                rows: list[tuple[int, bytes | None]] = [(i, knn[i]) for i in ids]
+            else:
+                col = "embedding" if self.store.rescores_from_knn_vector else "NULL"
+                rows = [(int(r), bytes(v) if v is not None else None) for r, v in self._conn.execute(
+                    f"SELECT rowid, {col} FROM vectors WHERE {' AND '.join(where)}", params)]
+            ids = [r for r, _ in rows]
+            refine = self._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
         embeds = _stack([self.store.decode(v, refine[i]) for i, v in rows], (0, self._info.dim))
         scores = embeds @ q
         order = np.argsort(-scores, kind="stable")[:n]
