@@ -346,6 +346,11 @@ def measure(label: str, emb: np.ndarray, b: Any, queries: list[str], qv: np.ndar
         row = {"data": label, "n": n, "lists": nlist, "nprobe": store.partitions.cfg.nprobe(nlist) if nlist else 0,
                "build_s": info.get("build_s"),
                "latency_ms": {k: {"p50": pct(v, 50), "p90": pct(v, 90)} for k, v in times.items()},
+               # per query, this search's time minus the numpy search's (run back to back): load drift cancels
+               "paired_minus_numpy_ms": {k: {"p50": pct(list(np.subtract(times[k], times["numpy exact + rerank=20"])), 50),
+                                             "share_of_queries_faster": round(float(np.mean(
+                                                 np.array(times[k]) < np.array(times["numpy exact + rerank=20"]))), 3)}
+                                         for k in ("search rerank=20", "vec0 brute force + rerank=20")},
                "recall@10": recall, "db_bytes_per_photo": round(file_bytes(db) / n),
                "vec0_schema3_table_bytes_per_photo": round(file_bytes(old) / n),
                "float32_matrix_bytes_per_photo": emb.shape[1] * 4, "queries": len(qv),
@@ -459,6 +464,8 @@ def table(rows: list[dict[str, Any]]) -> None:
               f" rss={r.get('peak_rss_mb')}")
         for k, v in r["latency_ms"].items():
             print(f"  {k:45s} p50 {v['p50']:8.2f}  p90 {v['p90']:8.2f}")
+        for k, v in r.get("paired_minus_numpy_ms", {}).items():
+            print(f"  {k:45s} minus numpy search, paired p50 {v['p50']:+.2f} ms, faster in {v['share_of_queries_faster']:.0%}")
         for k, v in r["recall@10"].items():
             print(f"  recall@10 {k:50s} {v}")
 
