@@ -327,12 +327,14 @@ def measure(label: str, emb: np.ndarray, b: Any, queries: list[str], qv: np.ndar
             for f in fns.values():
                 f(t, q)
         times: dict[str, list[float]] = {k: [] for k in fns}
+        cpu: dict[str, list[float]] = {k: [] for k in fns}
         names = list(fns)
         for i, (t, q) in enumerate(zip(queries, qv)):
             for name in names[i % len(names):] + names[:i % len(names)]:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 fns[name](t, q)
                 times[name].append((time.perf_counter() - t0) * 1000)
+                cpu[name].append((time.process_time() - c0) * 1000)
         filt = make_filters(after=AFTER, folder=FOLDER)
         exact = NumpyExact(emb, taken, in_folder)
         recall: dict[str, Any] = {}
@@ -345,7 +347,9 @@ def measure(label: str, emb: np.ndarray, b: Any, queries: list[str], qv: np.ndar
         sweep = nprobe_sweep(db, b, emb, qv) if nlist else []
         row = {"data": label, "n": n, "lists": nlist, "nprobe": store.partitions.cfg.nprobe(nlist) if nlist else 0,
                "build_s": info.get("build_s"),
-               "latency_ms": {k: {"p50": pct(v, 50), "p90": pct(v, 90)} for k, v in times.items()},
+               # wall p50/p90; cpu_p50: CPU time of this process (all its threads), less sensitive to other jobs
+               "latency_ms": {k: {"p50": pct(v, 50), "p90": pct(v, 90), "cpu_p50": pct(cpu[k], 50)}
+                              for k, v in times.items()},
                # per query, this search's time minus the numpy search's (run back to back): load drift cancels
                "paired_minus_numpy_ms": {k: {"p50": pct(list(np.subtract(times[k], times["numpy exact + rerank=20"])), 50),
                                              "share_of_queries_faster": round(float(np.mean(
@@ -463,7 +467,7 @@ def table(rows: list[dict[str, Any]]) -> None:
         print(f"\n{r['data']} n={r['n']} lists={r['lists']} nprobe={r['nprobe']} bytes/photo={r['db_bytes_per_photo']}"
               f" rss={r.get('peak_rss_mb')}")
         for k, v in r["latency_ms"].items():
-            print(f"  {k:45s} p50 {v['p50']:8.2f}  p90 {v['p90']:8.2f}")
+            print(f"  {k:45s} p50 {v['p50']:8.2f}  p90 {v['p90']:8.2f}  cpu p50 {v['cpu_p50']:8.2f}")
         for k, v in r.get("paired_minus_numpy_ms", {}).items():
             print(f"  {k:45s} minus numpy search, paired p50 {v['p50']:+.2f} ms, faster in {v['share_of_queries_faster']:.0%}")
         for k, v in r["recall@10"].items():

@@ -530,25 +530,39 @@ def scale_section(sc: dict[str, Any] | None) -> str:
     m = sc["machine"]
     out = [head, f"![latency vs size](bench/figures/scale_latency.png)\n\n*Run:* `{sc['command']}`"
            + "".join(f", `{c}`" for c in sc.get("earlier_commands", [])) + f" · {m['date']} · {m['cpu']}, "
-           f"{m['cpus']} cores; {m['shared']} (load average {m['loadavg_at_start'][0]} at start, "
-           f"{m['loadavg_at_end'][0]} at end). Bundle: default ({sc['bundle']['precision']}). Synthetic photos: "
-           f"a mixture of Gaussians shaped like the default bundle's Flickr8k embeddings "
-           f"({sc['synthetic']['clusters']}; mean nearest-neighbour cosine of 7000 real photos "
-           f"{sc['synthetic']['real_mean_nn_cosine_7000']}); queries: Flickr8k dev captions. p50 ms (p90 ms).\n"]
+           f"{m['cpus']} cores; {m['shared']} (load average {m['loadavg_at_start'][0]:.1f} at start, "
+           f"{m['loadavg_at_end'][0]:.1f} at end). Bundle: default ({sc['bundle']['precision']}). Synthetic photos: "
+           f"a mixture of Gaussians with the mean and covariance of the default bundle's embeddings of the 7000 "
+           f"Flickr8k train + dev photos ({sc['synthetic']['clusters']}, within-cluster share "
+           f"{sc['synthetic']['within_cluster_std_share']}: {sc['synthetic']['calibration']}); `real` is those "
+           f"7000 photos. Queries: Flickr8k dev captions. Latency: p50 ms (p90 ms) wall time, the variants "
+           f"interleaved query by query; *vs numpy*: per query, the search's time minus the numpy search's "
+           f"run next to it (median; negative = faster). Recall@10 against exact float search; *filtered*: "
+           f"a date + folder filter keeping about {sc['rows'][-1]['filtered_fraction']:.0%} of the photos.\n"]
     rows = []
     for r in sc["rows"]:
         lat, rec = r["latency_ms"], r["recall@10"]
         row: dict[str, Any] = {"data": r["data"], "photos": r["n"], "lists / probed": f"{r['lists']} / {r['nprobe']}"}
         for key, label in SCALE_SERIES:
             row[label] = f"{lat[key]['p50']} ({lat[key]['p90']})"
-        row["recall@10 partitioned"] = rec["partitioned vec0, unfiltered"]
-        row["recall@10 filtered"] = rec["partitioned vec0, date+folder filter"]
+        paired = r.get("paired_minus_numpy_ms", {}).get("search rerank=20")
+        row["partitioned vs numpy (paired)"] = f"{paired['p50']:+.1f}" if paired else None
+        row["recall@10 partitioned"] = f"{rec['partitioned vec0, unfiltered']:.3f}"
+        row["recall@10 filtered"] = f"{rec['partitioned vec0, date+folder filter']:.3f}"
+        row["recall@10 vec0 brute force"] = f"{rec['vec0 brute force (schema 3), unfiltered']:.3f}"
         row["bytes / photo"] = r["db_bytes_per_photo"]
         if r.get("peak_rss_mb"):
             row["peak RSS MB (part. / numpy / vec0)"] = " / ".join(f"{r['peak_rss_mb'][v]:.0f}"
                                                                    for v in ("partitioned", "numpy", "vec0"))
         rows.append(row)
     out.append(md_table(rows, list(rows[-1])) + "\n")
+    sweeps = [{"photos": r["n"], "data": r["data"], "nprobe_sqrt": p["nprobe_sqrt"], "lists probed": p["nprobe"],
+               "of lists": r["lists"], "recall@10": f"{p['recall@10']:.3f}", "KNN top-20 p50 ms": p["knn_top20_p50_ms"]}
+              for r in sc["rows"] for p in r.get("nprobe_sweep", [])]
+    if sweeps:
+        out.append(f"\nRecall against lists probed (`PartitionConfig.nprobe_sqrt`, default "
+                   f"{sc['partitions_config']['nprobe_sqrt']}; KNN alone, not interleaved):\n\n"
+                   + md_table(sweeps, list(sweeps[0])) + "\n")
     return "\n".join(out)
 
 

@@ -409,7 +409,7 @@ class PhotoStore:
             where.append(f"folder IN ({','.join(str(f) for f in fids)})")
         with read_transaction(self._conn):  # the centroids and the lists of one state of the index
             nlist = self.partitions.nlist
-            if nlist:
+            if nlist and self.partitions.cfg.nprobe(nlist) < nlist:
                 ids = self._probe(q, fetch, " AND ".join(where), params, nlist, not filters.empty)
                 knn = self._vector_blobs(ids) if self.store.rescores_from_knn_vector else dict.fromkeys(ids)
                 rows: list[tuple[int, bytes | None]] = [(i, knn[i]) for i in ids]
@@ -448,6 +448,8 @@ class PhotoStore:
             if probe >= nlist or (len(rows) >= fetch and matched >= target):
                 break
             probe = min(nlist, 2 * probe)
+            if probe > cfg.max_probe_share * nlist:  # most lists: one plain KNN over all of them is cheaper
+                return [int(r[0]) for r in self._conn.execute(f"SELECT rowid FROM vectors WHERE {where}", params)]
         return [int(r[0]) for r in rows]
 
     def retrain_partitions(self) -> int:

@@ -57,6 +57,8 @@ class PartitionConfig:
     nprobe_sqrt: float = 6.0  # ... and at least ceil(nprobe_sqrt * sqrt(nlist)): sub-linear in the library.
     #                           6: recall@10 0.999 / 0.992 at 10k / 100k synthetic photos, 1.0 on the 7000
     #                           Flickr8k photos (bench/results/scale.json, nprobe_sweep); 1: about 0.77 at 100k
+    max_probe_share: float = 0.5  # a search that would read more than this share of the lists reads them all
+    #                              in one plain vec0 KNN instead (the exact search, without the per-list cost)
     filtered_probe_factor: float = 1.0  # a filtered search first probes this many times more lists ...
     filtered_match_share: float = 0.25  # ... and doubles them until the photos passing its filters in the
     #                                    lists read are this share of what an unfiltered search reads
@@ -73,8 +75,9 @@ class PartitionConfig:
             raise ValueError("train_at must be >= list_size and nprobe_min >= 1")
 
     def nprobe(self, nlist: int) -> int:
-        """Lists a search probes in an index of ``nlist`` lists."""
-        return min(nlist, max(self.nprobe_min, math.ceil(self.nprobe_sqrt * math.sqrt(nlist))))
+        """Lists a search probes in an index of ``nlist`` lists (``nlist``: all, by the exact search)."""
+        n = min(nlist, max(self.nprobe_min, math.ceil(self.nprobe_sqrt * math.sqrt(nlist))))
+        return nlist if n > self.max_probe_share * nlist else n
 
 
 DEFAULT_PARTITIONS = PartitionConfig()

@@ -232,3 +232,19 @@ def test_kill_9_mid_rebalance_leaves_a_consistent_index(tmp_path):
 @pytest.mark.slow
 def test_kill_9_mid_rebalance_soak(tmp_path):
     _kill_mid_rebalance(tmp_path, 8)
+
+
+def test_probing_most_lists_runs_the_exact_search(tmp_path):
+    """When nprobe would read more than max_probe_share of the lists, one plain KNN reads them all:
+    the results are the exact search's."""
+    with _fill(tmp_path / "i.db", 3 * CONFIG.train_at):
+        pass
+    wide = replace(CONFIG, nprobe_sqrt=100.0)
+    with PhotoStore.open(tmp_path / "i.db", StoreModel(), partitions=wide) as lib:
+        nlist = lib.partitions.nlist
+        assert nlist > 1 and wide.nprobe(nlist) == nlist
+        stored = _stored(lib)
+        for q in _queries(100, 12)[:10]:
+            assert lib.candidates(q, 10).ids.tolist() == _oracle(lib, q, 10, stored=stored)
+    assert replace(CONFIG, nprobe_sqrt=1.0, max_probe_share=0.5).nprobe(100) == 10
+    assert replace(CONFIG, nprobe_sqrt=6.0, max_probe_share=0.5).nprobe(100) == 100
