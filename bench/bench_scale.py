@@ -519,9 +519,13 @@ def main() -> None:
            "partitions_config": asdict(DEFAULT_PARTITIONS), "synthetic": gen.describe(),
            "filters": {"after": AFTER, "folder": FOLDER}, "rows": rows}
     res["figure"] = plot(rows, machine)
+    for r in rows:
+        r["partitions_config"], r["command"], r["machine"] = res["partitions_config"], res["command"], machine
     prev = json.loads(OUT.read_text()) if OUT.exists() else {}
-    keep = [r for r in prev.get("rows", []) if (r["data"], r["n"]) not in {(x["data"], x["n"]) for x in rows}]
-    if keep and prev.get("partitions_config") == res["partitions_config"]:  # sizes measured by earlier runs
+    keep = [{"partitions_config": prev.get("partitions_config"), "command": prev.get("command"),
+             "machine": prev.get("machine"), **r}
+            for r in prev.get("rows", []) if (r["data"], r["n"]) not in {(x["data"], x["n"]) for x in rows}]
+    if keep:  # sizes measured by earlier runs (each row names its config and command)
         res["rows"] = sorted(keep + rows, key=lambda r: (r["data"] != "real", r["n"]))
         res["earlier_commands"] = sorted(set(prev.get("earlier_commands", []) + [prev["command"]]))
         res["figure"] = plot(res["rows"], machine)
