@@ -447,7 +447,8 @@ def plot(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
               "KNN top-20: numpy exact float32": ("C1", "--"), "KNN top-20: vec0 brute force (schema 3)": ("C3", "--")}
     ns = [r["n"] for r in syn]
     for name, (c, ls) in styles.items():
-        ax.plot(ns, [r["latency_ms"][name]["p50"] for r in syn], color=c, ls=ls, marker="o", label=name)
+        label = "partitioned: search rerank=20" if name == "search rerank=20" else name
+        ax.plot(ns, [r["latency_ms"][name]["p50"] for r in syn], color=c, ls=ls, marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("photos in the library (synthetic embeddings)")
