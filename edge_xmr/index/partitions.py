@@ -55,8 +55,8 @@ class PartitionConfig:
     split_at: int = 512  # a list with more photos than this is split in two (2-means over its members)
     nprobe_min: int = 8  # lists probed by a search at least (all of them when there are fewer)
     nprobe_sqrt: float = 6.0  # ... and at least ceil(nprobe_sqrt * sqrt(nlist)): sub-linear in the library.
-    #                           6: recall@10 0.999 / 0.992 at 10k / 100k synthetic photos, 1.0 on the 7000
-    #                           Flickr8k photos (bench/results/scale.json, nprobe_sweep); 1: about 0.77 at 100k
+    #                           6: recall@10 0.988 / 0.992 at 100k / 300k synthetic photos (text queries;
+    #                           bench/results/scale.json, nprobe_sweep); 1: about 0.74 / 0.79
     max_probe_share: float = 0.5  # a search that would read more than this share of the lists reads them all
     #                              in one plain vec0 KNN instead (the exact search, without the per-list cost)
     filtered_probe_factor: float = 1.0  # a filtered search first probes this many times more lists ...

@@ -91,7 +91,7 @@ def create_vectors(conn: apsw.Connection, store: Store, name: str = "vectors", p
         conn.execute(f"CREATE VIRTUAL TABLE {name} USING vec0(list integer partition key, {store.column_sql},"
                      f" taken integer, folder integer, chunk_size={VEC_CHUNK})")
         # vec0 finds a partition's chunks by scanning its chunks table: without this index a KNN over
-        # p lists reads p x (all chunks) rows (7x slower over 100 of 2000 lists, measured)
+        # p lists reads p x (all chunks) rows (a one-off test here: 60 ms -> 9 ms over 100 of 2000 lists)
         conn.execute(f"CREATE INDEX {name}_chunks_partition ON {name}_chunks(partition00)")
     else:
         conn.execute(f"CREATE VIRTUAL TABLE {name} USING vec0({store.column_sql}, taken integer, folder integer)")
