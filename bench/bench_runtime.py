@@ -157,6 +157,27 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)), 2)
 
 
+def exact_top(emb: np.ndarray, q: np.ndarray, k: int = 20) -> np.ndarray:
+    """Ids of the ``k`` best rows of ``emb`` by dot product with ``q``, best first (numpy brute force)."""
+    s = emb @ q
+    top = np.argpartition(-s, k)[:k] if k < len(s) else np.arange(len(s))
+    return top[np.argsort(-s[top], kind="stable")]
+
+
+def numpy_search(bundle: Any, emb: np.ndarray, tok: np.ndarray, text: str, k: int = 20) -> np.ndarray:
+    """The search pipeline over in-memory float arrays, as ``edge_xmr.search`` runs it: ONE text pass
+    (``encode_query``: its embedding retrieves, its states rerank), exact top ``k``, rerank scores."""
+    query = bundle.encode_query(text)
+    top = exact_top(emb, np.asarray(query.embedding, np.float32), k)
+    return np.asarray(bundle.score_encoded(query, tok[top], emb[top]))
+
+
+def rerank_stage(bundle: Any, query: Any, store: Any, cands: Any) -> np.ndarray:
+    """The rerank stage alone: fetch the candidates' tokens, score them against an already encoded
+    query (no text pass: the search's text pass is the "text encoder" stage)."""
+    return np.asarray(bundle.score_encoded(query, store.tokens(cands.ids.tolist()), cands.embeds))
+
+
 def latency(db: Path, bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: list[str], label: str,
             int8_bundle: Any = None) -> list[dict[str, Any]]:
     """Search latency per variant, and per stage, vs an exact numpy brute force over in-memory
@@ -168,22 +189,11 @@ def latency(db: Path, bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: li
     with Library.open(db, bundle) as lib:  # type: ignore[arg-type]
         int8_lib = Library.open(db, int8_bundle) if int8_bundle is not None else None  # type: ignore[arg-type]
 
-        def numpy_search(text: str) -> None:  # the same pipeline over in-memory float arrays
-            q = bundle.embed_texts([text])[0]
-            s = emb @ q
-            top = np.argpartition(-s, 20)[:20]
-            top = top[np.argsort(-s[top])]
-            bundle.score_candidates(text, tok[top], emb[top])
-
-        def brute(q: np.ndarray) -> None:
-            s = emb @ q
-            top = np.argpartition(-s, 20)[:20]
-            top[np.argsort(-s[top])]
-
-        def cross(text: str, q: np.ndarray) -> None:
+        def cross(text: str, q: np.ndarray) -> None:  # the query encoded (untimed), as search has it
             c = lib.store.candidates(q, 20)
+            query = bundle.encode_query(text)
             t0 = time.perf_counter()
-            bundle.score_candidates(text, lib.store.tokens(c.ids.tolist()), c.embeds)
+            rerank_stage(bundle, query, lib.store, c)
             stage["cross-encoder on 20 (+ token fetch)"].append((time.perf_counter() - t0) * 1000)
 
         variants: dict[str, Callable[[str, np.ndarray], Any]] = {
@@ -191,10 +201,10 @@ def latency(db: Path, bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: li
             "search rerank=0": lambda t, q: lib.search(t, k=10, rerank=0),
             "search rerank=20 +folder+date": lambda t, q: lib.search(t, k=10, rerank=20, folder=folder,
                                                                      after="2015-01-01"),
-            "numpy exact float + rerank=20": lambda t, q: numpy_search(t),
-            "stage: text encoder": lambda t, q: bundle.embed_texts([t]),
+            "numpy exact float + rerank=20": lambda t, q: numpy_search(bundle, emb, tok, t),
+            "stage: text encoder": lambda t, q: bundle.encode_query(t),
             "stage: KNN top-20 (vec0 + rescoring)": lambda t, q: lib.store.candidates(q, 20),
-            "stage: numpy exact brute force top-20": lambda t, q: brute(q),
+            "stage: numpy exact brute force top-20": lambda t, q: exact_top(emb, q),
         }
         if int8_lib is not None:
             variants["search rerank=20, int8 text+cross graphs"] = lambda t, q: int8_lib.search(t, k=10, rerank=20)
@@ -276,18 +286,19 @@ def token_fidelity(bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: list[
     diffs: dict[str, list[float]] = {"stored": [], "tokens_global": [], "tokens_per_token": []}
     same_order: dict[str, list[bool]] = {k: [] for k in diffs}
     rng = np.random.default_rng(0)
-    for q in queries[:20]:
+    for text in queries[:20]:
+        q = bundle.encode_query(text)
         idx = rng.choice(len(emb), 20, replace=False)
         e, t = emb[idx], tok[idx]
         e_st = np.stack([store.decode(*store.encode(x)) for x in e])
         t_g = dequantize(quantize(t, s_tok), s_tok)
         per = 127.0 / np.maximum(np.abs(t).max(axis=2, keepdims=True), 1e-6)
         t_p = (np.clip(np.rint(t * per), -127, 127) / per).astype(np.float32)
-        ref = bundle.score_candidates(q, t, e)
+        ref = bundle.score_encoded(q, t, e)
         spread = float(np.std(ref)) or 1.0
         for name, (tt, ee) in {"stored": (t_g, e_st), "tokens_global": (t_g, e),
                                "tokens_per_token": (t_p, e)}.items():
-            got = bundle.score_candidates(q, tt, ee)
+            got = bundle.score_encoded(q, tt, ee)
             diffs[name].append(float(np.max(np.abs(got - ref))) / spread)
             same_order[name].append(bool(np.array_equal(np.argsort(-got)[:10], np.argsort(-ref)[:10])))
     return {name: {"max_abs_diff_over_score_std": round(float(np.max(d)), 4),

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from .preprocess import ImageError as ImageError
     from .preprocess import ImageReadError as ImageReadError
     from .providers import ProviderError as ProviderError
+    from .ray_index import RayIndexError as RayIndexError
+    from .ray_index import RayOptions as RayOptions
     from .score import ScoreConfigError as ScoreConfigError
     from .search import Hit as Hit
     from .search import QueryError as QueryError
@@ -60,6 +62,8 @@ _LAZY = {
     "ImageError": "edge_xmr.preprocess",
     "ImageReadError": "edge_xmr.preprocess",
     "ProviderError": "edge_xmr.providers",
+    "RayIndexError": "edge_xmr.ray_index",
+    "RayOptions": "edge_xmr.ray_index",
     "ScoreConfigError": "edge_xmr.score",
     "Hit": "edge_xmr.search",
     "QueryError": "edge_xmr.search",

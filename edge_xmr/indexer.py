@@ -8,7 +8,9 @@
 2. The rest is read by worker threads: sha256 of the bytes, header (size, EXIF orientation and
    capture time), and, unless the content is already indexed, a reduced-size decode (JPEG draft
    mode; 12 MP photos decode at 1/4 or 1/8 size) oriented and resized to the model's input.
-3. The main thread embeds decoded photos in batches and commits each batch in one transaction:
+3. The main thread runs decoded photos through the image encoder a few at a time
+   (``IndexOptions.encoder_batch``; each decoded image is dropped once encoded) and commits
+   ``batch_size`` photos per transaction:
    new files are added; changed files re-embedded; files with an indexed content hash are moved
    (the old path is gone) or copied (it still exists) without re-embedding; same content with a
    new mtime is re-stamped; files that fail are recorded in ``skipped`` with the reason and its
@@ -20,7 +22,8 @@
 
 Every batch is one transaction: a run killed at any point (even ``kill -9``) resumes where it
 stopped, with no duplicate rows. Memory does not grow with library size (the scan lives in a
-temporary table; worker threads keep at most a few batches of decoded photos in flight).
+temporary table; at most ``IndexOptions.max_in_flight`` files are read and decoded ahead of the
+encoder), and the encoder's working memory is bounded by its small batches (bench/bench_index_memory.py).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import apsw
 from PIL import Image
@@ -59,8 +62,14 @@ MAX_REPORTED_ERRORS = 100  # scan errors listed by path in an IndexReport
 
 @dataclass(frozen=True)
 class IndexOptions:
-    batch_size: int = 32  # photos per encoder call and per committed transaction
-    workers: int = 2  # threads that read, hash and decode files
+    batch_size: int = 32  # photos per committed transaction
+    workers: int = 2  # threads that read, hash and decode files (local pipeline; Ray: RayOptions.decoders)
+    encoder_batch: int = 4  # decoded photos per image-encoder call: the encoder's working memory grows
+    # with it (about 20-25 MB per photo with the default model's views), its speed does not
+    # (bench/bench_index_memory.py: 16 per call peaked far above the 500 MB budget, 4 is as fast)
+    max_in_flight: int = 16  # files read and decoded ahead of the encoder (each waits as one decoded
+    # S x S image, ~150 kB at 224 px; a worker decoding a non-JPEG photo holds it at full size
+    # meanwhile); at least ``workers``. The local pipeline's; on Ray, Ray Data's backpressure bounds it
     follow_symlinks: bool = False  # descend into symlinked folders and index symlinked files
     include_hidden: bool = False  # also index files and folders whose name starts with "."
 
@@ -119,10 +128,11 @@ class _Entry:
 class _Prepared:
     entry: _Entry  # the file, with size/mtime as read
     record: PhotoRecord | None  # metadata and hash (None: the file failed)
-    image: Image.Image | None  # decoded S x S RGB image (None: content already indexed, or failed)
+    image: Image.Image | None  # decoded S x S RGB image (None: content already indexed, failed, or encoded)
     error: str | None  # why the file failed
     kind: str = SKIP_CONTENT  # when a failed file is tried again (``index.schema``)
     vanished: bool = False  # the file disappeared since the scan
+    vectors: tuple[Any, Any] | None = None  # (embedding (1, D), tokens (1, T, Dt)) once encoded
 
 
 @dataclass
@@ -157,22 +167,25 @@ def heif_available() -> bool:
 
 
 def index_folder(lib: PhotoStore, model: EncoderBundle | None, root: str | os.PathLike[str], progress: Callable[[Progress], None] | None = None,
-                 options: IndexOptions = IndexOptions()) -> IndexReport:
+                 options: IndexOptions = IndexOptions(), pipeline: Pipeline | None = None) -> IndexReport:
     """Bring the index up to date with a folder tree (or a single file). The folder is indexed
-    under its resolved path, whatever symlink leads to it."""
+    under its resolved path, whatever symlink leads to it. ``pipeline``: where files are read,
+    decoded and encoded (default: this process, ``local_pipeline``; ``edge_xmr.ray_index``: a Ray
+    cluster); scanning and writing are the same either way."""
     given = os.path.abspath(os.path.expanduser(root))
     root_s = resolve(given)
     if os.path.isfile(root_s):
-        return index_files(lib, model, [given], progress, options)
+        return index_files(lib, model, [given], progress, options, pipeline)
     if not os.path.isdir(root_s):
         raise LibraryError(f"not a folder: {root_s}")
     errors = _ScanErrors()
-    return _Run(lib, model, options, progress).run(_scan(root_s, options, errors), errors, root_s, {given: root_s})
+    return _Run(lib, model, options, progress, pipeline).run(_scan(root_s, options, errors), errors, root_s,
+                                                             {given: root_s})
 
 
 def index_files(lib: PhotoStore, model: EncoderBundle | None, paths: Sequence[str | os.PathLike[str]],
                 progress: Callable[[Progress], None] | None = None,
-                options: IndexOptions = IndexOptions()) -> IndexReport:
+                options: IndexOptions = IndexOptions(), pipeline: Pipeline | None = None) -> IndexReport:
     """Index the given files, each under its resolved path (no removal of anything else)."""
     entries, aliases = [], {}
     for p in paths:
@@ -186,7 +199,7 @@ def index_files(lib: PhotoStore, model: EncoderBundle | None, paths: Sequence[st
             raise LibraryError(f"not a file: {path_key(given)}")
         entries.append(_entry(real, st))
         aliases[given] = real
-    return _Run(lib, model, options, progress).run(iter(entries), _ScanErrors(), None, aliases)
+    return _Run(lib, model, options, progress, pipeline).run(iter(entries), _ScanErrors(), None, aliases)
 
 
 # ---- scanning -----------------------------------------------------------------------------------
@@ -332,19 +345,47 @@ def _reason(message: str, path: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
+def encode_group(bundle: EncoderBundle, group: list[_Prepared], step: int) -> list[_Prepared]:
+    """``group`` with each decoded photo run through the image encoder, ``step`` photos per call:
+    vectors set, image dropped (what the local pipeline and the Ray encoder actors both run)."""
+    out = list(group)
+    todo = [i for i, p in enumerate(out) if p.image is not None]
+    for k in range(0, len(todo), step):
+        part = todo[k:k + step]
+        embeds, tokens = bundle.encode_images([out[i].image for i in part])
+        for j, i in enumerate(part):
+            out[i] = replace(out[i], image=None, vectors=(embeds[j:j + 1], tokens[j:j + 1]))
+    return out
+
+
 # ---- one run -------------------------------------------------------------------------------------
+class Pipeline(Protocol):
+    """Turns the files that need work into prepared ones (hashed, header read, decoded unless the
+    content is indexed, encoded), in any order; the run writes them. ``local_pipeline`` is the
+    default; ``edge_xmr.ray_index.RayPipeline`` runs the same steps on a Ray cluster."""
+
+    def __call__(self, run: _Run, todo: Iterator[_Entry]) -> Iterator[_Prepared]: ...
+
+
+def local_pipeline(run: _Run, todo: Iterator[_Entry]) -> Iterator[_Prepared]:
+    """Worker threads read and decode (``workers``, ``max_in_flight`` ahead), this thread encodes."""
+    with ThreadPoolExecutor(run.options.workers, thread_name_prefix="edge-xmr-decode") as pool:
+        yield from run.encoded(run.prepared(pool, todo))
+
+
 class _Run:
     """State of one indexing run: counters, the worker pool and per-thread read connections."""
 
     def __init__(self, lib: PhotoStore, model: EncoderBundle | None, options: IndexOptions,
-                 progress: Callable[[Progress], None] | None):
-        if options.batch_size < 1 or options.workers < 1:
-            raise ValueError("batch_size and workers must be >= 1")
+                 progress: Callable[[Progress], None] | None, pipeline: Pipeline | None = None):
+        if min(options.batch_size, options.workers, options.encoder_batch, options.max_in_flight) < 1:
+            raise ValueError("batch_size, workers, encoder_batch and max_in_flight must be >= 1")
         self.lib = lib
         self.bundle = require_model(model)
         self.size = int(self.bundle.manifest["preprocessing"]["size"])
         self.options = options
         self.progress = progress
+        self.pipeline: Pipeline = pipeline or local_pipeline
         self.heif = heif_available()
         self.counts: dict[str, int] = {k: 0 for k, f in IndexReport.__dataclass_fields__.items()
                                        if f.type in (int, "int")}
@@ -353,7 +394,8 @@ class _Run:
         self._lock = threading.Lock()
 
     # reads from worker threads use their own connections (WAL snapshots of committed batches)
-    def _known(self, digest: bytes) -> bool:
+    def known(self, digest: bytes) -> bool:
+        """Whether a photo with this content hash is indexed (committed batches; any thread)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.lib.path)
@@ -419,13 +461,12 @@ class _Run:
                 yield _Entry(str(key), int(size), int(mtime))
             last = int(rows[-1][0])
 
-    def _prepared(self, pool: ThreadPoolExecutor) -> Iterator[_Prepared]:
+    def prepared(self, pool: ThreadPoolExecutor, todo: Iterator[_Entry]) -> Iterator[_Prepared]:
         """Worker results in scan order, with a bounded number in flight."""
         window: deque[Future[_Prepared]] = deque()
-        todo = self._todo()
-        limit = 2 * self.options.batch_size + self.options.workers
+        limit = max(self.options.max_in_flight, self.options.workers)
         for entry in todo:
-            window.append(pool.submit(_prepare, entry, self.size, self._known, self.heif))
+            window.append(pool.submit(_prepare, entry, self.size, self.known, self.heif))
             if len(window) >= limit:
                 yield window.popleft().result()
         while window:
@@ -434,24 +475,33 @@ class _Run:
     def _process(self, total: int) -> None:
         t0 = time.perf_counter()
         done = 0
-        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="edge-xmr-decode") as pool:
-            for batch in _batches(self._prepared(pool), self.options.batch_size):
-                self._apply(batch)
-                done += len(batch)
-                if self.progress is not None:
-                    self.progress(Progress(done, total, self.counts["added"] + self.counts["updated"],
-                                           self.counts["skipped"], time.perf_counter() - t0))
+        for batch in _batches(self.pipeline(self, self._todo()), self.options.batch_size):
+            self._apply(batch)
+            done += len(batch)
+            if self.progress is not None:
+                self.progress(Progress(done, total, self.counts["added"] + self.counts["updated"],
+                                       self.counts["skipped"], time.perf_counter() - t0))
+
+    def encoded(self, prepared: Iterator[_Prepared]) -> Iterator[_Prepared]:
+        """``prepared`` in order, decoded photos run through the image encoder ``encoder_batch`` at a
+        time (their images dropped once encoded)."""
+        group: list[_Prepared] = []
+        images = 0
+        for p in prepared:
+            group.append(p)
+            images += p.image is not None
+            if images >= self.options.encoder_batch:
+                yield from encode_group(self.bundle, group, self.options.encoder_batch)
+                group, images = [], 0
+        yield from encode_group(self.bundle, group, self.options.encoder_batch)
 
     def _apply(self, batch: list[_Prepared]) -> None:
-        batch = self._fix_stale_copies(batch)
-        images = [p.image for p in batch if p.image is not None]
-        embeds, tokens = self.bundle.encode_images(images) if images else (None, None)
-        lib, j = self.lib, 0
+        batch = encode_group(self.bundle, self._fix_stale_copies(batch), self.options.encoder_batch)
+        lib = self.lib
         with lib.transaction():
             for p in batch:
-                if p.image is not None:
-                    self._add(p, embeds[j:j + 1], tokens[j:j + 1])  # type: ignore[index]
-                    j += 1
+                if p.vectors is not None:
+                    self._add(p, *p.vectors)
                 elif p.vanished:  # open() said ENOENT: proven absent
                     self.counts["removed"] += lib.forget_key(p.entry.key)
                 elif p.record is None:
@@ -491,7 +541,7 @@ class _Run:
         """A worker saw the content as indexed, but that photo changed since: decode it after all."""
         out = []
         for p in batch:
-            if p.record is not None and p.image is None and not self._known_now(p.record.hash):
+            if p.record is not None and p.image is None and p.vectors is None and not self._known_now(p.record.hash):
                 try:
                     p = replace(p, image=_decode(p.entry.path, self.size))
                 except _GONE:
@@ -569,5 +619,5 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-__all__ = ["HEIF_EXTENSIONS", "IMAGE_EXTENSIONS", "IndexOptions", "IndexReport", "Progress", "default_workers",
-           "heif_available", "index_files", "index_folder"]
+__all__ = ["HEIF_EXTENSIONS", "IMAGE_EXTENSIONS", "IndexOptions", "IndexReport", "Pipeline", "Progress",
+           "default_workers", "encode_group", "heif_available", "index_files", "index_folder", "local_pipeline"]

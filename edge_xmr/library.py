@@ -32,6 +32,7 @@ from .index.filters import DateLike
 from .index.library import EncoderBundle, LibraryInfo, PhotoStore, Stats
 from .index.stores import DEFAULT_STORE, StoreKind
 from .indexer import IndexOptions, IndexReport, Progress, index_files, index_folder
+from .ray_index import RayOptions
 from .score import Normalization
 from .search import Hit, LabelHit, TextHit, classify, rank_texts, search, similar
 
@@ -109,11 +110,19 @@ class Library:
 
     # ---- filling it ----------------------------------------------------------------------------
     def index(self, root: str | os.PathLike[str], progress: Callable[[Progress], None] | None = None,
-              options: IndexOptions | None = None) -> IndexReport:
+              options: IndexOptions | None = None, ray: RayOptions | None = None) -> IndexReport:
         """Index a folder tree incrementally (see ``edge_xmr.indexer``): new and changed photos are
-        embedded, unchanged ones skipped, moved ones recognised by content, deleted ones removed."""
+        embedded, unchanged ones skipped, moved ones recognised by content, deleted ones removed.
+        ``ray``: decode and encode on a Ray cluster (``edge_xmr.ray_index``, the ``[ray]`` extra);
+        this process still scans and writes the index."""
+        pipeline = None
+        if ray is not None:
+            from .ray_index import RayPipeline
+
+            pipeline = RayPipeline(ray)
         with self._lock:
-            return index_folder(self._store, self._bundle, root, progress=progress, options=options or IndexOptions())
+            return index_folder(self._store, self._bundle, root, progress=progress, options=options or IndexOptions(),
+                                pipeline=pipeline)
 
     def add(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
         """Index the given photo files (new or changed ones are embedded, others skipped)."""

@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parents[1] / "edge_xmr"
 LAYERS: list[tuple[str, ...]] = [
     ("edge_xmr.errors", "edge_xmr.paths", "edge_xmr.index"),  # the store
     ("edge_xmr.bundle",),  # the model runtime
-    ("edge_xmr.search", "edge_xmr.indexer", "edge_xmr.assets", "edge_xmr.demo"),  # services over store + model
+    ("edge_xmr.search", "edge_xmr.indexer", "edge_xmr.ray_index", "edge_xmr.assets", "edge_xmr.demo"),  # services
     ("edge_xmr.library", "edge_xmr.discovery"),  # the façade and the one bundle discovery
     ("edge_xmr.cli", "edge_xmr.server"),  # applications
 ]

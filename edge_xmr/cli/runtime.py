@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
                    help=f"photos per batch and commit (default 32, at most {opt.MAX_BATCH})")
     p.add_argument("--workers", type=opt.WORKERS, default=None,
                    help="decoding threads (default: CPU cores; at most 4 per core)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="decode and encode on a Ray cluster (the [ray] extra): ADDRESS of its head (e.g. auto, "
+                        "HOST:6379), or none for $RAY_ADDRESS, else a local Ray instance; the index is written here")
     p.add_argument("--quiet", action="store_true", help="no progress")
     opt.add_json(p, "a summary (counts of added, updated, ... photos)")
     p.set_defaults(func=_index)
@@ -175,11 +178,17 @@ def _index(args: argparse.Namespace) -> int:
     if not args.path.exists():
         raise UserError(f"no such file or folder: {args.path}")
     opts = IndexOptions(batch_size=args.batch_size, workers=args.workers or default_workers())
+    ray = None
+    if args.ray is not None:
+        from ..ray_index import RayOptions, require_ray
+
+        require_ray()  # before the index is opened or created
+        ray = RayOptions(address=args.ray or None)
     with _open(args, model=True, create=True, store=args.store) as lib:
         print(f"indexing {args.path.resolve()} into {lib.path} (model {lib.info.model_name}, store {lib.info.store},"
               f" provider {_provider_note(lib.bundle)})", file=sys.stderr)
         with opt.Progress("indexing", "photo", quiet=args.quiet) as bar:
-            r = lib.index(args.path, options=opts,
+            r = lib.index(args.path, options=opts, ray=ray,
                           progress=lambda p: bar.update(p.done, p.total, added=p.added, skipped=p.skipped))
     if args.json:
         opt.print_json({"db": str(lib.path), "path": str(args.path.resolve()), **asdict(r)})

@@ -6,6 +6,7 @@ import os
 import shutil
 from datetime import datetime
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -188,3 +189,60 @@ def test_empty_and_missing_folders(tmp_path):
 
     with pytest.raises(LibraryError, match="not a folder"):
         lib.index(tmp_path / "missing")
+
+
+def _rows(lib: Library) -> dict[str, tuple[bytes, np.ndarray, np.ndarray]]:
+    ids = lib.store.all_ids()
+    info = lib.store.photo_info(ids)
+    emb, tok = lib.store.stored(ids)
+    hashes = dict(lib.store.connection.execute("SELECT id, hash FROM photos").fetchall())
+    return {info[i].path: (hashes[i], emb[j], tok[j]) for j, i in enumerate(ids)}
+
+
+def test_encoder_batch_and_in_flight_bound_memory_not_results(tmp_path, monkeypatch):
+    """Small encoder calls and a short read-ahead give the same index as one big batch; the encoder
+    never sees more than ``encoder_batch`` photos at once and decoded photos waiting for it stay
+    within ``max_in_flight + encoder_batch``."""
+    root = tmp_path / "photos"
+    for i in range(37):
+        write_photo(root / f"f{i % 3}" / f"p{i:02d}.jpg", i)
+    shutil.copy(root / "f0" / "p00.jpg", root / "copy.jpg")  # a copy: reused, never encoded
+    (root / "bad.jpg").write_bytes(b"not a jpeg")
+    ref = _lib(tmp_path / "ref")
+    ref.index(root, options=IndexOptions(batch_size=64, encoder_batch=64, max_in_flight=64))
+
+    bundle, lock = FakeBundle(), threading.Lock()
+    waiting, peak, calls = [0], [0], []
+    prepare, encode = indexer._prepare, bundle.encode_images
+
+    def counting_prepare(*a):
+        p = prepare(*a)
+        with lock:
+            waiting[0] += p.image is not None
+            peak[0] = max(peak[0], waiting[0])
+        return p
+
+    def counting_encode(images):
+        calls.append(len(images))
+        with lock:
+            waiting[0] -= len(images)
+        return encode(images)
+
+    monkeypatch.setattr(indexer, "_prepare", counting_prepare)
+    bundle.encode_images = counting_encode
+    lib = _lib(tmp_path / "small", bundle)
+    r = lib.index(root, options=IndexOptions(batch_size=8, workers=2, encoder_batch=3, max_in_flight=4))
+    assert (r.added, r.copied, r.skipped) == (37, 1, 1) and sum(calls) == 37
+    assert max(calls) == 3 and peak[0] <= 4 + 3
+    got, want = _rows(lib), _rows(ref)
+    assert set(got) == set(want)
+    for path, (h, e, t) in want.items():
+        assert got[path][0] == h
+        np.testing.assert_allclose(got[path][1], e, atol=1e-6)
+        np.testing.assert_allclose(got[path][2], t, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"encoder_batch": 0}, {"max_in_flight": 0}, {"batch_size": 0}])
+def test_index_options_must_be_positive(tmp_path, photo_tree, bad):
+    with pytest.raises(ValueError, match="must be >= 1"):
+        _lib(tmp_path).index(photo_tree, options=IndexOptions(**bad))
