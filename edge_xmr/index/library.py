@@ -7,6 +7,8 @@ search; the verbs users call (index, search, ...) live in the façade above it, 
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,9 +25,10 @@ from ..errors import EdgeXmrError
 from . import moments, schema
 from .db import connect, file_bytes, read_transaction, write_transaction
 from .filters import DateLike, Filters, folder_key, key_range, path_range, wall_seconds_from_epoch, wall_to_iso
+from .partitions import DEFAULT_PARTITIONS, PartitionConfig, Partitions
 from .pathkeys import lookup_keys
 from ..score import LibraryMoments, ScoreConfig
-from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, Store, StoreKind, calibrate_scale, dequantize, quantize
+from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, MAX_K, Store, StoreKind, calibrate_scale, dequantize, quantize
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -165,21 +168,24 @@ class Stats:
 
 
 _EMPTY_IDS: IntArray = np.zeros((0,), np.int64)
+_MAINTAIN_EVERY = 1024  # photos inserted between two checks for full lists (a list stays readable by one KNN)
 
 
 class PhotoStore:
     """A photo index file: photos, their vectors and the index's meta data."""
 
-    def __init__(self, conn: apsw.Connection, path: Path):
+    def __init__(self, conn: apsw.Connection, path: Path, partitions: PartitionConfig = DEFAULT_PARTITIONS):
         self._conn = conn
         self.path = path
         self._info = LibraryInfo.from_meta(schema.read_meta(conn))
         self.store = self._make_store()
+        self.partitions = Partitions(conn, self._info.dim, self.store.param_sql, partitions)
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, db: str | os.PathLike[str] | None = None, model: ModelCard | None = None, *,
-             bundle_path: str = "", store: StoreKind = DEFAULT_STORE, create: bool = True) -> PhotoStore:
+             bundle_path: str = "", store: StoreKind = DEFAULT_STORE, create: bool = True,
+             partitions: PartitionConfig = DEFAULT_PARTITIONS) -> PhotoStore:
         """Open (or create) an index file.
 
         Args:
@@ -189,6 +195,8 @@ class PhotoStore:
             bundle_path: the folder of that model's bundle, recorded as a hint for later opens.
             store: for a new index: how embeddings are stored (``int8``, ``float32`` or ``bit``).
             create: create the file if missing.
+            partitions: when to partition the vectors and how many lists a search reads
+                (``index.partitions``).
 
         Raises:
             ModelMismatchError: the index was built with another model.
@@ -207,7 +215,7 @@ class PhotoStore:
                     raise LibraryError(f"{path} is not an index yet; a model bundle is needed to create one")
                 schema.create(conn, Store(store, _manifest_dim(model), 1.0), _new_meta(model, store, bundle_path))
             schema.migrate(conn)
-            lib = cls(conn, path)
+            lib = cls(conn, path, partitions)
             if model is not None:
                 lib._check_model(model, bundle_path)
         except BaseException:
@@ -344,7 +352,7 @@ class PhotoStore:
         refine = self._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
         knn: dict[int, bytes | None] = dict.fromkeys(ids)
         if self.store.rescores_from_knn_vector:
-            knn.update(self._blobs("SELECT rowid, embedding FROM vectors WHERE rowid IN ({})", ids))
+            knn.update(self._vector_blobs(ids))
         return _stack([self.store.decode(knn[i], refine[i]) for i in ids], (0, self._info.dim))
 
     def tokens(self, ids: Sequence[int]) -> FloatArray:
@@ -355,6 +363,19 @@ class PhotoStore:
         scale = self._info.token_scale or 1.0
         return _stack([dequantize(np.frombuffer(blobs[i] or b"", np.int8), scale).reshape(T, Dt) for i in ids],
                       (0, T, Dt))
+
+    def _vector_blobs(self, ids: list[int]) -> dict[int, bytes | None]:
+        """vec0 vectors by rowid. A join on json_each makes vec0 look each one up; ``rowid IN
+        (...)`` would scan the whole table (0.1 s at 100k photos)."""
+        out: dict[int, bytes | None] = {}
+        for chunk in _chunks(ids, 4096):
+            for rid, blob in self._conn.execute("SELECT v.rowid, v.embedding FROM json_each(?) j"
+                                                " JOIN vectors v ON v.rowid = j.value", (json.dumps(chunk),)):
+                out[int(rid)] = bytes(blob)
+        missing = [i for i in ids if i not in out]
+        if missing:
+            raise LibraryError(f"photo ids not in the index: {missing[:5]}")
+        return out
 
     def _blobs(self, sql: str, ids: list[int]) -> dict[int, bytes | None]:
         out: dict[int, bytes | None] = {}
@@ -368,11 +389,13 @@ class PhotoStore:
 
     def candidates(self, query: FloatArray, n: int, filters: Filters | None = None) -> Candidates:
         """The ``n`` best photos for a unit query vector: vec0 KNN (filters inside the query) over
-        an over-fetched set, rescored exactly against the dequantised stored embeddings."""
+        an over-fetched set, rescored exactly against the dequantised stored embeddings. A
+        partitioned index reads only the lists nearest to the query (``index.partitions``)."""
         filters = filters or Filters()
         q = np.asarray(query, np.float32).reshape(-1)
         where = ["embedding MATCH " + self.store.param_sql, "k = ?"]
-        params: list[object] = [self.store.query_blob(q), self.store.fetch_count(n)]
+        fetch = self.store.fetch_count(n)
+        params: list[object] = [self.store.query_blob(q), fetch]
         if filters.after is not None:
             where.append("taken >= ?")
             params.append(filters.after)
@@ -384,16 +407,57 @@ class PhotoStore:
             if not fids:
                 return Candidates(_EMPTY_IDS, np.zeros((0, self._info.dim), np.float32), np.zeros((0,), np.float32))
             where.append(f"folder IN ({','.join(str(f) for f in fids)})")
-        col = "embedding" if self.store.rescores_from_knn_vector else "NULL"
-        rows = self._conn.execute(f"SELECT rowid, {col} FROM vectors WHERE {' AND '.join(where)}",
-                                  params).fetchall()
-        ids = [int(r[0]) for r in rows]
-        refine = self._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
-        embeds = _stack([self.store.decode(bytes(v) if v is not None else None, refine[i]) for i, (_, v)
-                         in zip(ids, rows)], (0, self._info.dim))
+        with read_transaction(self._conn):  # the centroids and the lists of one state of the index
+            nlist = self.partitions.nlist
+            if nlist and self.partitions.cfg.nprobe(nlist) < nlist:
+                ids = self._probe(q, fetch, " AND ".join(where), params, nlist, not filters.empty)
+                knn = self._vector_blobs(ids) if self.store.rescores_from_knn_vector else dict.fromkeys(ids)
+                rows: list[tuple[int, bytes | None]] = [(i, knn[i]) for i in ids]
+            else:
+                col = "embedding" if self.store.rescores_from_knn_vector else "NULL"
+                rows = [(int(r), bytes(v) if v is not None else None) for r, v in self._conn.execute(
+                    f"SELECT rowid, {col} FROM vectors WHERE {' AND '.join(where)}", params)]
+            ids = [r for r, _ in rows]
+            refine = self._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
+        embeds = _stack([self.store.decode(v, refine[i]) for i, v in rows], (0, self._info.dim))
         scores = embeds @ q
         order = np.argsort(-scores, kind="stable")[:n]
         return Candidates(np.asarray(ids, np.int64)[order], embeds[order], scores[order].astype(np.float32))
+
+    def _probe(self, q: FloatArray, fetch: int, where: str, params: list[object], nlist: int,
+               filtered: bool) -> list[int]:
+        """The ``fetch`` nearest photos by vec0 distance among the lists nearest to ``q``: one vec0
+        KNN over the ``nprobe`` nearest lists (vec0 answers up to ``k`` rows per list; SQLite merges
+        them). A filtered search starts wider and doubles the lists until the photos passing its
+        filters in the lists read reach ``filtered_match_share`` of what an unfiltered search reads
+        (so that a selective filter still sees enough of its photos), or every list is read."""
+        cfg = self.partitions.cfg
+        ranked = self.partitions.ranked(q)
+        probe = cfg.nprobe(nlist)
+        target = 0
+        if filtered:
+            target = math.ceil(cfg.filtered_match_share * probe * self.partitions.photos() / nlist)
+            probe = min(nlist, math.ceil(probe * cfg.filtered_probe_factor))
+        while True:
+            lists = ",".join(str(int(i)) for i in ranked[:probe])
+            # MATERIALIZED keeps SQLite from handing the LIMIT to vec0 (which refuses LIMIT with k)
+            sql = (f"WITH c AS MATERIALIZED (SELECT rowid, distance FROM vectors WHERE {where} AND list IN ({lists}))"
+                   " SELECT rowid, (SELECT count(*) FROM c) FROM c ORDER BY distance LIMIT ?")
+            rows = self._conn.execute(sql, [*params[:1], MAX_K if filtered else fetch, *params[2:], fetch]).fetchall()
+            matched = int(rows[0][1]) if rows else 0
+            if probe >= nlist or (len(rows) >= fetch and matched >= target):
+                break
+            probe = min(nlist, 2 * probe)
+            if probe > cfg.max_probe_share * nlist:  # most lists: one plain KNN over all of them is cheaper
+                return [int(r[0]) for r in self._conn.execute(f"SELECT rowid FROM vectors WHERE {where}", params)]
+        return [int(r[0]) for r in rows]
+
+    def retrain_partitions(self) -> int:
+        """Re-cluster every photo into fresh lists (one transaction); returns the number of lists.
+        Not needed as the library grows (lists are split as they fill); for a library whose
+        content changed much, or to partition a small one now."""
+        with write_transaction(self._conn):
+            return self.partitions.retrain(self.embeddings)
 
     def moments(self) -> LibraryMoments:
         """The moments of the indexed photos' stored embeddings (``score.LibraryMoments``): kept up to
@@ -452,25 +516,42 @@ class PhotoStore:
         with write_transaction(self._conn):
             self._ensure_scales(embeds, tokens)
             tscale = self._info.token_scale
-            for rec, e, t in zip(records, embeds, tokens):
-                knn, refine = self.store.encode(e)
-                ids.append(self._insert(rec, knn, quantize(t, tscale).tobytes(), refine))
-            moments.add(self._conn, self._info.dim, self.embeddings(ids), self.embeddings)
+            for start in range(0, len(records), _MAINTAIN_EVERY):
+                part = slice(start, start + _MAINTAIN_EVERY)
+                codes = [self.store.encode(e) for e in embeds[part]]
+                stored = _stack([self.store.decode(*c) for c in codes], (0, self._info.dim))
+                lists = self.partitions.assign(stored)
+                for rec, (knn, refine), t, li in zip(records[part], codes, tokens[part], lists):
+                    ids.append(self._insert(rec, knn, quantize(t, tscale).tobytes(), refine, int(li)))
+                self.partitions.grew(lists.tolist())
+                moments.add(self._conn, self._info.dim, stored, self.embeddings)
+                self._maintain()
         return ids
+
+    def _maintain(self) -> None:
+        """Partition the index, or split its full lists (inside the caller's write transaction)."""
+        parts = self.partitions
+        photos = self.count() if not parts.nlist else 0  # the count matters only until the first training
+        parts.maintain(photos, self.embeddings)
 
     def copy_photo(self, record: PhotoRecord, source_id: int) -> int:
         """Insert a photo whose content equals an indexed one's (a copied file): no re-embedding."""
         c = self._conn
         with write_transaction(c):
             row = c.execute("SELECT tokens, embedding FROM rerank WHERE id = ?", (source_id,)).fetchone()
-            vec = c.execute("SELECT embedding FROM vectors WHERE rowid = ?", (source_id,)).fetchone()
+            vec = c.execute("SELECT embedding, list FROM vectors WHERE rowid = ?", (source_id,)).fetchone()
             if row is None or vec is None:
                 raise LibraryError(f"photo id {source_id} is not in the index")
-            pid = self._insert(record, bytes(vec[0]), bytes(row[0]), bytes(row[1]) if row[1] is not None else None)
+            pid = self._insert(record, bytes(vec[0]), bytes(row[0]), bytes(row[1]) if row[1] is not None else None,
+                               int(vec[1]))
+            self.partitions.grew([int(vec[1])])
             moments.add(c, self._info.dim, self.embeddings([pid]), self.embeddings)
+            self._maintain()
             return pid
 
-    def _insert(self, rec: PhotoRecord, knn: bytes, tokens: bytes, refine: bytes | None) -> int:
+    def _insert(self, rec: PhotoRecord, knn: bytes, tokens: bytes, refine: bytes | None, list_id: int) -> int:
+        """One photo row, its vector in list ``list_id`` and its rerank row (the caller counts the
+        photo in its list)."""
         c = self._conn
         old = c.execute("SELECT id FROM photos WHERE path = ?", (rec.path,)).fetchone()
         if old is not None:
@@ -480,8 +561,8 @@ class PhotoStore:
                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   (rec.path, fid, rec.hash, rec.size, rec.mtime_ns, rec.exif_time, rec.taken, rec.width, rec.height))
         pid = int(c.last_insert_rowid())
-        c.execute(f"INSERT INTO vectors(rowid, embedding, taken, folder) VALUES (?, {self.store.param_sql}, ?, ?)",
-                  (pid, knn, rec.taken, fid))
+        c.execute(f"INSERT INTO vectors(rowid, list, embedding, taken, folder) VALUES (?, ?, {self.store.param_sql}, ?, ?)",
+                  (pid, list_id, knn, rec.taken, fid))
         c.execute("INSERT INTO rerank(id, tokens, embedding) VALUES (?, ?, ?)", (pid, tokens, refine))
         c.execute("DELETE FROM skipped WHERE path = ?", (rec.path,))
         return pid
@@ -558,10 +639,17 @@ class PhotoStore:
                 gone = None
             if leaving:
                 moments.remove(c, self._info.dim, gone)
-            for pid in ids:
+            lists = []
+            for pid in dict.fromkeys(int(p) for p in ids):
+                row = c.execute("SELECT list FROM vectors WHERE rowid = ?", (pid,)).fetchone()
+                if row is not None:
+                    lists.append(int(row[0]))
                 c.execute("DELETE FROM vectors WHERE rowid = ?", (int(pid),))
                 c.execute("DELETE FROM rerank WHERE id = ?", (int(pid),))
                 c.execute("DELETE FROM photos WHERE id = ?", (int(pid),))
+            if lists:
+                self.partitions.grew(lists, -1)
+                self.partitions.drop_empty()
 
     def prune_folders(self) -> None:
         self._conn.execute("DELETE FROM folders WHERE id NOT IN (SELECT DISTINCT folder_id FROM photos)")

@@ -1,4 +1,4 @@
-"""Index schema (version 2), the meta table, and migrations from older versions.
+"""Index schema (version 4), the meta table, and migrations from older versions.
 
 Tables (one SQLite file):
 
@@ -11,7 +11,11 @@ Tables (one SQLite file):
 - ``photos``: path, folder_id, content hash (sha256), size, mtime_ns, exif_time (EXIF capture
   time), taken (exif_time, else the file's mtime; what date filters use), width, height.
 - ``vectors`` (vec0): the bi-encoder embedding, rowid = photos.id, with metadata columns
-  ``taken`` and ``folder`` so that date and folder filters run inside the KNN query.
+  ``taken`` and ``folder`` so that date and folder filters run inside the KNN query, and the
+  partition key ``list``: the photo's list in the coarse quantiser (``partitions``; 0 while the
+  index has none), so that a search reads only the nearest lists.
+- ``partitions(id, centroid, size)``: the coarse quantiser's unit centroids (float32) and list
+  sizes; ``meta.partition_epoch`` changes whenever the set of centroids does.
 - ``rerank(id, tokens, embedding)``: int8 image tokens (T x Dt) for the cross-encoder, and the
   embedding refinement used for exact rescoring (int8 store: the 4-bit rounding residual of the
   vec0 codes; bit store: int8 codes + residual; float32 store: NULL).
@@ -29,7 +33,8 @@ another process did it first.
 
 Version history: 1 had no folders table and no vec0 metadata columns (filters ran after the
 KNN, which silently returned too few results) and no size/mtime on skipped files; 2 had no
-``skipped.kind`` (a file that failed was tried again only once its size or mtime changed).
+``skipped.kind`` (a file that failed was tried again only once its size or mtime changed); 3
+had no partitions (vec0 without the ``list`` partition key: every search read every vector).
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ import time
 import apsw
 
 from .db import write_transaction
+from .partitions import UNTRAINED, VEC_CHUNK, create_table as create_partitions
 from .stores import STORE_KINDS, Store
 from ..errors import EdgeXmrError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # skipped.kind: when a file that could not be indexed is tried again
 SKIP_CONTENT = "content"  # not a usable image: when its size or mtime changes
@@ -74,13 +80,21 @@ def create(conn: apsw.Connection, store: Store, meta: dict[str, str]) -> bool:
             f" kind TEXT NOT NULL DEFAULT '{SKIP_CONTENT}');"
         )
         create_vectors(conn, store)
+        create_partitions(conn)
         write_meta(conn, {**meta, "schema_version": str(SCHEMA_VERSION)})
     return True
 
 
-def create_vectors(conn: apsw.Connection, store: Store, name: str = "vectors") -> None:
-    conn.execute(f"CREATE VIRTUAL TABLE {name} USING vec0({store.column_sql},"
-                 " taken integer, folder integer)")
+def create_vectors(conn: apsw.Connection, store: Store, name: str = "vectors", partitioned: bool = True) -> None:
+    """The vec0 table (``partitioned=False``: the layout of schema versions 2 and 3)."""
+    if partitioned:
+        conn.execute(f"CREATE VIRTUAL TABLE {name} USING vec0(list integer partition key, {store.column_sql},"
+                     f" taken integer, folder integer, chunk_size={VEC_CHUNK})")
+        # vec0 finds a partition's chunks by scanning its chunks table: without this index a KNN over
+        # p lists reads p x (all chunks) rows (a one-off test here: 60 ms -> 9 ms over 100 of 2000 lists)
+        conn.execute(f"CREATE INDEX {name}_chunks_partition ON {name}_chunks(partition00)")
+    else:
+        conn.execute(f"CREATE VIRTUAL TABLE {name} USING vec0({store.column_sql}, taken integer, folder integer)")
 
 
 def read_meta(conn: apsw.Connection) -> dict[str, str]:
@@ -151,7 +165,7 @@ def _v1_to_v2(conn: apsw.Connection) -> None:
     old = conn.execute("SELECT v.rowid, v.embedding, p.taken, p.folder_id FROM vectors v"
                        " JOIN photos p ON p.id = v.rowid").fetchall()
     conn.execute("DROP TABLE vectors")
-    create_vectors(conn, store)
+    create_vectors(conn, store, partitioned=False)
     conn.executemany(f"INSERT INTO vectors(rowid, embedding, taken, folder) VALUES (?, {store.param_sql}, ?, ?)",
                      [(int(r), bytes(e), int(t), int(f)) for r, e, t, f in old])
     conn.execute("UPDATE skipped SET at = ?", (int(time.time()),))
@@ -165,4 +179,16 @@ def _v2_to_v3(conn: apsw.Connection) -> None:
     conn.execute(f"UPDATE skipped SET kind = '{SKIP_UNSUPPORTED}' WHERE reason LIKE 'HEIC/HEIF support%'")
 
 
-_STEPS = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(conn: apsw.Connection) -> None:
+    """vec0 rebuilt with the ``list`` partition key, every photo in list 0 (untrained: the index
+    is partitioned by its next write once it holds ``PartitionConfig.train_at`` photos)."""
+    store = store_from_meta(read_meta(conn))
+    old = conn.execute("SELECT rowid, embedding, taken, folder FROM vectors").fetchall()
+    conn.execute("DROP TABLE vectors")
+    create_vectors(conn, store)
+    create_partitions(conn)
+    conn.executemany(f"INSERT INTO vectors(rowid, list, embedding, taken, folder) VALUES (?, {UNTRAINED},"
+                     f" {store.param_sql}, ?, ?)", [(int(r), bytes(e), t, f) for r, e, t, f in old])
+
+
+_STEPS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}

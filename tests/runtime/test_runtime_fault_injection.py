@@ -25,6 +25,7 @@ from runtime_photos import write_photo
 from runtime_zoo import BAD, build_zoo, check_index
 
 from edge_xmr import Library
+from edge_xmr.index import SCHEMA_VERSION
 from edge_xmr.index.pathkeys import fs_path, path_key
 
 WORKER = Path(__file__).resolve().parent / "runtime_index_worker.py"
@@ -236,7 +237,7 @@ def _open_new_index_at_once(db: Path, n: int) -> None:
                               text=True) for _ in range(n)]
     for p in procs:
         out, err = p.communicate(timeout=120)
-        assert p.returncode == 0 and out.startswith("opened 3"), err[-3000:]
+        assert p.returncode == 0 and out.startswith(f"opened {SCHEMA_VERSION}"), err[-3000:]
     check_index(db, expected=set())
 
 

@@ -17,7 +17,7 @@ from runtime_faults import Faults
 from runtime_photos import write_photo
 
 from edge_xmr import indexer
-from edge_xmr.index import PhotoRecord
+from edge_xmr.index import SCHEMA_VERSION, PhotoRecord
 from edge_xmr import Library
 from edge_xmr.index.db import connect
 from edge_xmr.index.pathkeys import ESCAPE, fs_path, lookup_keys, path_key
@@ -192,7 +192,7 @@ def test_skipped_kinds_of_v2_indexes_are_migrated(tmp_path, photo_tree):
     conn.execute("ALTER TABLE skipped DROP COLUMN kind; UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     conn.close()
     with _lib(tmp_path) as lib:
-        assert lib.info.schema_version == 3 and lib.stats().retrying == 1
+        assert lib.info.schema_version == SCHEMA_VERSION and lib.stats().retrying == 1
 
 
 # ---- 4. one photo, one row --------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def test_concurrent_opens_create_one_index(tmp_path):
         db = tmp_path / f"new{round_}.db"
         assert _open_at_once(db, 30) == []
         with Library.open(db, FakeBundle()) as lib:
-            assert lib.info.schema_version == 3 and lib.count() == 0
+            assert lib.info.schema_version == SCHEMA_VERSION and lib.count() == 0
 
 
 def test_concurrent_opens_migrate_once(tmp_path):
@@ -305,4 +305,4 @@ def test_concurrent_opens_migrate_once(tmp_path):
         shutil.copy(FIXTURE_V1, db)
         assert _open_at_once(db, 30) == []
         with Library.open(db, FakeBundle()) as lib:
-            assert lib.info.schema_version == 3 and lib.count() == 5
+            assert lib.info.schema_version == SCHEMA_VERSION and lib.count() == 5
