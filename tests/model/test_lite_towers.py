@@ -86,7 +86,7 @@ def test_class_teacher_is_the_towers_own_imagenet_classifier(tower):
         torch.testing.assert_close(pooled @ teacher.weight.T + teacher.bias, ref_net(px), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.slow  # ~25 s; the Lite0 image graph's parity runs in the default suite (tests/mobile_export)
+@pytest.mark.slow  # ~25 s; the shipped Lite0 bundle vs PyTorch runs by default (mobile_export/test_default_bundle.py)
 def test_lite2_image_graph_exports_with_parity(tmp_path):
     """The bundle's image graph of a Lite2 model (pretrained tower, untrained heads) at 260 pixels:
     ONNX fp32 = PyTorch (the export's own parity check, at its batch sizes)."""
