@@ -1,0 +1,171 @@
+"""Lite2 vs Lite0 image tower, trained with the same short schedule: quality on dev's reporting half,
+indexing cost and bundle size, in one run.
+
+    python bench/lite2_vs_lite0.py --models runs/short_lite runs/short_lite2 --data ../shared/data/flickr8k
+
+For each model directory (trained by ``edge-xmr train``, identical commands but ``--base``; their
+``train_log.json`` holds the command's settings):
+
+1. quality: ``edge-xmr eval`` on dev with dev's reporting half as the queries (the same command for
+   both; the score's weights were chosen on the tuning half by the training run's calibration): bi-encoder
+   and rerank@20 R@1, text -> image and image -> text;
+2. size: the packaged-style bundle (``mobile_export.default_bundle.build``: int8 graphs only) written to
+   ``runs/bundle_<name>``: total bytes, and the int8 image graph's;
+3. indexing cost: the int8 image graph under onnxruntime on random pixels at the model's input side,
+   1 thread x batch 1 and 2 threads x batch 8, the models interleaved in each round, median ms per
+   photo and photos/s (the image encoder only: decoding and resizing the JPEG are not in it);
+4. parameters of the image tower and of the whole model.
+
+Prints a table and writes bench/results/lite2_vs_lite0.json with the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPORT = "edge_xmr/train/dev_report.txt"
+
+
+def eval_command(model: str, data: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "edge_xmr.cli", "eval", "--model", model, "--data", data, "--split", "dev",
+            "--queries", REPORT, "--rerank", "20", "--skip-cross-all", "--json-out", str(out)]
+
+
+def quality(model: str, data: str, work: Path) -> dict:
+    out = work / f"eval_{Path(model).name}.json"
+    cmd = eval_command(model, data, out)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    res = json.loads(out.read_text())
+    r = res["results"]
+    return {"command": "python " + shlex.join(["-m", *cmd[2:]]),
+            "queries": res["n_queries"],
+            "gallery_images": res["n_images"],
+            "t2i_bi_R@1": r["bi_encoder"]["t2i"]["R@1"], "t2i_rerank20_R@1": r["rerank@20"]["t2i"]["R@1"],
+            "t2i_rerank20_R@5": r["rerank@20"]["t2i"]["R@5"], "t2i_rerank20_R@10": r["rerank@20"]["t2i"]["R@10"],
+            "i2t_bi_R@1": r["bi_encoder"]["i2t"]["R@1"], "i2t_rerank20_R@1": r["rerank@20"]["i2t"]["R@1"]}
+
+
+def bundle(model: str, work: Path) -> tuple[Path, dict]:
+    from mobile_export.default_bundle import build
+
+    target = work / f"bundle_{Path(model).name}"
+    t = time.time()
+    build(target=target, model_dir=Path(model), threads=2)
+    files = [f for f in target.rglob("*") if f.is_file()]
+    img = target / "onnx" / "int8" / "image_encoder.onnx"
+    return target, {"path": str(target), "export_s": round(time.time() - t, 1),
+                    "bundle_bytes": sum(f.stat().st_size for f in files),
+                    "image_encoder_int8_bytes": img.stat().st_size}
+
+
+def params(model: str) -> dict:
+    from edge_xmr.model import bases
+
+    m = bases.load(model)
+    return {"tower": m.cfg.image.tower, "side": m.cfg.image.size,
+            "image_tower_params": sum(p.numel() for p in m.image_tower.parameters()),
+            "model_params": sum(p.numel() for p in m.parameters())}
+
+
+def timing(graphs: dict[str, tuple[Path, int]], rounds: int) -> dict:
+    import onnxruntime as ort
+
+    def session(path: Path, threads: int) -> ort.InferenceSession:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    setups = {"1 thread, batch 1": (1, 1), "2 threads, batch 8": (2, 8)}
+    rng = np.random.default_rng(0)
+    runs = {}
+    for name, (path, side) in graphs.items():
+        for label, (threads, batch) in setups.items():
+            s = session(path, threads)
+            px = rng.uniform(-1, 1, (batch, 3, side, side)).astype(np.float32)
+            feed = {s.get_inputs()[0].name: px}
+            s.run(None, feed)  # warm-up
+            runs[(name, label)] = (s, feed, batch)
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):  # interleaved: each round times every model in every setup
+        for k, (s, feed, batch) in runs.items():
+            t = time.perf_counter()
+            s.run(None, feed)
+            times[k].append((time.perf_counter() - t) * 1000 / batch)
+    out: dict = {}
+    for (name, label), v in times.items():
+        ms = float(np.median(v))
+        out.setdefault(name, {})[label] = {"ms_per_photo": round(ms, 2), "photos_per_s": round(1000 / ms, 1),
+                                           "iqr_ms": [round(float(np.percentile(v, 25)), 2),
+                                                      round(float(np.percentile(v, 75)), 2)]}
+    return out
+
+
+def train_summary(model: str) -> dict:
+    f = Path(model) / "train_log.json"
+    log = json.loads(f.read_text())
+    epochs = [h for h in log["history"] if "epoch" in h]
+    hub = next((h["hubness"] for h in log["history"] if "hubness" in h), {})
+    cfg = log["config"]
+    return {"train_config": {k: cfg[k] for k in ("epochs", "ce_queries", "ce_epochs", "li_loss", "class_distill",
+                                                 "crop_views", "lr_tower", "batch_size", "threads", "seed")},
+            "train_minutes": round(epochs[-1]["minutes"], 1) if epochs else None,
+            "dev_tuning_checks": [{k: h[k] for k in ("epoch", "dev_bi_R@1", "dev_rerank20_R@1") if k in h} for h in epochs],
+            "calibration_choice": hub.get("score"), "calibration_figures": hub.get("figures")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", required=True, help="model directories (the first is the baseline)")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--work", default="runs", help="where the bundles and eval outputs go (not committed)")
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--json", default="bench/results/lite2_vs_lite0.json")
+    ap.add_argument("--train-commands", nargs="*", default=[], help="the training commands, recorded in the JSON")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    res: dict = {"models": {}}
+    graphs = {}
+    for model in args.models:
+        name = Path(model).name
+        print(f"{name}: eval on the reporting half", file=sys.stderr, flush=True)
+        q = quality(model, args.data, work)
+        print(f"{name}: bundle", file=sys.stderr, flush=True)
+        path, size = bundle(model, work)
+        p = params(model)
+        graphs[name] = (path / "onnx" / "int8" / "image_encoder.onnx", p["side"])
+        res["models"][name] = {"dir": model, **p, "reporting_half": q, "bundle": size, **train_summary(model)}
+    print("timing the int8 image graphs", file=sys.stderr, flush=True)
+    for name, t in timing(graphs, args.rounds).items():
+        res["models"][name]["image_encoder_int8"] = t
+    res.update({"command": "python " + shlex.join(sys.argv), "train_commands": args.train_commands,
+                "rounds": args.rounds, "reporting_half": REPORT,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs while it ran), "
+                           f"Python {platform.python_version()}",
+                "date": time.strftime("%Y-%m-%d")})
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    cols = ("t2i bi", "t2i rr@20", "i2t rr@20", "ms 1t", "ms 2t b8", "photos/s 2t", "img MB", "bundle MB", "tower M")
+    print(f"{'model':<14}" + "".join(f"{c:>12}" for c in cols))
+    for name, r in res["models"].items():
+        q, t = r["reporting_half"], r["image_encoder_int8"]
+        vals = (q["t2i_bi_R@1"], q["t2i_rerank20_R@1"], q["i2t_rerank20_R@1"], t["1 thread, batch 1"]["ms_per_photo"],
+                t["2 threads, batch 8"]["ms_per_photo"], t["2 threads, batch 8"]["photos_per_s"],
+                r["bundle"]["image_encoder_int8_bytes"] / 1e6, r["bundle"]["bundle_bytes"] / 1e6,
+                r["image_tower_params"] / 1e6)
+        print(f"{name:<14}" + "".join(f"{v:>12.2f}" for v in vals))
+
+
+if __name__ == "__main__":
+    main()
