@@ -66,12 +66,12 @@ def bundle(model: str, work: Path) -> tuple[Path, dict]:
     from mobile_export.default_bundle import build
 
     target = work / f"bundle_{Path(model).name}"
-    t = time.time()
-    if not _fresh(target / "manifest.json", model):
+    t, reused = time.time(), _fresh(target / "manifest.json", model)
+    if not reused:
         build(target=target, model_dir=Path(model), threads=2)
     files = [f for f in target.rglob("*") if f.is_file()]
     img = target / "onnx" / "int8" / "image_encoder.onnx"
-    return target, {"path": str(target), "export_s": round(time.time() - t, 1),
+    return target, {"path": str(target), "export_s": None if reused else round(time.time() - t, 1),
                     "bundle_bytes": sum(f.stat().st_size for f in files),
                     "image_encoder_int8_bytes": img.stat().st_size}
 
