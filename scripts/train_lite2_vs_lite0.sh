@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/flickr8k}
 export HF_HUB_OFFLINE=1
+mkdir -p runs
 train() {
   edge-xmr train --data "$DATA" --split train --eval-split dev --base "$1" --out "runs/short_$1" --epochs 3 \
     --ce-queries 16 --ce-epochs 0 --li-loss 1.0 --class-distill 0.5 --crop-views 0 --tower-blocks 3 \
