@@ -1,15 +1,16 @@
 """Lite2 vs Lite0 image tower, trained with the same short schedule: quality on dev's reporting half,
 indexing cost and bundle size, in one run.
 
-    python bench/lite2_vs_lite0.py --models runs/short_lite runs/short_lite2 --data ../shared/data/flickr8k
+    python bench/lite2_vs_lite0.py --models runs/short_lite runs/short_lite2 --data ../shared/data/flickr8k [--eval]
 
 For each model directory (trained by ``edge-xmr train``, identical commands but ``--base``; their
 ``train_log.json`` holds the command's settings):
 
-1. quality: ``edge-xmr eval`` on dev with dev's reporting half as the queries (the same command for
-   both; the score's weights were chosen on the tuning half by the training run's calibration): bi-encoder
-   and rerank@20 R@1, text -> image and image -> text;
-2. size: the packaged-style bundle (``mobile_export.default_bundle.build``: int8 graphs only) written to
+1. quality (``--phase quality``): the training run's calibration, which chose the score's weights on dev's
+   tuning half and scored its reporting half once (the same code for both: ``train_log.json``); with
+   ``--eval`` also ``edge-xmr eval`` on dev with the reporting half as the queries (the same command for
+   both): bi-encoder and rerank@20 R@1, text -> image and image -> text;
+2. size (``--phase cost``, 2-4): the packaged-style bundle (``mobile_export.default_bundle.build``: int8 graphs only) written to
    ``runs/bundle_<name>``: total bytes, and the int8 image graph's (1 and 2 are deterministic: a rerun
    reuses outputs written after the model);
 3. indexing cost: the int8 image graph under onnxruntime on random pixels at the model's input side,
@@ -128,51 +129,76 @@ def train_summary(model: str) -> dict:
                                                  "crop_views", "lr_tower", "batch_size", "threads", "seed")},
             "train_minutes": round(epochs[-1]["minutes"], 1) if epochs else None,
             "dev_tuning_checks": [{k: h[k] for k in ("epoch", "dev_bi_R@1", "dev_rerank20_R@1") if k in h} for h in epochs],
-            "calibration_choice": hub.get("score"), "calibration_figures": hub.get("figures")}
+            "calibration_choice": hub.get("score"),
+            "calibration_figures": {h: hub.get(h) for h in ("tuning", "reporting")}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", required=True, help="model directories (the first is the baseline)")
     ap.add_argument("--data", required=True)
+    ap.add_argument("--phase", choices=("quality", "cost", "all"), default="all",
+                    help="quality: the training logs' calibration figures (+ --eval); cost: bundles, params, timing")
+    ap.add_argument("--eval", action="store_true", help="quality phase: also run edge-xmr eval on the reporting half")
+    ap.add_argument("--bundle-from", nargs="*", default=None,
+                    help="cost phase: model dirs to export the bundles from, parallel to --models (default: --models; "
+                         "sizes and timing depend on the shapes only)")
     ap.add_argument("--work", default="runs", help="where the bundles and eval outputs go (not committed)")
     ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--json", default="bench/results/lite2_vs_lite0.json")
-    ap.add_argument("--train-commands", nargs="*", default=[], help="the training commands, recorded in the JSON")
+    ap.add_argument("--json", default="bench/results/lite2_vs_lite0.json", help="results (merged into when it exists)")
+    ap.add_argument("--train-commands", nargs="*", default=None, help="the training commands, recorded in the JSON")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"models": {}}
-    graphs = {}
-    for model in args.models:
-        name = Path(model).name
-        print(f"{name}: eval on the reporting half", file=sys.stderr, flush=True)
-        q = quality(model, args.data, work)
-        print(f"{name}: bundle", file=sys.stderr, flush=True)
-        path, size = bundle(model, work)
-        p = params(model)
-        graphs[name] = (path / "onnx" / "int8" / "image_encoder.onnx", p["side"])
-        res["models"][name] = {"dir": model, **p, "reporting_half": q, "bundle": size, **train_summary(model)}
-    print("timing the int8 image graphs", file=sys.stderr, flush=True)
-    for name, t in timing(graphs, args.rounds).items():
-        res["models"][name]["image_encoder_int8"] = t
-    res.update({"command": "python " + shlex.join(sys.argv), "train_commands": args.train_commands,
-                "rounds": args.rounds, "reporting_half": REPORT,
+    out = Path(args.json)
+    res: dict = json.loads(out.read_text()) if out.is_file() else {"models": {}, "commands": {}}
+    command = "python " + shlex.join(sys.argv)
+    names = [Path(m).name for m in args.models]
+    for name, model in zip(names, args.models):
+        r = res["models"].setdefault(name, {})
+        r["dir"] = model
+        if args.phase in ("quality", "all"):
+            r.update(train_summary(model))
+            if args.eval:
+                print(f"{name}: eval on the reporting half", file=sys.stderr, flush=True)
+                r["reporting_half_eval"] = quality(model, args.data, work)
+            res["commands"]["quality"] = command
+    if args.phase in ("cost", "all"):
+        graphs = {}
+        for name, src in zip(names, args.bundle_from or args.models):
+            print(f"{name}: bundle from {src}", file=sys.stderr, flush=True)
+            path, size = bundle(src, work)
+            p = params(src)
+            graphs[name] = (path / "onnx" / "int8" / "image_encoder.onnx", p["side"])
+            res["models"][name].update(p, bundle={**size, "from": src})
+        print("timing the int8 image graphs", file=sys.stderr, flush=True)
+        for name, t in timing(graphs, args.rounds).items():
+            res["models"][name]["image_encoder_int8"] = t
+        res["rounds"] = args.rounds
+        res["commands"]["cost"] = command
+    if args.train_commands is not None:
+        res["train_commands"] = args.train_commands
+    res.update({"reporting_half": REPORT, "date": time.strftime("%Y-%m-%d"),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs while it ran), "
-                           f"Python {platform.python_version()}",
-                "date": time.strftime("%Y-%m-%d")})
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+                           f"Python {platform.python_version()}"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    _table(res)
+
+
+def _table(res: dict) -> None:
     cols = ("t2i bi", "t2i rr@20", "i2t rr@20", "ms 1t", "ms 2t b8", "photos/s 2t", "img MB", "bundle MB", "tower M")
-    print(f"{'model':<14}" + "".join(f"{c:>12}" for c in cols))
+    print(f"{'model (reporting half)':<24}" + "".join(f"{c:>12}" for c in cols))
+    nan = float("nan")
     for name, r in res["models"].items():
-        q, t = r["reporting_half"], r["image_encoder_int8"]
-        vals = (q["t2i_bi_R@1"], q["t2i_rerank20_R@1"], q["i2t_rerank20_R@1"], t["1 thread, batch 1"]["ms_per_photo"],
-                t["2 threads, batch 8"]["ms_per_photo"], t["2 threads, batch 8"]["photos_per_s"],
-                r["bundle"]["image_encoder_int8_bytes"] / 1e6, r["bundle"]["bundle_bytes"] / 1e6,
-                r["image_tower_params"] / 1e6)
-        print(f"{name:<14}" + "".join(f"{v:>12.2f}" for v in vals))
+        q = (r.get("calibration_figures") or {}).get("reporting") or {}
+        t, b = r.get("image_encoder_int8", {}), r.get("bundle", {})
+        vals = (q.get("t2i_bi_R@1", nan), q.get("t2i_rerank20_R@1", nan), q.get("i2t_rerank20_R@1", nan),
+                t.get("1 thread, batch 1", {}).get("ms_per_photo", nan), t.get("2 threads, batch 8", {}).get("ms_per_photo", nan),
+                t.get("2 threads, batch 8", {}).get("photos_per_s", nan), b.get("image_encoder_int8_bytes", nan) / 1e6,
+                b.get("bundle_bytes", nan) / 1e6, r.get("image_tower_params", nan) / 1e6)
+        print(f"{name:<24}" + "".join(f"{v:>12.2f}" for v in vals))
 
 
 if __name__ == "__main__":
