@@ -128,7 +128,8 @@ def train_summary(model: str) -> dict:
     return {"train_config": {k: cfg[k] for k in ("epochs", "ce_queries", "ce_epochs", "li_loss", "class_distill",
                                                  "crop_views", "lr_tower", "batch_size", "threads", "seed")},
             "train_minutes": round(epochs[-1]["minutes"], 1) if epochs else None,
-            "dev_tuning_checks": [{k: h[k] for k in ("epoch", "dev_bi_R@1", "dev_rerank20_R@1") if k in h} for h in epochs],
+            "dev_tuning_checks": [{k: h[k] for k in ("epoch", "minutes", "dev_bi_R@1", "dev_rerank20_R@1") if k in h}
+                                  for h in epochs],  # minutes: since the run (or its resume) started
             "calibration_choice": hub.get("score"),
             "calibration_figures": {h: hub.get(h) for h in ("tuning", "reporting")}}
 
