@@ -13,6 +13,10 @@ from typing import Any, Literal
 from .score import ScoreConfig
 
 Base = Literal["lite", "clip", "tiny"]
+Preset = Literal["lite", "lite1", "lite2", "clip", "tiny"]  # preset names: lite1 / lite2 are base lite
+# with EfficientNet-Lite1 / Lite2 at its native input side instead of Lite0
+LITE_SIDES = {"lite": ("efficientnet_lite0", 224), "lite1": ("efficientnet_lite1", 240),
+              "lite2": ("efficientnet_lite2", 260)}  # preset -> (ImageConfig.tower, native side)
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,8 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    tower: Literal["efficientnet_lite0", "clip_vision", "tiny_cnn"] = "efficientnet_lite0"  # image backbone
+    tower: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "clip_vision", "tiny_cnn"] = (
+        "efficientnet_lite0")  # image backbone (efficientnet_lite*: EfficientNet-Lite0/1/2, model/image.py)
     size: int = 224  # square input side in pixels
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel mean, RGB, on [0, 1] values
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel std, RGB
@@ -54,7 +59,7 @@ class ModelConfig:
     trainable_text_layers: int = 3  # top text blocks fine-tuned (the rest stay pretrained)
     freeze_image_tower: bool = True  # keep the image backbone frozen (features can be cached)
     tower_train_blocks: int = 0  # with a frozen tower: its last N blocks (and head conv) are fine-tuned anyway
-    # (efficientnet_lite0 only; training caches the input of those blocks instead of the final grid)
+    # (efficientnet_lite* only; training caches the input of those blocks instead of the final grid)
     clip_path: str = ""  # for base "clip": the CLIPModel checkpoint directory or hub id
     views: tuple[tuple[int, bool], ...] = ()  # test-time views a photo is encoded in at index time, each
     # (side in pixels, mirrored), averaged (embeddings summed and normalised, tokens meaned); a side above
@@ -105,14 +110,18 @@ class ModelConfig:
         return ModelConfig.from_dict(json.loads(Path(path).read_text()))
 
 
-def preset(base: Base, **overrides: Any) -> ModelConfig:
-    """The configuration for a base: ``lite`` (default), ``clip`` or ``tiny``.
+def preset(base: Preset, **overrides: Any) -> ModelConfig:
+    """The configuration for a preset: ``lite`` (default: EfficientNet-Lite0 + MiniLM), ``lite1`` /
+    ``lite2`` (the same with EfficientNet-Lite1 at 240 / Lite2 at 260 pixels), ``clip`` or ``tiny``.
 
     >>> preset("tiny").text.width
     32
     """
     if base == "lite":
         cfg = ModelConfig()
+    elif base in ("lite1", "lite2"):
+        tower, side = LITE_SIDES[base]
+        cfg = ModelConfig(name=f"edge-xmr-{base}", image=ImageConfig(tower=tower, size=side))  # type: ignore[arg-type]
     elif base == "tiny":
         cfg = ModelConfig(
             name="edge-xmr-tiny",
@@ -141,5 +150,5 @@ def preset(base: Base, **overrides: Any) -> ModelConfig:
             freeze_image_tower=True,
         )
     else:
-        raise ValueError(f"unknown base {base!r}: choose lite, clip or tiny")
+        raise ValueError(f"unknown base {base!r}: choose lite, lite1, lite2, clip or tiny")
     return replace(cfg, **overrides) if overrides else cfg

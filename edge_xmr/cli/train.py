@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="caption folder (images/, captions.tsv, splits/)")
     p.add_argument("--split", default="train", help="training split name (default: train)")
     p.add_argument("--eval-split", default=None, help="split for periodic dev evaluation and best-model choice")
-    p.add_argument("--base", default="lite", choices=["lite", "clip", "tiny"], help="pretrained towers")
+    p.add_argument("--base", default="lite", choices=["lite", "lite1", "lite2", "clip", "tiny"],
+                   help="pretrained towers (lite: EfficientNet-Lite0 at 224; lite1 / lite2: Lite1 at 240 / Lite2 at 260)")
     p.add_argument("--clip-path", default="", help="CLIPModel checkpoint dir or hub id (base clip)")
     p.add_argument("--out", required=True, help="output model directory (rerun to resume)")
     p.add_argument("--half", action="store_true", help="store weights as float16 (the embedded default)")

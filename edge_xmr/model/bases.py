@@ -16,7 +16,7 @@ from torch import nn
 from ..config import ModelConfig, TextConfig, preset
 from ..score import NO_FLOOR, ScoreConfig
 from ..tokenizer import Tokenizer, tiny_tokenizer
-from .image import ClipVision, EfficientNetLite0, TinyCNN
+from .image import ClipVision, EfficientNetLite, TinyCNN
 from .joint import JointModel
 from .text import TextTransformer, load_bert, load_clip_text
 from ..errors import EdgeXmrError
@@ -48,7 +48,7 @@ def build(cfg: ModelConfig, pretrained: bool = True, seed: int = 0) -> JointMode
 
             sd = load_file(str(minilm_dir() / "model.safetensors"))
             load_bert(text, sd)
-        model = JointModel(cfg, text, EfficientNetLite0(cfg.image, pretrained=pretrained))
+        model = JointModel(cfg, text, EfficientNetLite(cfg.image, pretrained=pretrained))
         model.tokenizer = Tokenizer.from_file(minilm_dir() / "tokenizer.json")
     elif cfg.base == "clip":
         model = _build_clip(cfg)
@@ -146,7 +146,7 @@ def _pretrained_tower(model: JointModel) -> dict[str, torch.Tensor]:
     """The pretrained weights of the tower blocks this model fine-tunes (empty when none are)."""
     if model.cfg.base != "lite" or not model.cfg.tower_train_blocks:
         return {}
-    ref = EfficientNetLite0(model.cfg.image, pretrained=True)
+    ref = EfficientNetLite(model.cfg.image, pretrained=True)
     return {"image_tower." + k: v for k, v in ref.state_dict().items()}
 
 

