@@ -41,6 +41,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_runtime import peak_rss_mb  # noqa: E402  (one VmHWM reader for every benchmark's child)
 
 WORK = Path(tempfile.gettempdir()) / "edge_xmr_bench_index_memory"
 OUT = REPO / "bench" / "results" / "index_memory.json"
@@ -87,17 +90,6 @@ def library(photos: Path, n: int) -> Path:
 
 
 # ---- one indexing run (child process) --------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM; ru_maxrss as a fallback off Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
 def child(folder: str, db: str, knobs: dict[str, int]) -> None:
     """Index ``folder`` into a fresh ``db`` with the default model; print one JSON line."""
     from edge_xmr import Library

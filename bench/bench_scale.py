@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_runtime import peak_rss_mb  # noqa: E402  (one VmHWM reader for every benchmark's child)
 
 FLICKR = REPO.parent / "shared" / "data" / "flickr8k"
 WORK = Path(os.environ.get("EDGE_XMR_SCALE_WORK", Path(tempfile.gettempdir()) / "edge_xmr_scale"))
@@ -420,14 +422,6 @@ def child(variant: str, db: str, old: str, npy: str) -> None:
         for t in dev_captions(20):
             run(t)
     print(peak_rss_mb())
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM (ru_maxrss would carry the parent's peak across fork + exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def plot(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
