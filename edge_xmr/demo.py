@@ -305,7 +305,7 @@ def timed_search(lib: Library, text: str, k: int = 10, rerank: int = 20, after: 
         return TimedSearch([], StageTimes(0.0, 0.0, 0.0, _ms(t0), 0))
     query = bundle.encode_query(text)  # one text pass: its embedding retrieves, its states rerank
     t1 = time.perf_counter()
-    cands = first_stage(store, bundle, np.asarray(query.embedding, np.float32), max(k, rerank), filters)
+    cands = first_stage(store, bundle, np.asarray(query.embedding, np.float32), max(k, rerank), filters, rerank)
     t2 = time.perf_counter()
     n = min(rerank, len(cands.ids))
     cross = np.zeros((0,), np.float32)

@@ -227,11 +227,13 @@ class Result:
     cross_score: float | None  # cross-encoder score (None: not reranked)
 
 
-def first_stage(model: Model, conn: Any, meta: IndexMeta, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The rerank's candidates: the KNN's n best, or with ``first_stage_prior`` its 2n best reordered by
-    cosine·cos − first_stage_prior·hub(e) and cut to n (edge_xmr.search.first_stage)."""
+def first_stage(model: Model, conn: Any, meta: IndexMeta, q: np.ndarray, n: int,
+                rerank: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates: the KNN's n best; with ``first_stage_prior`` and some of them returned unreranked
+    (rerank < n), its 2n best reordered by cosine·cos − first_stage_prior·hub(e) and cut to n
+    (edge_xmr.search.first_stage; a full rerank holds the prior in its own score)."""
     beta = float(model.w.get("first_stage_prior", 0.0))
-    if not beta:
+    if not beta or rerank >= n:
         return knn(conn, meta, q, n)
     ids, embeds, bi = knn(conn, meta, q, 2 * n)
     key = (model.w["cosine"] * bi - beta * model.photo_prior(embeds)).astype(np.float32)
@@ -285,7 +287,7 @@ def search(model: Model, conn: Any, text: str, k: int = 10, rerank: int = 20) ->
     if not same_vectors(meta, model.manifest):
         raise SystemExit("this index was built with another model: its embeddings mean nothing to this bundle")
     query = model.encode_text(text)
-    ids, embeds, bi = first_stage(model, conn, meta, query["text_embeds"][0], max(k, rerank))
+    ids, embeds, bi = first_stage(model, conn, meta, query["text_embeds"][0], max(k, rerank), rerank)
     n = min(rerank, len(ids))
     cross = model.cross_scores(query, image_tokens(conn, meta, ids[:n]), embeds[:n]) if n else np.zeros(0, np.float32)
     order = [int(i) for i in np.argsort(-cross, kind="stable")] + list(range(n, len(ids)))

@@ -56,7 +56,7 @@ def test_text_search_matches_the_runtime(ref, provisioned, index, prior):
         lib.bundle.score_config = replace(lib.bundle.score_config, first_stage_prior=prior)  # the first stage too
         model.w = {**model.w, "first_stage_prior": prior}
         for q in QUERIES:
-            for k, rerank in ((5, 0), (3, 8), (12, 12)):
+            for k, rerank in ((5, 0), (6, 3), (3, 8), (12, 12)):  # prior / prior / none / none
                 want = lib.search(q, k=k, rerank=rerank)
                 got = ref.search(model, conn, q, k=k, rerank=rerank)
                 assert [h.photo_id for h in got] == [h.photo_id for h in want], (q, k, rerank)

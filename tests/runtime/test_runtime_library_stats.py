@@ -133,7 +133,8 @@ def test_classify_refuses_bad_arguments(lib, tmp_path):
 
 
 def test_first_stage_prior_reorders_the_overfetched_candidates_before_the_cut(lib):
-    """Oracle: the cosine's top PRIOR_OVERFETCH * n over ALL photos, ranked by cosine * w - beta * prior."""
+    """Oracle: the cosine's top PRIOR_OVERFETCH * n over ALL photos, ranked by cosine * w - beta * prior,
+    when some hits are returned unreranked; a full rerank gets the cosine's top n."""
     b = lib.bundle
     text, n = "a dog on the beach", 3
     q = b.embed_texts([text])[0]
@@ -150,8 +151,10 @@ def test_first_stage_prior_reorders_the_overfetched_candidates_before_the_cut(li
     assert [h.photo_id for h in hits] == want
     assert want != plain  # the prior changed what the first stage keeps
     np.testing.assert_allclose([h.bi_score for h in hits], e[np.searchsorted(ids, want)] @ q, atol=1e-5)
-    reranked = lib.search(text, k=n, rerank=n)  # the rerank sees exactly the first stage's n
-    assert sorted(h.photo_id for h in reranked) == sorted(want)
+    partial = lib.search(text, k=n, rerank=1)  # some hits unreranked: the prior chose the candidates
+    assert sorted(h.photo_id for h in partial) == sorted(want)
+    full = lib.search(text, k=n, rerank=n)  # all reranked: the cosine's n (the rerank score holds the prior)
+    assert sorted(h.photo_id for h in full) == sorted(plain)
 
 
 def test_the_demo_timed_search_uses_the_same_first_stage(lib):
