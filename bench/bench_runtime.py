@@ -172,6 +172,22 @@ def numpy_search(bundle: Any, emb: np.ndarray, tok: np.ndarray, text: str, k: in
     return np.asarray(bundle.score_encoded(query, tok[top], emb[top]))
 
 
+def search_prior_before_full_rerank(lib: Any, bundle: Any, text: str, k: int = 10, rerank: int = 20) -> list[Any]:
+    """``Library.search`` as it ran before a full rerank skipped the first-stage prior (the before of
+    docs/model.md's before/after): the KNN fetches ``PRIOR_OVERFETCH`` times the candidates, the prior
+    reorders them and cuts, then the same rerank and the same hits."""
+    from edge_xmr.index.filters import make_filters
+    from edge_xmr.search import _cross_scores, _hits, first_stage
+
+    query = bundle.encode_query(text)
+    with lib.store.snapshot():
+        cands = first_stage(lib.store, bundle, np.asarray(query.embedding, np.float32), max(k, rerank),
+                            make_filters(None, None, None), rerank=0)  # rerank=0: the prior always
+        cross = _cross_scores(lib.store, bundle, query, cands, rerank)
+        order = list(np.argsort(-cross, kind="stable")) + list(range(len(cross), len(cands.ids)))
+        return _hits(lib.store, cands, cross, order[:k])
+
+
 def rerank_stage(bundle: Any, query: Any, store: Any, cands: Any) -> np.ndarray:
     """The rerank stage alone: fetch the candidates' tokens, score them against an already encoded
     query (no text pass: the search's text pass is the "text encoder" stage)."""
@@ -198,6 +214,8 @@ def latency(db: Path, bundle: Any, emb: np.ndarray, tok: np.ndarray, queries: li
 
         variants: dict[str, Callable[[str, np.ndarray], Any]] = {
             "search rerank=20": lambda t, q: lib.search(t, k=10, rerank=20),
+            "search rerank=20, prior before the cut (before)": lambda t, q: search_prior_before_full_rerank(
+                lib, bundle, t),
             "search rerank=0": lambda t, q: lib.search(t, k=10, rerank=0),
             "search rerank=20 +folder+date": lambda t, q: lib.search(t, k=10, rerank=20, folder=folder,
                                                                      after="2015-01-01"),
