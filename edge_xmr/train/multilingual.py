@@ -5,6 +5,12 @@ student's frozen part (the USE base up to its pooled token sum), so an epoch tra
 the head on cached vectors. Loss per batch: 1 - cos(student, teacher) plus an in-batch InfoNCE of the
 student's embedding against the teacher's (the student must rank its own caption's teacher embedding
 first, which is what retrieval needs). The epoch loop is ``edge_xmr.train.loop.run_stage``.
+
+Optional parallel pairs (a translation, its English caption) add rows whose input is the translation
+and whose target is the teacher's embedding of the English: the student learns the other languages'
+wording directly instead of only through its base's multilingual pretraining. Rows that share a
+target (a pair and its own English caption, repeats of a pair) are not each other's negatives in the
+InfoNCE.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class DistilConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.05  # of the in-batch InfoNCE
     contrastive: float = 1.0  # weight of the InfoNCE next to the cosine loss
+    parallel_repeat: int = 4  # each parallel pair appears this many times per epoch (the English captions once)
     seed: int = 0
     ckpt_every: int = 10_000
 
@@ -82,9 +89,12 @@ class Distiller:
 
     def __init__(self, student: MultilingualStudent, pooled: np.ndarray, target: np.ndarray, out: Path,
                  cfg: DistilConfig, dev: tuple[np.ndarray, np.ndarray] | None = None,
-                 log: Callable[[str], None] = lambda s: None, progress: bool = False):
+                 log: Callable[[str], None] = lambda s: None, progress: bool = False,
+                 target_id: np.ndarray | None = None):
         self.student, self.cfg, self.out, self.log, self.progress = student, cfg, out, log, progress
         self.x, self.y = torch.from_numpy(pooled), torch.from_numpy(target)
+        # (N,) rows with the same id share a target (not each other's negatives); default: all distinct
+        self.tid = torch.from_numpy(np.arange(len(pooled)) if target_id is None else np.asarray(target_id, np.int64))
         self.dev = None if dev is None else (torch.from_numpy(dev[0]), torch.from_numpy(dev[1]))
         student.set_trainable()
         head = [p for k, p in student.named_parameters() if p.requires_grad and k.startswith("head.")]
@@ -100,10 +110,12 @@ class Distiller:
     def save_checkpoint(self) -> None:  # a run takes minutes: nothing to resume
         return None
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, tid: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         e = self.student.from_pooled(x[:, :-1], x[:, -1:])  # (B, D)
         cos = (e * y).sum(-1)
         logits = e @ y.T / self.cfg.temperature  # (B, B)
+        shared = (tid[:, None] == tid[None, :]) & ~torch.eye(len(e), dtype=torch.bool)  # same target, not self
+        logits = logits.masked_fill(shared, float("-inf"))
         nce = F.cross_entropy(logits, torch.arange(len(e)))
         total = (1.0 - cos).mean() + self.cfg.contrastive * nce
         return total, {"cos": float(cos.detach().mean()), "nce": float(nce.detach())}
@@ -113,7 +125,7 @@ class Distiller:
         for g, lr in zip(self.opt.param_groups, self.base_lrs):
             g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * frac))  # cosine decay
         t = torch.from_numpy(idx)
-        loss, stats = self.loss(self.x[t], self.y[t])
+        loss, stats = self.loss(self.x[t], self.y[t], self.tid[t])
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
@@ -153,16 +165,29 @@ class Distiller:
 
 def distil(teacher: Any, student: MultilingualStudent, captions: Sequence[str], out: str | Path, cache: str | Path,
            cfg: DistilConfig = DistilConfig(), dev_captions: Sequence[str] = (), teacher_tag: str = "",
-           log: Callable[[str], None] = lambda s: None, progress: bool = False) -> dict[str, Any]:
+           log: Callable[[str], None] = lambda s: None, progress: bool = False,
+           parallel: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Train ``student`` onto ``teacher``'s embeddings of ``captions`` (both cached under ``cache``) and
-    save it to ``out``; ``dev_captions`` give the per-epoch check."""
+    save it to ``out``; ``dev_captions`` give the per-epoch check; ``parallel`` holds (translation,
+    English caption) pairs, each trained ``cfg.parallel_repeat`` times per epoch onto the teacher's
+    embedding of its English."""
     cache = Path(cache)
     tag = teacher_tag or getattr(getattr(teacher, "cfg", None), "name", "teacher")
     x = pooled_features(student, captions, cache)
     y = teacher_embeddings(teacher, captions, cache, tag)
+    first = {c: i for i, c in reversed(list(enumerate(captions)))}  # an English caption -> its target id
+    tid = np.arange(len(captions))
+    if parallel:
+        texts, english = [t for t, _ in parallel], [e for _, e in parallel]
+        xp = pooled_features(student, texts, cache)
+        yp = teacher_embeddings(teacher, english, cache, tag)
+        tp = np.array([first.get(e, len(captions) + i) for i, e in enumerate(english)], np.int64)
+        r = max(1, cfg.parallel_repeat)
+        x, y = np.concatenate([x, *[xp] * r]), np.concatenate([y, *[yp] * r])
+        tid = np.concatenate([tid, *[tp] * r])
     dev = None
     if dev_captions:
         dev = (pooled_features(student, dev_captions, cache), teacher_embeddings(teacher, dev_captions, cache, tag))
     student.cfg = type(student.cfg)(**{**asdict(student.cfg), "teacher": tag})
     student.base.cfg = student.cfg
-    return Distiller(student, x, y, Path(out), cfg, dev, log, progress).fit()
+    return Distiller(student, x, y, Path(out), cfg, dev, log, progress, tid).fit()

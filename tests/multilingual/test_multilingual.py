@@ -233,6 +233,67 @@ def test_distillation_moves_the_student_onto_the_teacher(_tiny_model, tmp_path) 
     np.testing.assert_allclose(load_student(tmp_path / "s").embed_texts(caps[:5]), after[:5], atol=1e-6)
 
 
+def test_parallel_pairs_pull_translations_onto_their_english(_tiny_model, tmp_path) -> None:
+    """Translations trained as parallel pairs end closer to the teacher's embedding of their English
+    caption than the same student distilled on the English alone (same seed, same epochs)."""
+    from edge_xmr.model.multilingual import build_student, tiny_config
+    from edge_xmr.train.multilingual import DistilConfig, distil
+
+    words = {"dog": "hund", "cat": "katze", "man": "mann", "girl": "mädchen", "boy": "junge",
+             "snow": "schnee", "water": "wasser", "grass": "gras", "street": "straße", "beach": "strand"}
+    caps = [f"a {b} in the {c}" for b in ("dog", "cat", "man", "girl", "boy")
+            for c in ("snow", "water", "grass", "street", "beach")]
+    pairs = [(f"ein {words[c.split()[1]]} im {words[c.split()[-1]]}", c) for c in caps]
+    teacher = _tiny_model.embed_texts(caps)
+    cfg = DistilConfig(epochs=25, batch_size=16, lr=3e-3, lr_base=3e-3, parallel_repeat=2)
+    got = {}
+    for name, par in (("english only", ()), ("parallel", pairs)):
+        student = build_student(tiny_config(_tiny_model.cfg.embed_dim), seed=3)
+        distil(_tiny_model, student, caps, tmp_path / name, tmp_path / "cache", cfg, parallel=par)
+        got[name] = float((student.embed_texts([t for t, _ in pairs]) * teacher).sum(1).mean())
+    assert 1 - got["parallel"] < 0.5 * (1 - got["english only"]), got  # measured 0.958 vs 0.879
+
+
+def test_infonce_does_not_count_a_shared_target_as_a_negative() -> None:
+    """Hand-built: two rows with the same target id and identical targets; the loss equals the one of a
+    batch where the duplicate column is absent."""
+    import torch
+
+    from edge_xmr.model.multilingual import build_student, tiny_config
+    from edge_xmr.train.multilingual import DistilConfig, Distiller
+
+    student = build_student(tiny_config(8), seed=0)
+    f = student.cfg
+    x = torch.randn(3, student.base.pooled(*[torch.from_numpy(a) for a in student.tokenizer.encode(["a"], f.max_text_len)])[0].shape[1] + 1)
+    x[:, -1] = 3.0
+    y = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    y[2] = y[0]
+    d = Distiller(student, x.numpy(), y.numpy(), Path("/nonexistent"), DistilConfig(), target_id=np.array([0, 1, 0]))
+    with torch.no_grad():
+        full, _ = d.loss(x, y, torch.tensor([0, 1, 0]))
+        e = student.from_pooled(x[:, :-1], x[:, -1:])
+        logits = e @ y.T / d.cfg.temperature
+        want_nce = torch.stack([torch.logsumexp(logits[0, [0, 1]], 0) - logits[0, 0],
+                                torch.logsumexp(logits[1], 0) - logits[1, 1],
+                                torch.logsumexp(logits[2, [1, 2]], 0) - logits[2, 2]]).mean()
+        want = (1 - (e * y).sum(-1)).mean() + want_nce
+    assert abs(float(full) - float(want)) < 1e-5
+
+
+def test_parallel_file_must_hold_training_photos_only(tmp_path) -> None:
+    from edge_xmr.cli import UserError
+    from edge_xmr.cli.multilingual import read_parallel
+
+    f = tmp_path / "p.tsv"
+    f.write_text("image\tlang\ten\ttext\na.jpg\tde\ta dog\tein Hund\n", encoding="utf-8")
+    assert read_parallel(str(f), frozenset({"a.jpg"})) == [("ein Hund", "a dog")]
+    with pytest.raises(UserError, match="not in the distillation split"):
+        read_parallel(str(f), frozenset({"b.jpg"}))
+    f.write_text("image\ttext\na.jpg\tein Hund\n", encoding="utf-8")
+    with pytest.raises(UserError, match="header"):
+        read_parallel(str(f), frozenset({"a.jpg"}))
+
+
 NO_TORCH = """
 import importlib.abc, json, sys
 from pathlib import Path
