@@ -2,19 +2,24 @@
 
     python bench/bench_scale.py --sizes 10000 100000 300000 1000000     # builds missing DBs first
     python bench/bench_scale.py --sizes 10000 --queries 30               # a smoke run
+    nice python bench/bench_scale.py --build-only --sizes 1000000        # build ahead (minutes per 100k)
 
 Per library size, in one process and interleaved query by query (the machine is shared):
 
-- ``search rerank=20``: ``Library.search(text, k=10, rerank=20)`` on the partitioned index (the
-  real API: one text pass, first stage with the prior, cross-encoder over 20, photo rows);
+- ``search rerank=20``: ``Library.search(text, k=10, rerank=20)`` (the real API: one text pass,
+  the in-RAM first pass of ``edge_xmr.index.firstpass``, first stage with the prior, cross-encoder
+  over 20, photo rows);
 - ``numpy exact + rerank=20``: the same search (``edge_xmr.search.search``) with its candidate
   stage replaced by an exact numpy search over the float32 embeddings held in RAM (what rclip does);
-- ``vec0 brute force + rerank=20``: the same search with today's (schema 3) candidate stage: one
-  brute-force vec0 KNN over an unpartitioned table of the same int8 vectors, rescored the same way;
+- ``vec0 brute force + rerank=20``: the same search with the candidate stage of schema 3: one
+  brute-force sqlite-vec KNN over the index's own vec0 table (int8 L2, 2x over-fetch), rescored
+  with the stored residuals;
 - ``KNN top-20`` of each of the three alone (the candidate stage, no text encoder, no rerank);
 - recall@10 of each candidate stage against exact float search over the original float vectors,
-  unfiltered and with a date + folder filter; DB bytes per photo; peak RSS of a fresh process that
-  opens the library and runs the searches (one per variant; the numpy one loads the float matrix).
+  unfiltered and with a date + folder filter; DB bytes per photo; the time to open the index and
+  load the first pass (a fresh store's first search) next to loading the float32 matrix from an
+  .npy file; the first pass's RAM; peak RSS of a fresh process that opens the library and runs
+  the searches (one per variant; the numpy one loads the float matrix).
 
 Photos: synthetic embeddings drawn to match the default bundle's Flickr8k photo embeddings
 (train + dev, 7000 photos, encoded once and cached): the real mean vector and covariance, a mixture
@@ -22,9 +27,12 @@ of Gaussians (one cluster per 100 photos), unit norm, whose within-cluster share
 is the one (of 0.4-0.7) whose IVF recall-vs-lists-probed curve on 7000 synthetic photos is
 closest to the real photos' curve (matching the mean nearest-neighbour cosine instead picks 0.7,
 which an IVF finds much harder than the real photos: both statistics are in the JSON).
-Real embeddings are checked too (``flickr8k real (7000)``). Queries: Flickr8k dev captions encoded
-by the bundle. Image tokens for the rerank: random (from a pool of 1024 token sets; the timing
-does not depend on their values). Each size's DB is built once into a temp folder and reused.
+Real embeddings are checked too (``real``, 7000 photos: exact codes, below ``exact_max``; and
+``real x16``, the 7000 photos each repeated 16 times with small noise, past it: the PCA codes on
+real embeddings). Queries: Flickr8k dev captions encoded by the bundle. Image tokens for the
+rerank: random (from a pool of 1024 token sets; the timing does not depend on their values). Each
+size's DB is built once (through ``PhotoStore.add_photos``, batches of 1000) into a temp folder
+and reused.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ OUT = REPO / "bench" / "results" / "scale.json"
 FIG = REPO / "bench" / "figures" / "scale_latency.png"
 FOLDER = "/home/someone/Pictures/2016"  # the folder filter of the filtered recall (one year of 10)
 AFTER = 1_467_331_200  # ... and the date filter: taken from 1 July 2016 (about 5% of the photos pass both)
-GEN_VERSION = 2  # bump when the synthetic generator or the DB layout changes (DB file names carry it)
+GEN_VERSION = 3  # bump when the synthetic generator or the DB layout changes (DB file names carry it)
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -152,8 +160,6 @@ class Generator:
 
 def ivf_curve(x: np.ndarray, qv: np.ndarray, list_size: int = 64) -> list[float]:
     """recall@10 of an IVF (spherical k-means, lists of ``list_size``) probing 5/10/20% of its lists."""
-    from edge_xmr.index.partitions import kmeans
-
     nl = len(x) // list_size
     c = kmeans(x, nl, 12, np.random.default_rng(0))
     a, s, out = np.argmax(x @ c.T, axis=1), x @ qv.T, []
@@ -165,6 +171,21 @@ def ivf_curve(x: np.ndarray, qv: np.ndarray, list_size: int = 64) -> list[float]
             hits.append(len(truth & set(idx[np.argsort(-s[idx, j])[:10]].tolist())) / 10)
         out.append(round(float(np.mean(hits)), 3))
     return out
+
+
+def kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> np.ndarray:
+    """Spherical k-means (cosine) of unit rows: k unit centroids seeded by a random sample of rows."""
+    x = np.asarray(x, np.float32)
+    k = max(1, min(k, len(x)))
+    c = x[rng.choice(len(x), k, replace=False)].copy()
+    for _ in range(iters):
+        a = np.argmax(x @ c.T, axis=1)
+        order = np.argsort(a, kind="stable")
+        present, starts = np.unique(a[order], return_index=True)
+        sums = c.copy()  # a centroid that lost every member keeps its place
+        sums[present] = np.add.reduceat(x[order], starts, axis=0)
+        c = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return c.astype(np.float32)
 
 
 def records(n: int) -> list[Any]:
@@ -186,79 +207,56 @@ def token_pool(b: Any) -> np.ndarray:
 
 
 # ---- the indexes -----------------------------------------------------------------------------------
-def db_paths(label: str, emb: np.ndarray) -> tuple[Path, Path]:
+def db_path(label: str, emb: np.ndarray) -> Path:
     h = hashlib.sha256(emb[:64].tobytes()).hexdigest()[:10]
-    base = WORK / f"scale_v{GEN_VERSION}_{label}_{len(emb)}_{h}"
-    return Path(f"{base}.db"), Path(f"{base}_vec0_v3.db")
+    return WORK / f"scale_v{GEN_VERSION}_{label}_{len(emb)}_{h}.db"
 
 
-def build(db: Path, old: Path, b: Any, emb: np.ndarray) -> dict[str, Any]:
-    """The partitioned index through the library's own write path (batches of 1000 photos, lists
-    trained and split as it grows), and today's unpartitioned vec0 table of the same int8 vectors."""
+def build(db: Path, b: Any, emb: np.ndarray) -> dict[str, Any]:
+    """The index through the library's own write path (batches of 1000 photos), once per size."""
     from edge_xmr.index import PhotoStore
-    from edge_xmr.index.db import connect, file_bytes
+    from edge_xmr.index.db import file_bytes
 
-    info: dict[str, Any] = {}
     meta = Path(f"{db}.json")
     if db.exists() and meta.exists():
-        info = json.loads(meta.read_text())
-    else:
-        for f in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-            f.unlink(missing_ok=True)
-        recs, pool = records(len(emb)), token_pool(b)
-        t0 = time.perf_counter()
-        with PhotoStore.open(db, b) as lib:
-            for i in range(0, len(emb), 1000):
-                lib.add_photos(recs[i:i + 1000], emb[i:i + 1000], pool[np.arange(i, min(i + 1000, len(emb))) % 1024])
-            lib.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            info = {"build_s": round(time.perf_counter() - t0, 1), "lists": lib.partitions.nlist}
-        info["db_bytes"] = file_bytes(db)
-        meta.write_text(json.dumps(info))
-    if not old.exists():
-        tmp = Path(f"{old}.tmp")
-        tmp.unlink(missing_ok=True)
-        with PhotoStore.open(db, b) as lib:
-            conn = connect(tmp)
-            conn.execute(f"CREATE VIRTUAL TABLE vectors USING vec0({lib.store.column_sql}, taken integer, folder integer)")
-            conn.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")  # opens like an index
-            ids = lib.all_ids()
-            for i in range(0, len(ids), 4096):
-                chunk = ids[i:i + 4096]
-                rows = lib.connection.execute("SELECT v.rowid, v.embedding, v.taken, v.folder FROM json_each(?) j"
-                                              " JOIN vectors v ON v.rowid = j.value", (json.dumps(chunk),)).fetchall()
-                conn.execute("BEGIN")
-                conn.executemany(f"INSERT INTO vectors(rowid, embedding, taken, folder) VALUES (?, {lib.store.param_sql}, ?, ?)",
-                                 [(int(r), bytes(e), t, f) for r, e, t, f in rows])
-                conn.execute("COMMIT")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.close()
-        tmp.rename(old)
+        return dict(json.loads(meta.read_text()))
+    for f in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        f.unlink(missing_ok=True)
+    recs, pool = records(len(emb)), token_pool(b)
+    t0 = time.perf_counter()
+    with PhotoStore.open(db, b) as lib:
+        for i in range(0, len(emb), 1000):
+            lib.add_photos(recs[i:i + 1000], emb[i:i + 1000], pool[np.arange(i, min(i + 1000, len(emb))) % 1024])
+        lib.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    info = {"build_s": round(time.perf_counter() - t0, 1), "db_bytes": file_bytes(db)}
+    meta.write_text(json.dumps(info))
     return info
 
 
-class OldVec0:
-    """Today's (schema 3) candidate stage: brute-force vec0 KNN over an unpartitioned table, over-fetch
-    and exact rescoring with the residuals of the partitioned index's rerank table (the same data)."""
+class Vec0BruteForce:
+    """The candidate stage of schema 3: brute-force vec0 KNN over the index's own table (int8 L2 over
+    2 x n candidates, filters inside the KNN), rescored exactly with the stored residuals."""
 
-    def __init__(self, lib: Any, old: Path):
-        from edge_xmr.index.db import connect
+    OVERSAMPLE = 2  # what schema 3 fetched per wanted result (int8 store)
 
-        self.lib, self.conn = lib, connect(old, readonly=True)
+    def __init__(self, lib: Any):
+        self.lib = lib
 
     def candidates(self, q: np.ndarray, n: int, filters: Any = None) -> Any:
         from edge_xmr.index import Candidates
 
         st, lib = self.lib.store, self.lib
-        where, params = ["embedding MATCH " + st.param_sql, "k = ?"], [st.query_blob(q), st.fetch_count(n)]
+        where, params = ["embedding MATCH " + st.param_sql, "k = ?"], [st.encode(q)[0], self.OVERSAMPLE * n]
         if filters is not None and filters.after is not None:
             where.append("taken >= ?")
             params.append(filters.after)
         if filters is not None and filters.folder is not None:
             where.append(f"folder IN ({','.join(str(f) for f in lib.folder_ids(filters.folder))})")
-        rows = self.conn.execute(f"SELECT rowid, embedding FROM vectors WHERE {' AND '.join(where)}", params).fetchall()
+        rows = lib.connection.execute(f"SELECT rowid, embedding FROM vectors WHERE {' AND '.join(where)}",
+                                      params).fetchall()
         ids = [int(r[0]) for r in rows]
         refine = lib._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
-        e = np.stack([st.decode(bytes(v), refine[i]) for i, (_, v) in zip(ids, rows)]).astype(np.float32)
+        e = st.decode_many([bytes(v) for _, v in rows], [refine[i] for i in ids])
         s = e @ q
         o = np.argsort(-s, kind="stable")[:n]
         return Candidates(np.asarray(ids, np.int64)[o], e[o], s[o].astype(np.float32))
@@ -496,7 +494,7 @@ def main() -> None:
         for n in a.sizes:
             emb = gen.draw(n, seed=n)
             t0 = time.perf_counter()
-            print(n, build(*db_paths("synthetic", emb), b, emb), f"{time.perf_counter() - t0:.0f} s", flush=True)
+            print(n, build(db_path("synthetic", emb), b, emb), f"{time.perf_counter() - t0:.0f} s", flush=True)
         return
     rows = []
     if not a.no_real:
