@@ -131,40 +131,56 @@ class Store:
         """Stored blobs of n photos -> their unit float32 vectors (n, D), in one pass over the batch.
 
         ``refine=None``: without the refinement (int8 store: the int8 codes alone, a 4-bit coarser
-        approximation; what the in-RAM first pass is computed from). The bit store's codes live in
-        its refinement, so it always needs it."""
-        n, d = len(knn), self.dim
-        if self.kind == "float32":
-            return normalize(_rows(knn, np.float32, d))
-        if self.kind == "int8":
-            x = _rows(knn, np.int8, d).astype(np.float32)
-            if refine is not None:
-                x += _nibble_rows(refine, d)
-        else:
+        approximation; what the in-RAM PCA codes are computed from). The bit store's codes live in
+        its refinement, so it always needs it; a missing int8 residual (None) counts as zero."""
+        k = None if self.kind == "bit" else _rows(knn, self.knn_bytes)
+        r = None
+        if refine is not None and self.kind != "float32":
+            if self.kind == "int8":  # 0x88: two zero nibbles
+                refine = [b if b else b"\x88" * self.refine_bytes for b in refine]
+            r = _rows(refine, self.refine_bytes)
+        return self.decode_arrays(k, r, len(knn))
+
+    @property
+    def knn_bytes(self) -> int:
+        """Bytes of one vec0 vector."""
+        return {"float32": 4 * self.dim, "int8": self.dim, "bit": self.dim // 8}[self.kind]
+
+    @property
+    def refine_bytes(self) -> int:
+        """Bytes of one refinement (rerank.embedding; 0: none)."""
+        return {"float32": 0, "int8": self.dim // 2, "bit": self.dim + self.dim // 2}[self.kind]
+
+    def decode_arrays(self, knn: npt.NDArray[np.uint8] | None, refine: npt.NDArray[np.uint8] | None,
+                      n: int) -> FloatArray:
+        """``decode_many`` of stored bytes already in arrays: vec0 vectors (n, knn_bytes) and
+        refinements (n, refine_bytes), either None where not read."""
+        d = self.dim
+        if self.kind == "bit":
             if refine is None:
                 raise ValueError("the bit store keeps its codes in the refinement: refine is needed")
-            blobs = _rows(refine, np.uint8, d + d // 2)
-            x = blobs[:, :d].view(np.int8).astype(np.float32)
-            x += _unpack(blobs[:, d:])
-        return normalize(x.reshape(n, d) / np.float32(self.scale))
+            x = refine[:, :d].view(np.int8).astype(np.float32)
+            x += _unpack(refine[:, d:])
+        else:
+            if knn is None:
+                raise ValueError("the vec0 vectors are needed")
+            if self.kind == "float32":
+                return normalize(np.ascontiguousarray(knn).view(np.float32).reshape(n, d))
+            x = np.ascontiguousarray(knn).view(np.int8).astype(np.float32)
+            if refine is not None:
+                x += _unpack(refine)
+        x = x.reshape(n, d)
+        x /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-30)[:, None]  # unit norm (the scale cancels)
+        return x
 
 
-def _rows(blobs: Sequence[bytes | None], dtype: type, width: int) -> npt.NDArray[Any]:
-    """Equal-sized blobs -> one (n, width) array."""
+def _rows(blobs: Sequence[bytes | None], width: int) -> npt.NDArray[np.uint8]:
+    """Equal-sized blobs -> one (n, width) byte array."""
     if not len(blobs):
-        return np.zeros((0, width), dtype)
+        return np.zeros((0, width), np.uint8)
     if any(b is None for b in blobs):
         raise ValueError("a stored vector is missing")
-    return np.frombuffer(b"".join(blobs), dtype).reshape(len(blobs), width)  # type: ignore[arg-type]
-
-
-def _nibble_rows(blobs: Sequence[bytes | None], dim: int) -> FloatArray:
-    """4-bit residuals of n photos -> (n, D); a missing one (None, or empty) counts as zero."""
-    out = np.zeros((len(blobs), dim), np.float32)
-    have = [i for i, b in enumerate(blobs) if b]
-    if have:
-        out[have] = _unpack(_rows([blobs[i] for i in have], np.uint8, dim // 2))
-    return out
+    return np.frombuffer(b"".join(blobs), np.uint8).reshape(len(blobs), width)  # type: ignore[arg-type]
 
 
 def _unpack(b: npt.NDArray[np.uint8]) -> FloatArray:

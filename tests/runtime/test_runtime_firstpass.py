@@ -209,3 +209,24 @@ def test_schema_3_and_4_indexes_are_migrated(tmp_path, old):
         assert [lib.candidates(q, 10).ids.tolist() for q in qs] == want  # same search
         lib.delete_photos(lib.all_ids()[:10])
         _exact(lib, qs)
+
+
+@pytest.mark.parametrize("cfg", [CONFIG, EXACT], ids=["pca", "exact"])
+def test_loading_without_the_chunk_tables_reads_through_vec0(tmp_path, monkeypatch, cfg):
+    """The codes loaded from sqlite-vec's chunk tables equal those read row by row through vec0
+    (the path taken when the tables are not laid out as in sqlite-vec 0.1.9)."""
+    from edge_xmr.index import firstpass
+
+    with _fill(tmp_path / "i.db", 2 * CONFIG.exact_max, cfg=cfg) as lib:
+        lib.delete_photos(lib.all_ids()[::7])  # holes in vec0's chunks
+        q = _queries(100, 9)[0]
+        lib.candidates(q, 10)
+        fast = lib.first_pass
+        monkeypatch.setattr(firstpass, "_scan_vec0", lambda conn, ids, width: (
+            np.zeros((len(ids), width), np.uint8), np.zeros((len(ids),), bool)))
+        slow = firstpass.FirstPass(lib.store, cfg)
+        with lib.snapshot():
+            slow.sync(lib.connection)
+        for a in ("ids", "live", "taken", "folder", "codes"):
+            np.testing.assert_array_equal(getattr(slow, a)[:slow.n], getattr(fast, a)[:fast.n], err_msg=a)
+        assert fast.n == len(lib.all_ids())
