@@ -378,9 +378,38 @@ def measure(label: str, emb: np.ndarray, b: Any, queries: list[str], qv: np.ndar
                "recall@10": recall, "db_bytes_per_photo": round(file_bytes(db) / n),
                "float32_matrix_bytes_per_photo": emb.shape[1] * 4, "queries": len(qv),
                "filtered_fraction": round(float(((taken >= AFTER) & in_folder).mean()), 4)}
+    if not fp.exact:
+        row["first_pass_sweep"] = first_pass_sweep(db, b, emb, qv)
     if rss:
         row["peak_rss_mb"] = {v: child_rss(db, v) for v in ("first pass", "numpy", "vec0")}
     return row
+
+
+def first_pass_sweep(db: Path, b: Any, emb: np.ndarray, qv: np.ndarray) -> list[dict[str, Any]]:
+    """recall@10 (unfiltered) and KNN top-20 time of the PCA first pass per (dims, rescore) (not
+    interleaved with the other variants: for the shape of the trade-off, not for comparisons)."""
+    from dataclasses import replace
+
+    from edge_xmr.index import PhotoStore
+    from edge_xmr.index.firstpass import DEFAULT_FIRST_PASS
+
+    exact = NumpyExact(emb)
+    truth = [set(exact.candidates(q, 10).ids.tolist()) for q in qv]
+    out = []
+    for dims in (48, 64, 96):
+        with PhotoStore.open(db, b, first_pass=replace(DEFAULT_FIRST_PASS, dims=dims)) as st:
+            st.candidates(qv[0], 20)
+            for rescore in (50, 100, 200):
+                st.first_pass.cfg = replace(st.first_pass.cfg, rescore=rescore)  # the codes stay loaded
+                ms, hits = [], []
+                for q, t in zip(qv, truth):
+                    t0 = time.perf_counter()
+                    st.candidates(q, 20)
+                    ms.append((time.perf_counter() - t0) * 1000)
+                    hits.append(len(t & set(st.candidates(q, 10).ids.tolist())) / 10)
+                out.append({"dims": dims, "rescore": rescore, "recall@10": round(float(np.mean(hits)), 4),
+                            "knn_top20_p50_ms": pct(ms, 50)})
+    return out
 
 
 def child_rss(db: Path, variant: str) -> float:

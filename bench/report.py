@@ -567,6 +567,13 @@ def scale_section(sc: dict[str, Any] | None) -> str:
         rows.append(row)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     out.append(md_table(rows, cols) + "\n")
+    sweeps = [{"photos": r["n"], "data": r["data"], "PCA dims": p["dims"], "rescored": p["rescore"],
+               "recall@10": f"{p['recall@10']:.3f}", "KNN top-20 p50 ms": p["knn_top20_p50_ms"]}
+              for r in sc["rows"] for p in r.get("first_pass_sweep", [])]
+    if sweeps:
+        out.append(f"\nRecall against the PCA code's size and the photos rescored (default {fc['dims']} dims, "
+                   f"{fc['rescore']} rescored, at least 2x those wanted; KNN alone, not interleaved):\n\n"
+                   + md_table(sweeps, list(sweeps[0])) + "\n")
     return "\n".join(out)
 
 

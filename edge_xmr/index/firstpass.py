@@ -44,7 +44,7 @@ IntArray = npt.NDArray[np.int64]
 class FirstPassConfig:
     exact_max: int = 32768  # up to this many photos the code is the full stored vector (exact, no rescoring)
     dims: int = 64  # above: PCA dimensions of the code (bench/results/scale.json: recall@10 vs exact)
-    rescore: int = 200  # above: photos rescored exactly from their stored vectors (at least 4x those wanted)
+    rescore: int = 100  # above: photos rescored exactly from their stored vectors (at least 2x those wanted)
     refit_growth: float = 2.0  # the basis is refitted when the library grew or shrank by this factor since
     compact_share: float = 0.125  # rows of removed photos kept (masked) until they are this share of the rows
     log_keep: int = 65536  # entries the changes table keeps: a reader further behind reloads every code
@@ -261,7 +261,7 @@ class FirstPass:
                folders: Sequence[int] | None) -> tuple[IntArray, FloatArray | None, FloatArray]:
         """The best photos for a unit query among those passing the filters: (ids, unit embeddings,
         cosines) of the ``n`` best when exact; else (ids, None, code scores) of the best
-        ``max(rescore, 4 n)`` by code, for the caller to rescore."""
+        ``max(rescore, 2 n)`` by code, for the caller to rescore."""
         m = self.n
         mask = None if bool(self.live[:m].all()) else self.live[:m].copy()
         if after is not None:
@@ -279,7 +279,7 @@ class FirstPass:
         else:
             rows = np.flatnonzero(mask)
             s = self.codes[rows] @ qc if 2 * len(rows) < m else (self.codes[:m] @ qc)[rows]
-        want = n if self.exact else max(self.cfg.rescore, 4 * n)
+        want = n if self.exact else max(self.cfg.rescore, 2 * n)
         top = _top(s, want)
         at = top if rows is None else rows[top]
         return self.ids[at], (self.codes[at] if self.exact else None), s[top]
