@@ -62,7 +62,7 @@ OUT = REPO / "bench" / "results" / "scale.json"
 FIG = REPO / "bench" / "figures" / "scale_latency.png"
 FOLDER = "/home/someone/Pictures/2016"  # the folder filter of the filtered recall (one year of 10)
 AFTER = 1_467_331_200  # ... and the date filter: taken from 1 July 2016 (about 5% of the photos pass both)
-GEN_VERSION = 3  # bump when the synthetic generator or the DB layout changes (DB file names carry it)
+GEN_VERSION = 4  # bump when the synthetic generator or the DB layout changes (DB file names carry it)
 
 
 # ---- data ------------------------------------------------------------------------------------------

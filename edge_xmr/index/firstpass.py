@@ -44,7 +44,7 @@ IntArray = npt.NDArray[np.int64]
 class FirstPassConfig:
     exact_max: int = 32768  # up to this many photos the code is the full stored vector (exact, no rescoring)
     dims: int = 64  # above: PCA dimensions of the code (bench/results/scale.json: recall@10 vs exact)
-    rescore: int = 100  # above: photos rescored exactly from their stored vectors (at least 2x those wanted)
+    rescore: int = 200  # above: photos rescored exactly from their stored vectors (at least 2x those wanted)
     refit_growth: float = 2.0  # the basis is refitted when the library grew or shrank by this factor since
     compact_share: float = 0.125  # rows of removed photos kept (masked) until they are this share of the rows
     log_keep: int = 65536  # entries the changes table keeps: a reader further behind reloads every code
