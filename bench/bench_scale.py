@@ -399,8 +399,9 @@ def first_pass_sweep(db: Path, b: Any, emb: np.ndarray, qv: np.ndarray) -> list[
     for dims in (48, 64, 96):
         with PhotoStore.open(db, b, first_pass=replace(DEFAULT_FIRST_PASS, dims=dims)) as st:
             st.candidates(qv[0], 20)
+            cfg = st.first_pass.cfg
             for rescore in (50, 100, 200):
-                st.first_pass.cfg = replace(st.first_pass.cfg, rescore=rescore)  # the codes stay loaded
+                st.first_pass.cfg = replace(cfg, rescore=rescore)  # the codes stay loaded
                 ms, hits = [], []
                 for q, t in zip(qv, truth):
                     t0 = time.perf_counter()
@@ -409,6 +410,7 @@ def first_pass_sweep(db: Path, b: Any, emb: np.ndarray, qv: np.ndarray) -> list[
                     hits.append(len(t & set(st.candidates(q, 10).ids.tolist())) / 10)
                 out.append({"dims": dims, "rescore": rescore, "recall@10": round(float(np.mean(hits)), 4),
                             "knn_top20_p50_ms": pct(ms, 50)})
+            st.first_pass.cfg = cfg
     return out
 
 

@@ -21,11 +21,18 @@ before each search the first pass reads the entries after the last one it applie
 those photos (their rows, or their absence). A reader that fell behind the ``log_keep`` entries
 the table keeps reloads everything. The search then runs inside the same read transaction as
 that catch-up, so it sees exactly one committed state: never a removed photo, always a new one.
+
+The stores of one process that open the same file share one first pass (``shared``; the web
+gallery opens the index per request), used under its lock: a connection whose snapshot is older
+than what the shared codes were caught up to reloads them.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,11 +78,32 @@ def log_changes(conn: apsw.Connection, ids: Sequence[int], keep: int = DEFAULT_F
     conn.execute("DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?", (keep,))
 
 
+_SHARED: weakref.WeakValueDictionary[tuple[object, ...], FirstPass] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def shared(path: str | os.PathLike[str], store: Store, cfg: FirstPassConfig) -> FirstPass:
+    """The first pass of the index file at ``path`` for this store and config, shared by the stores
+    of this process that have it open (kept while one of them is)."""
+    try:
+        st = os.stat(path)
+        key: tuple[object, ...] = (os.path.realpath(path), st.st_dev, st.st_ino, store, cfg)
+    except OSError:  # not a file (yet): not shared
+        return FirstPass(store, cfg)
+    with _SHARED_LOCK:
+        fp = _SHARED.get(key)
+        if fp is None:
+            fp = _SHARED[key] = FirstPass(store, cfg)
+        return fp
+
+
 class FirstPass:
-    """The in-RAM codes of one open store (loaded on first use, caught up before each search)."""
+    """The in-RAM codes of one open index file (loaded on first use, caught up before each search;
+    hold ``lock`` from the catch-up to the end of the search)."""
 
     def __init__(self, store: Store, cfg: FirstPassConfig = DEFAULT_FIRST_PASS):
         self.store, self.cfg = store, cfg
+        self.lock = threading.RLock()
         self.seq = -1  # the last change applied (-1: nothing loaded)
         self.basis: FloatArray | None = None  # (D, dims) projection; None: exact codes
         self.fitted_at = 0  # photos when the basis was fitted

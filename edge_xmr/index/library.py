@@ -24,7 +24,7 @@ from ..errors import EdgeXmrError
 from . import moments, schema
 from .db import connect, file_bytes, read_transaction, write_transaction
 from .filters import DateLike, Filters, folder_key, key_range, path_range, wall_seconds_from_epoch, wall_to_iso
-from .firstpass import DEFAULT_FIRST_PASS, FirstPass, FirstPassConfig, log_changes
+from .firstpass import DEFAULT_FIRST_PASS, FirstPassConfig, log_changes, shared
 from .pathkeys import lookup_keys
 from ..score import LibraryMoments, ScoreConfig
 from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, Store, StoreKind, calibrate_scale, dequantize, quantize
@@ -179,7 +179,7 @@ class PhotoStore:
         self._first_pass_cfg = first_pass
         self._info = LibraryInfo.from_meta(schema.read_meta(conn))
         self.store = self._make_store()
-        self.first_pass = FirstPass(self.store, first_pass)
+        self.first_pass = shared(path, self.store, first_pass)
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
@@ -248,7 +248,7 @@ class PhotoStore:
     def _reload_info(self) -> None:
         self._info = LibraryInfo.from_meta(schema.read_meta(self._conn))
         self.store = self._make_store()
-        self.first_pass = FirstPass(self.store, self._first_pass_cfg)  # codes of the old scale are stale
+        self.first_pass = shared(self.path, self.store, self._first_pass_cfg)  # another scale: other codes
 
     def _make_store(self) -> Store:
         return Store(self._info.store, self._info.dim, self._info.embedding_scale or 1.0)
@@ -394,11 +394,11 @@ class PhotoStore:
         filters = filters or Filters()
         q = np.asarray(query, np.float32).reshape(-1)
         dim = self._info.dim
-        with read_transaction(self._conn):  # the catch-up and the rescoring see one state of the index
+        fp = self.first_pass
+        with fp.lock, read_transaction(self._conn):  # the catch-up and the rescoring see one state of the index
             fids = self.folder_ids(filters.folder) if filters.folder is not None else None
             if fids is not None and not fids:
                 return Candidates(_EMPTY_IDS, np.zeros((0, dim), np.float32), np.zeros((0,), np.float32))
-            fp = self.first_pass
             fp.sync(self._conn)
             ids, embeds, scores = fp.search(q, n, filters.after, filters.before, fids)
             if embeds is None:  # codes: rescore the best of them from their stored vectors

@@ -230,3 +230,48 @@ def test_loading_without_the_chunk_tables_reads_through_vec0(tmp_path, monkeypat
         for a in ("ids", "live", "taken", "folder", "codes"):
             np.testing.assert_array_equal(getattr(slow, a)[:slow.n], getattr(fast, a)[:fast.n], err_msg=a)
         assert fast.n == len(lib.all_ids())
+
+
+def test_stores_of_one_process_share_the_codes_and_search_from_threads(tmp_path):
+    """Stores opening one file share its first pass; searches from several threads (each its own
+    connection, as the web gallery's requests) while another connection writes never fail and never
+    return a photo their own snapshot does not hold."""
+    import threading
+
+    db = tmp_path / "i.db"
+    _fill(db, 2 * CONFIG.exact_max).close()
+    a, b = (PhotoStore.open(db, StoreModel(), first_pass=CONFIG) for _ in range(2))
+    assert a.first_pass is b.first_pass
+    with PhotoStore.open(db, StoreModel(), first_pass=EXACT) as other:  # another config: its own codes
+        assert other.first_pass is not a.first_pass
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        lib = PhotoStore.open(db, StoreModel(), first_pass=CONFIG)
+        try:
+            for q in _queries(60, seed):
+                if stop.is_set():
+                    break
+                with lib.snapshot():
+                    got = lib.candidates(q, 10).ids.tolist()
+                    assert set(got) <= set(lib.all_ids())
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+        finally:
+            lib.close()
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in (20, 21, 22)]
+    for t in threads:
+        t.start()
+    with PhotoStore.open(db, StoreModel(), first_pass=CONFIG) as w:
+        for i in range(6):
+            w.delete_photos(w.all_ids()[:20])
+            w.add_photos(records(20, start=50_000 + 20 * i), clustered(20, seed=30 + i), tokens(20))
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    _recall(a, _queries(100, 23)[:10])
+    a.close()
+    b.close()
