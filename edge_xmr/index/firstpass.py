@@ -1,7 +1,7 @@
 """The candidate search's first pass: every photo's code in RAM, scored with one matrix product.
 
-sqlite-vec 0.1.9 answers a KNN query by brute force inside SQLite (about 0.9 us per int8[256]
-vector on this machine: 0.9 s at 1M photos), slower than numpy over the same vectors in RAM. So
+sqlite-vec 0.1.9 answers a KNN query by brute force inside SQLite (0.9 s at 1M int8[256] photos
+here, bench/results/scale.json), slower than numpy over the same vectors in RAM. So
 the index keeps its vectors in vec0 (the store), and each open store keeps in RAM what a search
 needs to rank them: the photo ids, their capture times and folder ids (the filters), and a
 float32 code per photo.
@@ -50,7 +50,7 @@ IntArray = npt.NDArray[np.int64]
 @dataclass(frozen=True)
 class FirstPassConfig:
     exact_max: int = 32768  # up to this many photos the code is the full stored vector (exact, no rescoring)
-    dims: int = 64  # above: PCA dimensions of the code (bench/results/scale.json: recall@10 vs exact)
+    dims: int = 64  # above: PCA dimensions of the code (recall@10 per dims x rescore: scale.json's first_pass_sweep)
     rescore: int = 200  # above: photos rescored exactly from their stored vectors (at least 2x those wanted)
     refit_growth: float = 2.0  # the basis is refitted when the library grew or shrank by this factor since
     compact_share: float = 0.125  # rows of removed photos kept (masked) until they are this share of the rows
