@@ -152,9 +152,10 @@ class FirstPass:
     def load(self, conn: apsw.Connection, seq: int) -> None:
         """Every photo's code afresh (and the basis, when the library is past ``exact_max``).
 
-        The vec0 vectors are read from sqlite-vec's chunk tables (``_scan_vec0``: a few large blobs,
-        about 10x faster than a row-by-row scan of the virtual table); photos it does not deliver
-        are read through vec0 itself."""
+        The vec0 vectors are read from sqlite-vec's chunk tables (``_scan_vec0``: one blob per 64
+        photos instead of one virtual-table lookup per photo); photos it does not deliver are read
+        through vec0 itself."""
+        self.seq = -1  # until this load completes: an exception leaves nothing half loaded in use
         rows = conn.execute("SELECT id, taken, folder_id FROM photos ORDER BY id").fetchall()
         n, st = len(rows), self.store
         ids = np.fromiter((r[0] for r in rows), np.int64, n)
