@@ -2,19 +2,24 @@
 
     python bench/bench_scale.py --sizes 10000 100000 300000 1000000     # builds missing DBs first
     python bench/bench_scale.py --sizes 10000 --queries 30               # a smoke run
+    nice python bench/bench_scale.py --build-only --sizes 1000000        # build ahead (minutes per 100k)
 
 Per library size, in one process and interleaved query by query (the machine is shared):
 
-- ``search rerank=20``: ``Library.search(text, k=10, rerank=20)`` on the partitioned index (the
-  real API: one text pass, first stage with the prior, cross-encoder over 20, photo rows);
+- ``search rerank=20``: ``Library.search(text, k=10, rerank=20)`` (the real API: one text pass,
+  the in-RAM first pass of ``edge_xmr.index.firstpass``, first stage with the prior, cross-encoder
+  over 20, photo rows);
 - ``numpy exact + rerank=20``: the same search (``edge_xmr.search.search``) with its candidate
   stage replaced by an exact numpy search over the float32 embeddings held in RAM (what rclip does);
-- ``vec0 brute force + rerank=20``: the same search with today's (schema 3) candidate stage: one
-  brute-force vec0 KNN over an unpartitioned table of the same int8 vectors, rescored the same way;
+- ``vec0 brute force + rerank=20``: the same search with the candidate stage of schema 3: one
+  brute-force sqlite-vec KNN over the index's own vec0 table (int8 L2, 2x over-fetch), rescored
+  with the stored residuals;
 - ``KNN top-20`` of each of the three alone (the candidate stage, no text encoder, no rerank);
 - recall@10 of each candidate stage against exact float search over the original float vectors,
-  unfiltered and with a date + folder filter; DB bytes per photo; peak RSS of a fresh process that
-  opens the library and runs the searches (one per variant; the numpy one loads the float matrix).
+  unfiltered and with a date + folder filter; DB bytes per photo; the time to open the index and
+  load the first pass (a fresh store's first search) next to loading the float32 matrix from an
+  .npy file; the first pass's RAM; peak RSS of a fresh process that opens the library and runs
+  the searches (one per variant; the numpy one loads the float matrix).
 
 Photos: synthetic embeddings drawn to match the default bundle's Flickr8k photo embeddings
 (train + dev, 7000 photos, encoded once and cached): the real mean vector and covariance, a mixture
@@ -22,9 +27,11 @@ of Gaussians (one cluster per 100 photos), unit norm, whose within-cluster share
 is the one (of 0.4-0.7) whose IVF recall-vs-lists-probed curve on 7000 synthetic photos is
 closest to the real photos' curve (matching the mean nearest-neighbour cosine instead picks 0.7,
 which an IVF finds much harder than the real photos: both statistics are in the JSON).
-Real embeddings are checked too (``flickr8k real (7000)``). Queries: Flickr8k dev captions encoded
-by the bundle. Image tokens for the rerank: random (from a pool of 1024 token sets; the timing
-does not depend on their values). Each size's DB is built once into a temp folder and reused.
+Real embeddings are checked too (``real``, 7000 photos: below ``exact_max``, so exact codes;
+their recall with the PCA codes forced, ``exact_max=1000``, is reported beside). Queries: Flickr8k dev captions encoded by the bundle. Image tokens for the
+rerank: random (from a pool of 1024 token sets; the timing does not depend on their values). Each
+size's DB is built once (through ``PhotoStore.add_photos``, batches of 1000) into a temp folder
+and reused.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ OUT = REPO / "bench" / "results" / "scale.json"
 FIG = REPO / "bench" / "figures" / "scale_latency.png"
 FOLDER = "/home/someone/Pictures/2016"  # the folder filter of the filtered recall (one year of 10)
 AFTER = 1_467_331_200  # ... and the date filter: taken from 1 July 2016 (about 5% of the photos pass both)
-GEN_VERSION = 2  # bump when the synthetic generator or the DB layout changes (DB file names carry it)
+GEN_VERSION = 4  # bump when the synthetic generator or the DB layout changes (DB file names carry it)
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -152,8 +159,6 @@ class Generator:
 
 def ivf_curve(x: np.ndarray, qv: np.ndarray, list_size: int = 64) -> list[float]:
     """recall@10 of an IVF (spherical k-means, lists of ``list_size``) probing 5/10/20% of its lists."""
-    from edge_xmr.index.partitions import kmeans
-
     nl = len(x) // list_size
     c = kmeans(x, nl, 12, np.random.default_rng(0))
     a, s, out = np.argmax(x @ c.T, axis=1), x @ qv.T, []
@@ -165,6 +170,21 @@ def ivf_curve(x: np.ndarray, qv: np.ndarray, list_size: int = 64) -> list[float]
             hits.append(len(truth & set(idx[np.argsort(-s[idx, j])[:10]].tolist())) / 10)
         out.append(round(float(np.mean(hits)), 3))
     return out
+
+
+def kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> np.ndarray:
+    """Spherical k-means (cosine) of unit rows: k unit centroids seeded by a random sample of rows."""
+    x = np.asarray(x, np.float32)
+    k = max(1, min(k, len(x)))
+    c = x[rng.choice(len(x), k, replace=False)].copy()
+    for _ in range(iters):
+        a = np.argmax(x @ c.T, axis=1)
+        order = np.argsort(a, kind="stable")
+        present, starts = np.unique(a[order], return_index=True)
+        sums = c.copy()  # a centroid that lost every member keeps its place
+        sums[present] = np.add.reduceat(x[order], starts, axis=0)
+        c = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return c.astype(np.float32)
 
 
 def records(n: int) -> list[Any]:
@@ -186,79 +206,56 @@ def token_pool(b: Any) -> np.ndarray:
 
 
 # ---- the indexes -----------------------------------------------------------------------------------
-def db_paths(label: str, emb: np.ndarray) -> tuple[Path, Path]:
+def db_path(label: str, emb: np.ndarray) -> Path:
     h = hashlib.sha256(emb[:64].tobytes()).hexdigest()[:10]
-    base = WORK / f"scale_v{GEN_VERSION}_{label}_{len(emb)}_{h}"
-    return Path(f"{base}.db"), Path(f"{base}_vec0_v3.db")
+    return WORK / f"scale_v{GEN_VERSION}_{label}_{len(emb)}_{h}.db"
 
 
-def build(db: Path, old: Path, b: Any, emb: np.ndarray) -> dict[str, Any]:
-    """The partitioned index through the library's own write path (batches of 1000 photos, lists
-    trained and split as it grows), and today's unpartitioned vec0 table of the same int8 vectors."""
+def build(db: Path, b: Any, emb: np.ndarray) -> dict[str, Any]:
+    """The index through the library's own write path (batches of 1000 photos), once per size."""
     from edge_xmr.index import PhotoStore
-    from edge_xmr.index.db import connect, file_bytes
+    from edge_xmr.index.db import file_bytes
 
-    info: dict[str, Any] = {}
     meta = Path(f"{db}.json")
     if db.exists() and meta.exists():
-        info = json.loads(meta.read_text())
-    else:
-        for f in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-            f.unlink(missing_ok=True)
-        recs, pool = records(len(emb)), token_pool(b)
-        t0 = time.perf_counter()
-        with PhotoStore.open(db, b) as lib:
-            for i in range(0, len(emb), 1000):
-                lib.add_photos(recs[i:i + 1000], emb[i:i + 1000], pool[np.arange(i, min(i + 1000, len(emb))) % 1024])
-            lib.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            info = {"build_s": round(time.perf_counter() - t0, 1), "lists": lib.partitions.nlist}
-        info["db_bytes"] = file_bytes(db)
-        meta.write_text(json.dumps(info))
-    if not old.exists():
-        tmp = Path(f"{old}.tmp")
-        tmp.unlink(missing_ok=True)
-        with PhotoStore.open(db, b) as lib:
-            conn = connect(tmp)
-            conn.execute(f"CREATE VIRTUAL TABLE vectors USING vec0({lib.store.column_sql}, taken integer, folder integer)")
-            conn.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")  # opens like an index
-            ids = lib.all_ids()
-            for i in range(0, len(ids), 4096):
-                chunk = ids[i:i + 4096]
-                rows = lib.connection.execute("SELECT v.rowid, v.embedding, v.taken, v.folder FROM json_each(?) j"
-                                              " JOIN vectors v ON v.rowid = j.value", (json.dumps(chunk),)).fetchall()
-                conn.execute("BEGIN")
-                conn.executemany(f"INSERT INTO vectors(rowid, embedding, taken, folder) VALUES (?, {lib.store.param_sql}, ?, ?)",
-                                 [(int(r), bytes(e), t, f) for r, e, t, f in rows])
-                conn.execute("COMMIT")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.close()
-        tmp.rename(old)
+        return dict(json.loads(meta.read_text()))
+    for f in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        f.unlink(missing_ok=True)
+    recs, pool = records(len(emb)), token_pool(b)
+    t0 = time.perf_counter()
+    with PhotoStore.open(db, b) as lib:
+        for i in range(0, len(emb), 1000):
+            lib.add_photos(recs[i:i + 1000], emb[i:i + 1000], pool[np.arange(i, min(i + 1000, len(emb))) % 1024])
+        lib.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    info = {"build_s": round(time.perf_counter() - t0, 1), "db_bytes": file_bytes(db)}
+    meta.write_text(json.dumps(info))
     return info
 
 
-class OldVec0:
-    """Today's (schema 3) candidate stage: brute-force vec0 KNN over an unpartitioned table, over-fetch
-    and exact rescoring with the residuals of the partitioned index's rerank table (the same data)."""
+class Vec0BruteForce:
+    """The candidate stage of schema 3: brute-force vec0 KNN over the index's own table (int8 L2 over
+    2 x n candidates, filters inside the KNN), rescored exactly with the stored residuals."""
 
-    def __init__(self, lib: Any, old: Path):
-        from edge_xmr.index.db import connect
+    OVERSAMPLE = 2  # what schema 3 fetched per wanted result (int8 store)
 
-        self.lib, self.conn = lib, connect(old, readonly=True)
+    def __init__(self, lib: Any):
+        self.lib = lib
 
     def candidates(self, q: np.ndarray, n: int, filters: Any = None) -> Any:
         from edge_xmr.index import Candidates
 
         st, lib = self.lib.store, self.lib
-        where, params = ["embedding MATCH " + st.param_sql, "k = ?"], [st.query_blob(q), st.fetch_count(n)]
+        where, params = ["embedding MATCH " + st.param_sql, "k = ?"], [st.encode(q)[0], self.OVERSAMPLE * n]
         if filters is not None and filters.after is not None:
             where.append("taken >= ?")
             params.append(filters.after)
         if filters is not None and filters.folder is not None:
             where.append(f"folder IN ({','.join(str(f) for f in lib.folder_ids(filters.folder))})")
-        rows = self.conn.execute(f"SELECT rowid, embedding FROM vectors WHERE {' AND '.join(where)}", params).fetchall()
+        rows = lib.connection.execute(f"SELECT rowid, embedding FROM vectors WHERE {' AND '.join(where)}",
+                                      params).fetchall()
         ids = [int(r[0]) for r in rows]
         refine = lib._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
-        e = np.stack([st.decode(bytes(v), refine[i]) for i, (_, v) in zip(ids, rows)]).astype(np.float32)
+        e = st.decode_many([bytes(v) for _, v in rows], [refine[i] for i in ids])
         s = e @ q
         o = np.argsort(-s, kind="stable")[:n]
         return Candidates(np.asarray(ids, np.int64)[o], e[o], s[o].astype(np.float32))
@@ -302,26 +299,41 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)), 2)
 
 
+STAGES = ("first pass", "numpy exact float32", "vec0 brute force (schema 3)")
+
+
 def measure(label: str, emb: np.ndarray, b: Any, queries: list[str], qv: np.ndarray, rss: bool) -> dict[str, Any]:
+    from dataclasses import replace
+
     from edge_xmr import Library
-    from edge_xmr.index import make_filters
+    from edge_xmr.index import PhotoStore, make_filters
     from edge_xmr.index.db import file_bytes
+    from edge_xmr.index.firstpass import DEFAULT_FIRST_PASS
     from edge_xmr.search import search
 
-    db, old = db_paths(label, emb)
-    info = build(db, old, b, emb)
+    db = db_path(label, emb)
+    info = build(db, b, emb)
     n = len(emb)
     recs = records(n)
     taken = np.array([r.taken for r in recs])
     in_folder = np.array([r.path.startswith(FOLDER + "/") for r in recs])
+    npy = Path(f"{db}.f32.npy")
+    if not npy.exists():
+        np.save(npy, emb)
+    t0 = time.perf_counter()
+    with PhotoStore.open(db, b) as st:  # a fresh store: open + the first search loads every code
+        st.candidates(qv[0], 20)
+        open_load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    np.load(npy)
+    npy_load_s = time.perf_counter() - t0
     with Library.open(db, b) as lib:
         store = lib.store
-        stages = {"partitioned vec0": store, "numpy exact float32": NumpyExact(emb, taken, in_folder),
-                  "vec0 brute force (schema 3)": OldVec0(store, old)}
+        numpy_stage = NumpyExact(emb, taken, in_folder)
+        stages = dict(zip(STAGES, (store, numpy_stage, Vec0BruteForce(store))))
         searches = {"search rerank=20": lambda t: lib.search(t, k=10, rerank=20),
-                    "numpy exact + rerank=20": lambda t: search(Swap(store, stages["numpy exact float32"]), b, t, 10, 20),
-                    "vec0 brute force + rerank=20": lambda t: search(Swap(store, stages["vec0 brute force (schema 3)"]),
-                                                                     b, t, 10, 20)}
+                    "numpy exact + rerank=20": lambda t: search(Swap(store, numpy_stage), b, t, 10, 20),
+                    "vec0 brute force + rerank=20": lambda t: search(Swap(store, stages[STAGES[2]]), b, t, 10, 20)}
         knn = {f"KNN top-20: {name}": (lambda s: lambda q: s.candidates(q, 20))(s) for name, s in stages.items()}
         fns: dict[str, Any] = {**{k: (lambda f: lambda t, q: f(t))(f) for k, f in searches.items()},
                                **{k: (lambda f: lambda t, q: f(q))(f) for k, f in knn.items()}}
@@ -338,17 +350,23 @@ def measure(label: str, emb: np.ndarray, b: Any, queries: list[str], qv: np.ndar
                 times[name].append((time.perf_counter() - t0) * 1000)
                 cpu[name].append((time.process_time() - c0) * 1000)
         filt = make_filters(after=AFTER, folder=FOLDER)
-        exact = NumpyExact(emb, taken, in_folder)
         recall: dict[str, Any] = {}
+        forced = None
+        if label == "real":  # the PCA codes on real embeddings (a store past its exact_max)
+            forced = PhotoStore.open(db, b, first_pass=replace(DEFAULT_FIRST_PASS, exact_max=1000))
+            stages["first pass, PCA codes forced"] = forced
         for fname, f in (("unfiltered", None), ("date+folder filter", filt)):
-            truth = [set(exact.candidates(q, 10, f).ids.tolist()) for q in qv]
+            truth = [set(numpy_stage.candidates(q, 10, f).ids.tolist()) for q in qv]
             for name, s in stages.items():
                 got = [set(s.candidates(q, 10, f).ids.tolist()) for q in qv]
                 recall[f"{name}, {fname}"] = round(float(np.mean([len(a & g) / 10 for a, g in zip(truth, got)])), 4)
-        nlist = store.partitions.nlist
-        sweep = nprobe_sweep(db, b, emb, qv) if nlist else []
-        row = {"data": label, "n": n, "lists": nlist, "nprobe": store.partitions.cfg.nprobe(nlist) if nlist else 0,
-               "build_s": info.get("build_s"),
+        if forced is not None:
+            forced.close()
+        fp = store.first_pass
+        row = {"data": label, "n": n, "build_s": info.get("build_s"),
+               "first_pass": {"codes": "exact (stored vectors)" if fp.exact else f"PCA {fp.codes.shape[1]} dims",
+                              "rescored": 0 if fp.exact else fp.cfg.rescore, "ram_mb": round(fp.nbytes() / 2**20, 1)},
+               "open_and_load_s": round(open_load_s, 2), "float32_npy_load_s": round(npy_load_s, 2),
                # wall p50/p90; cpu_p50: CPU time of this process (all its threads), less sensitive to other jobs
                "latency_ms": {k: {"p50": pct(v, 50), "p90": pct(v, 90), "cpu_p50": pct(cpu[k], 50)}
                               for k, v in times.items()},
@@ -358,66 +376,65 @@ def measure(label: str, emb: np.ndarray, b: Any, queries: list[str], qv: np.ndar
                                                  np.array(times[k]) < np.array(times["numpy exact + rerank=20"]))), 3)}
                                          for k in ("search rerank=20", "vec0 brute force + rerank=20")},
                "recall@10": recall, "db_bytes_per_photo": round(file_bytes(db) / n),
-               "vec0_schema3_table_bytes_per_photo": round(file_bytes(old) / n),
                "float32_matrix_bytes_per_photo": emb.shape[1] * 4, "queries": len(qv),
-               "filtered_fraction": round(float(((taken >= AFTER) & in_folder).mean()), 4),
-               "nprobe_sweep": sweep}
+               "filtered_fraction": round(float(((taken >= AFTER) & in_folder).mean()), 4)}
+    if not fp.exact:
+        row["first_pass_sweep"] = first_pass_sweep(db, b, emb, qv)
     if rss:
-        row["peak_rss_mb"] = {v: child_rss(label, emb, v) for v in ("partitioned", "numpy", "vec0")}
+        row["peak_rss_mb"] = {v: child_rss(db, v) for v in ("first pass", "numpy", "vec0")}
     return row
 
 
-def nprobe_sweep(db: Path, b: Any, emb: np.ndarray, qv: np.ndarray) -> list[dict[str, Any]]:
-    """recall@10 (unfiltered) and KNN top-20 time of the partitioned stage per ``nprobe_sqrt`` (not
+def first_pass_sweep(db: Path, b: Any, emb: np.ndarray, qv: np.ndarray) -> list[dict[str, Any]]:
+    """recall@10 (unfiltered) and KNN top-20 time of the PCA first pass per (dims, rescore) (not
     interleaved with the other variants: for the shape of the trade-off, not for comparisons)."""
     from dataclasses import replace
 
     from edge_xmr.index import PhotoStore
-    from edge_xmr.index.partitions import DEFAULT_PARTITIONS
+    from edge_xmr.index.firstpass import DEFAULT_FIRST_PASS
 
     exact = NumpyExact(emb)
     truth = [set(exact.candidates(q, 10).ids.tolist()) for q in qv]
     out = []
-    for f in (1.0, 2.0, 3.0, 4.0, 6.0, 8.0):
-        cfg = replace(DEFAULT_PARTITIONS, nprobe_sqrt=f)
-        with PhotoStore.open(db, b, partitions=cfg) as st:
+    for dims in (48, 64, 96):
+        with PhotoStore.open(db, b, first_pass=replace(DEFAULT_FIRST_PASS, dims=dims)) as st:
             st.candidates(qv[0], 20)
-            ms, hits = [], []
-            for q, t in zip(qv, truth):
-                t0 = time.perf_counter()
-                st.candidates(q, 20)
-                ms.append((time.perf_counter() - t0) * 1000)
-                hits.append(len(t & set(st.candidates(q, 10).ids.tolist())) / 10)
-            out.append({"nprobe_sqrt": f, "nprobe": cfg.nprobe(st.partitions.nlist), "recall@10": round(float(np.mean(hits)), 4),
-                        "knn_top20_p50_ms": pct(ms, 50)})
+            cfg = st.first_pass.cfg
+            for rescore in (50, 100, 200):
+                st.first_pass.cfg = replace(cfg, rescore=rescore)  # the codes stay loaded
+                ms, hits = [], []
+                for q, t in zip(qv, truth):
+                    t0 = time.perf_counter()
+                    st.candidates(q, 20)
+                    ms.append((time.perf_counter() - t0) * 1000)
+                    hits.append(len(t & set(st.candidates(q, 10).ids.tolist())) / 10)
+                out.append({"dims": dims, "rescore": rescore, "recall@10": round(float(np.mean(hits)), 4),
+                            "knn_top20_p50_ms": pct(ms, 50)})
+            st.first_pass.cfg = cfg
     return out
 
 
-def child_rss(label: str, emb: np.ndarray, variant: str) -> float:
+def child_rss(db: Path, variant: str) -> float:
     """Peak RSS (MB) of a fresh process: bundle + open the library + 20 searches of one variant
     (numpy: the float32 matrix loaded from an .npy file first)."""
-    db, old = db_paths(label, emb)
-    npy = Path(f"{db}.f32.npy")
-    if variant == "numpy" and not npy.exists():
-        np.save(npy, emb)
-    out = subprocess.run([sys.executable, __file__, "--child", variant, str(db), str(old), str(npy)],
+    out = subprocess.run([sys.executable, __file__, "--child", variant, str(db), f"{db}.f32.npy"],
                          capture_output=True, text=True, check=True, cwd=REPO)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def child(variant: str, db: str, old: str, npy: str) -> None:
+def child(variant: str, db: str, npy: str) -> None:
     from edge_xmr import Library
     from edge_xmr.search import search
 
     b = bundle()
     with Library.open(db, b) as lib:
-        if variant == "partitioned":
+        if variant == "first pass":
             run = lambda t: lib.search(t, k=10, rerank=20)  # noqa: E731
         elif variant == "numpy":
             st = NumpyExact(np.load(npy))
             run = lambda t: search(Swap(lib.store, st), b, t, 10, 20)  # noqa: E731
         else:
-            ov = OldVec0(lib.store, Path(old))
+            ov = Vec0BruteForce(lib.store)
             run = lambda t: search(Swap(lib.store, ov), b, t, 10, 20)  # noqa: E731
         for t in dev_captions(20):
             run(t)
@@ -437,11 +454,11 @@ def plot(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         return "no synthetic rows"
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     styles = {"search rerank=20": ("C0", "-"), "numpy exact + rerank=20": ("C1", "-"),
-              "vec0 brute force + rerank=20": ("C3", "-"), "KNN top-20: partitioned vec0": ("C0", "--"),
+              "vec0 brute force + rerank=20": ("C3", "-"), "KNN top-20: first pass": ("C0", "--"),
               "KNN top-20: numpy exact float32": ("C1", "--"), "KNN top-20: vec0 brute force (schema 3)": ("C3", "--")}
     ns = [r["n"] for r in syn]
     for name, (c, ls) in styles.items():
-        label = "partitioned: search rerank=20" if name == "search rerank=20" else name
+        label = "first pass: search rerank=20" if name == "search rerank=20" else name
         ax.plot(ns, [r["latency_ms"][name]["p50"] for r in syn], color=c, ls=ls, marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -459,8 +476,8 @@ def plot(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
 
 def table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
-        print(f"\n{r['data']} n={r['n']} lists={r['lists']} nprobe={r['nprobe']} bytes/photo={r['db_bytes_per_photo']}"
-              f" rss={r.get('peak_rss_mb')}")
+        print(f"\n{r['data']} n={r['n']} {r['first_pass']} bytes/photo={r['db_bytes_per_photo']}"
+              f" open+load {r['open_and_load_s']} s (npy {r['float32_npy_load_s']} s) rss={r.get('peak_rss_mb')}")
         for k, v in r["latency_ms"].items():
             print(f"  {k:45s} p50 {v['p50']:8.2f}  p90 {v['p90']:8.2f}  cpu p50 {v['cpu_p50']:8.2f}")
         for k, v in r.get("paired_minus_numpy_ms", {}).items():
@@ -476,7 +493,7 @@ def main() -> None:
     ap.add_argument("--no-real", action="store_true", help="skip the real Flickr8k embeddings")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--build-only", action="store_true", help="only build the missing DBs (run it under nice)")
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         child(*a.child)
@@ -496,7 +513,7 @@ def main() -> None:
         for n in a.sizes:
             emb = gen.draw(n, seed=n)
             t0 = time.perf_counter()
-            print(n, build(*db_paths("synthetic", emb), b, emb), f"{time.perf_counter() - t0:.0f} s", flush=True)
+            print(n, build(db_path("synthetic", emb), b, emb), f"{time.perf_counter() - t0:.0f} s", flush=True)
         return
     rows = []
     if not a.no_real:
@@ -505,21 +522,23 @@ def main() -> None:
     for n in a.sizes:
         rows.append(measure("synthetic", gen.draw(n, seed=n), b, queries, qv, rss=not a.no_rss))
         table(rows[-1:])
-    from edge_xmr.index.partitions import DEFAULT_PARTITIONS
     from dataclasses import asdict
+
+    from edge_xmr.index.firstpass import DEFAULT_FIRST_PASS
 
     machine["loadavg_at_end"] = list(os.getloadavg())
     res = {"command": "python bench/bench_scale.py " + " ".join(sys.argv[1:]), "machine": machine,
            "bundle": {"model_id": b.model_id[:16], "precision": b.precision, "dim": int(real.shape[1])},
-           "partitions_config": asdict(DEFAULT_PARTITIONS), "synthetic": gen.describe(),
+           "first_pass_config": asdict(DEFAULT_FIRST_PASS), "synthetic": gen.describe(),
            "filters": {"after": AFTER, "folder": FOLDER}, "rows": rows}
     res["figure"] = plot(rows, machine)
     for r in rows:
-        r["partitions_config"], r["command"], r["machine"] = res["partitions_config"], res["command"], machine
+        r["first_pass_config"], r["command"], r["machine"] = res["first_pass_config"], res["command"], machine
     prev = json.loads(OUT.read_text()) if OUT.exists() else {}
-    keep = [{"partitions_config": prev.get("partitions_config"), "command": prev.get("command"),
+    keep = [{"first_pass_config": prev.get("first_pass_config"), "command": prev.get("command"),
              "machine": prev.get("machine"), **r}
-            for r in prev.get("rows", []) if (r["data"], r["n"]) not in {(x["data"], x["n"]) for x in rows}]
+            for r in prev.get("rows", []) if (r["data"], r["n"]) not in {(x["data"], x["n"]) for x in rows}
+            and "first_pass_config" in prev]  # rows of the candidate stage measured here, not of its predecessors
     if keep:  # sizes measured by earlier runs (each row names its config and command)
         res["rows"] = sorted(keep + rows, key=lambda r: (r["data"] != "real", r["n"]))
         res["earlier_commands"] = sorted(set(prev.get("earlier_commands", []) + [prev["command"]]))

@@ -515,9 +515,9 @@ def write_doc(rd: dict[str, Any] | None, rt: dict[str, Any] | None, ex: dict[str
     DOC.write_text("\n".join(parts))
 
 
-SCALE_SERIES = [("search rerank=20", "partitioned: whole search"), ("numpy exact + rerank=20", "numpy exact: whole search"),
+SCALE_SERIES = [("search rerank=20", "first pass: whole search"), ("numpy exact + rerank=20", "numpy exact: whole search"),
                 ("vec0 brute force + rerank=20", "vec0 brute force: whole search"),
-                ("KNN top-20: partitioned vec0", "partitioned: KNN"), ("KNN top-20: numpy exact float32", "numpy: KNN"),
+                ("KNN top-20: first pass", "first pass: KNN"), ("KNN top-20: numpy exact float32", "numpy: KNN"),
                 ("KNN top-20: vec0 brute force (schema 3)", "vec0 brute force: KNN")]
 
 
@@ -525,13 +525,13 @@ def scale_section(sc: dict[str, Any] | None) -> str:
     """Section 5 from bench/results/scale.json (bench/bench_scale.py draws its own figure: building
     the 1M-photo index takes long, so ``--run`` does not run it)."""
     if not sc:
-        return ("## 5. Library size (partitioned KNN)\n"
+        return ("## 5. Library size (in-RAM first pass)\n"
                 + NOT_RUN.format(cmd="python bench/bench_scale.py --sizes 10000 100000 300000 1000000"))
     sizes = sorted(r["n"] for r in sc["rows"] if r["data"] == "synthetic")
-    head = (f"## 5. Library size: {sizes[0]:,} to {sizes[-1]:,} photos (partitioned KNN)\n"
-            + ("" if sizes[-1] >= 1_000_000 else "\n1M photos: not run (building the 1M index did not fit the "
-               "time; `python bench/bench_scale.py --sizes 1000000` adds it).\n"))
-    m = sc["machine"]
+    head = (f"## 5. Library size: {sizes[0]:,} to {sizes[-1]:,} photos (in-RAM first pass)\n"
+            + ("" if sizes[-1] >= 1_000_000 else "\n1M photos: not run (`python bench/bench_scale.py --sizes "
+               "1000000` adds it).\n"))
+    m, fc = sc["machine"], sc["first_pass_config"]
     out = [head, f"![latency vs size](bench/figures/scale_latency.png)\n\n*Run:* `{sc['command']}`"
            + "".join(f", `{c}`" for c in sc.get("earlier_commands", [])) + f" · {m['date']} · {m['cpu']}, "
            f"{m['cpus']} cores; {m['shared']} (load average {m['loadavg_at_start'][0]:.1f} at start, "
@@ -539,33 +539,40 @@ def scale_section(sc: dict[str, Any] | None) -> str:
            f"a mixture of Gaussians with the mean and covariance of the default bundle's embeddings of the 7000 "
            f"Flickr8k train + dev photos ({sc['synthetic']['clusters']}, within-cluster share "
            f"{sc['synthetic']['within_cluster_std_share']}: {sc['synthetic']['calibration']}); `real` is those "
-           f"7000 photos. Queries: Flickr8k dev captions. Latency: p50 ms (p90 ms) wall time, the variants "
-           f"interleaved query by query; *vs numpy*: per query, the search's time minus the numpy search's "
-           f"run next to it (median; negative = faster). Recall@10 against exact float search; *filtered*: "
-           f"a date + folder filter keeping about {sc['rows'][-1]['filtered_fraction']:.0%} of the photos.\n"]
+           f"7000 photos. Queries: Flickr8k dev captions. First pass (`FirstPassConfig`): exact codes up to "
+           f"{fc['exact_max']:,} photos, above PCA to {fc['dims']} dimensions and the best {fc['rescore']} "
+           f"rescored exactly. Latency: p50 ms (p90 ms) wall time, the variants interleaved query by query; "
+           f"*vs numpy*: per query, the search's time minus the numpy search's run next to it (median; negative "
+           f"= faster). Recall@10 against exact float search; *filtered*: a date + folder filter keeping about "
+           f"{sc['rows'][-1]['filtered_fraction']:.0%} of the photos. *open + load*: opening the index and the "
+           f"first search (which loads every code), next to `np.load` of the float32 matrix.\n"]
     rows = []
     for r in sc["rows"]:
         lat, rec = r["latency_ms"], r["recall@10"]
-        row: dict[str, Any] = {"data": r["data"], "photos": r["n"], "lists / probed": f"{r['lists']} / {r['nprobe']}"}
+        row: dict[str, Any] = {"data": r["data"], "photos": r["n"], "codes": r["first_pass"]["codes"]}
         for key, label in SCALE_SERIES:
             row[label] = f"{lat[key]['p50']} ({lat[key]['p90']})"
         paired = r.get("paired_minus_numpy_ms", {}).get("search rerank=20")
-        row["partitioned vs numpy (paired)"] = f"{paired['p50']:+.1f}" if paired else None
-        row["recall@10 partitioned"] = f"{rec['partitioned vec0, unfiltered']:.3f}"
-        row["recall@10 filtered"] = f"{rec['partitioned vec0, date+folder filter']:.3f}"
-        row["recall@10 vec0 brute force"] = f"{rec['vec0 brute force (schema 3), unfiltered']:.3f}"
+        row["first pass vs numpy (paired)"] = f"{paired['p50']:+.1f}" if paired else None
+        row["recall@10"] = f"{rec['first pass, unfiltered']:.3f}"
+        row["recall@10 filtered"] = f"{rec['first pass, date+folder filter']:.3f}"
+        if "first pass, PCA codes forced, unfiltered" in rec:
+            row["recall@10"] += f" (PCA forced: {rec['first pass, PCA codes forced, unfiltered']:.3f})"
         row["bytes / photo"] = r["db_bytes_per_photo"]
+        row["open + load s (npy)"] = f"{r['open_and_load_s']} ({r['float32_npy_load_s']})"
+        row["first pass RAM MB"] = r["first_pass"]["ram_mb"]
         if r.get("peak_rss_mb"):
-            row["peak RSS MB (part. / numpy / vec0)"] = " / ".join(f"{r['peak_rss_mb'][v]:.0f}"
-                                                                   for v in ("partitioned", "numpy", "vec0"))
+            row["peak RSS MB (first pass / numpy / vec0)"] = " / ".join(
+                f"{r['peak_rss_mb'][v]:.0f}" for v in ("first pass", "numpy", "vec0"))
         rows.append(row)
-    out.append(md_table(rows, list(rows[-1])) + "\n")
-    sweeps = [{"photos": r["n"], "data": r["data"], "nprobe_sqrt": p["nprobe_sqrt"], "lists probed": p["nprobe"],
-               "of lists": r["lists"], "recall@10": f"{p['recall@10']:.3f}", "KNN top-20 p50 ms": p["knn_top20_p50_ms"]}
-              for r in sc["rows"] for p in r.get("nprobe_sweep", [])]
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    out.append(md_table(rows, cols) + "\n")
+    sweeps = [{"photos": r["n"], "data": r["data"], "PCA dims": p["dims"], "rescored": p["rescore"],
+               "recall@10": f"{p['recall@10']:.3f}", "KNN top-20 p50 ms": p["knn_top20_p50_ms"]}
+              for r in sc["rows"] for p in r.get("first_pass_sweep", [])]
     if sweeps:
-        out.append(f"\nRecall against lists probed (`PartitionConfig.nprobe_sqrt`, default "
-                   f"{sc['partitions_config']['nprobe_sqrt']}; KNN alone, not interleaved):\n\n"
+        out.append(f"\nRecall against the PCA code's size and the photos rescored (default {fc['dims']} dims, "
+                   f"{fc['rescore']} rescored, at least 2x those wanted; KNN alone, not interleaved):\n\n"
                    + md_table(sweeps, list(sweeps[0])) + "\n")
     return "\n".join(out)
 

@@ -41,11 +41,9 @@ def pca_recall(x: np.ndarray, qv: np.ndarray, dims: int, r: int) -> float:
 
 
 def ivf_recall(x: np.ndarray, qv: np.ndarray, list_size: int, fracs: tuple[float, ...]) -> dict[str, float]:
-    from edge_xmr.index.partitions import kmeans
-
     nl = len(x) // list_size
     rng = np.random.default_rng(0)
-    c = kmeans(x[rng.choice(len(x), min(len(x), 32 * nl), replace=False)], nl, 10, rng)
+    c = bs.kmeans(x[rng.choice(len(x), min(len(x), 32 * nl), replace=False)], nl, 10, rng)
     a = np.concatenate([np.argmax(x[i:i + 20000] @ c.T, axis=1) for i in range(0, len(x), 20000)])
     s, out = x @ qv.T, {}
     tr = truth(s)

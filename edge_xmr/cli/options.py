@@ -53,7 +53,7 @@ def _max_k() -> int:
 
 THREADS = int_range(0, max_threads)  # 0: the runtime's default
 WORKERS = int_range(1, max_threads)
-K = int_range(1, _max_k)  # results: sqlite-vec returns at most MAX_K (4096) neighbours
+K = int_range(1, _max_k)  # results: a search returns at most MAX_K (4096)
 RERANK = int_range(0, _max_k)
 PORT = int_range(0, MAX_PORT)  # 0: any free port
 BATCH = int_range(1, MAX_BATCH)

@@ -8,7 +8,6 @@ search; the verbs users call (index, search, ...) live in the façade above it, 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,10 +24,10 @@ from ..errors import EdgeXmrError
 from . import moments, schema
 from .db import connect, file_bytes, read_transaction, write_transaction
 from .filters import DateLike, Filters, folder_key, key_range, path_range, wall_seconds_from_epoch, wall_to_iso
-from .partitions import DEFAULT_PARTITIONS, PartitionConfig, Partitions
+from .firstpass import DEFAULT_FIRST_PASS, FirstPassConfig, log_changes, shared
 from .pathkeys import lookup_keys
 from ..score import LibraryMoments, ScoreConfig
-from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, MAX_K, Store, StoreKind, calibrate_scale, dequantize, quantize
+from .stores import DEFAULT_STORE, EMBEDDING_HEADROOM, Store, StoreKind, calibrate_scale, dequantize, quantize
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -168,24 +167,25 @@ class Stats:
 
 
 _EMPTY_IDS: IntArray = np.zeros((0,), np.int64)
-_MAINTAIN_EVERY = 1024  # photos inserted between two checks for full lists (a list stays readable by one KNN)
+_ENCODE_BATCH = 1024  # photos encoded and inserted at a time by add_photos
 
 
 class PhotoStore:
     """A photo index file: photos, their vectors and the index's meta data."""
 
-    def __init__(self, conn: apsw.Connection, path: Path, partitions: PartitionConfig = DEFAULT_PARTITIONS):
+    def __init__(self, conn: apsw.Connection, path: Path, first_pass: FirstPassConfig = DEFAULT_FIRST_PASS):
         self._conn = conn
         self.path = path
+        self._first_pass_cfg = first_pass
         self._info = LibraryInfo.from_meta(schema.read_meta(conn))
         self.store = self._make_store()
-        self.partitions = Partitions(conn, self._info.dim, self.store.param_sql, partitions)
+        self.first_pass = shared(path, self.store, first_pass)
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, db: str | os.PathLike[str] | None = None, model: ModelCard | None = None, *,
              bundle_path: str = "", store: StoreKind = DEFAULT_STORE, create: bool = True,
-             partitions: PartitionConfig = DEFAULT_PARTITIONS) -> PhotoStore:
+             first_pass: FirstPassConfig = DEFAULT_FIRST_PASS) -> PhotoStore:
         """Open (or create) an index file.
 
         Args:
@@ -195,8 +195,7 @@ class PhotoStore:
             bundle_path: the folder of that model's bundle, recorded as a hint for later opens.
             store: for a new index: how embeddings are stored (``int8``, ``float32`` or ``bit``).
             create: create the file if missing.
-            partitions: when to partition the vectors and how many lists a search reads
-                (``index.partitions``).
+            first_pass: the in-RAM candidate search's settings (``index.firstpass``).
 
         Raises:
             ModelMismatchError: the index was built with another model.
@@ -215,7 +214,7 @@ class PhotoStore:
                     raise LibraryError(f"{path} is not an index yet; a model bundle is needed to create one")
                 schema.create(conn, Store(store, _manifest_dim(model), 1.0), _new_meta(model, store, bundle_path))
             schema.migrate(conn)
-            lib = cls(conn, path, partitions)
+            lib = cls(conn, path, first_pass)
             if model is not None:
                 lib._check_model(model, bundle_path)
         except BaseException:
@@ -242,13 +241,14 @@ class PhotoStore:
         if bundle_path and bundle_path != info.bundle_path:
             update["bundle_path"] = bundle_path
         if update:
-            with write_transaction(self._conn):
+            with self._write():
                 schema.write_meta(self._conn, update)
             self._reload_info()
 
     def _reload_info(self) -> None:
         self._info = LibraryInfo.from_meta(schema.read_meta(self._conn))
         self.store = self._make_store()
+        self.first_pass = shared(self.path, self.store, self._first_pass_cfg)  # another scale: other codes
 
     def _make_store(self) -> Store:
         return Store(self._info.store, self._info.dim, self._info.embedding_scale or 1.0)
@@ -275,7 +275,7 @@ class PhotoStore:
         """Forget a photo, or every photo under a folder (files are not touched); returns the count."""
         c = self._conn
         where = "path = ? OR (path >= ? AND path < ?)"
-        with write_transaction(c):
+        with self._write():
             for key in lookup_keys(path):  # the first spelling that names anything indexed
                 args = (key, *path_range(key))
                 ids = [int(r[0]) for r in c.execute(f"SELECT id FROM photos WHERE {where}", args)]
@@ -353,7 +353,7 @@ class PhotoStore:
         knn: dict[int, bytes | None] = dict.fromkeys(ids)
         if self.store.rescores_from_knn_vector:
             knn.update(self._vector_blobs(ids))
-        return _stack([self.store.decode(knn[i], refine[i]) for i in ids], (0, self._info.dim))
+        return self.store.decode_many([knn[i] for i in ids], [refine[i] for i in ids])
 
     def tokens(self, ids: Sequence[int]) -> FloatArray:
         """Stored image tokens of photos, dequantised -> (n, T, Dt) float32."""
@@ -388,76 +388,26 @@ class PhotoStore:
         return out
 
     def candidates(self, query: FloatArray, n: int, filters: Filters | None = None) -> Candidates:
-        """The ``n`` best photos for a unit query vector: vec0 KNN (filters inside the query) over
-        an over-fetched set, rescored exactly against the dequantised stored embeddings. A
-        partitioned index reads only the lists nearest to the query (``index.partitions``)."""
+        """The ``n`` best photos for a unit query vector by cosine with their stored embeddings, among
+        those passing ``filters``: the in-RAM first pass (``index.firstpass``; exact up to
+        ``FirstPassConfig.exact_max`` photos), its best candidates rescored exactly above."""
         filters = filters or Filters()
         q = np.asarray(query, np.float32).reshape(-1)
-        where = ["embedding MATCH " + self.store.param_sql, "k = ?"]
-        fetch = self.store.fetch_count(n)
-        params: list[object] = [self.store.query_blob(q), fetch]
-        if filters.after is not None:
-            where.append("taken >= ?")
-            params.append(filters.after)
-        if filters.before is not None:
-            where.append("taken < ?")
-            params.append(filters.before)
-        if filters.folder is not None:
-            fids = self.folder_ids(filters.folder)
-            if not fids:
-                return Candidates(_EMPTY_IDS, np.zeros((0, self._info.dim), np.float32), np.zeros((0,), np.float32))
-            where.append(f"folder IN ({','.join(str(f) for f in fids)})")
-        with read_transaction(self._conn):  # the centroids and the lists of one state of the index
-            nlist = self.partitions.nlist
-            if nlist and self.partitions.cfg.nprobe(nlist) < nlist:
-                ids = self._probe(q, fetch, " AND ".join(where), params, nlist, not filters.empty)
-                knn = self._vector_blobs(ids) if self.store.rescores_from_knn_vector else dict.fromkeys(ids)
-                rows: list[tuple[int, bytes | None]] = [(i, knn[i]) for i in ids]
-            else:
-                col = "embedding" if self.store.rescores_from_knn_vector else "NULL"
-                rows = [(int(r), bytes(v) if v is not None else None) for r, v in self._conn.execute(
-                    f"SELECT rowid, {col} FROM vectors WHERE {' AND '.join(where)}", params)]
-            ids = [r for r, _ in rows]
-            refine = self._blobs("SELECT id, embedding FROM rerank WHERE id IN ({})", ids)
-        embeds = _stack([self.store.decode(v, refine[i]) for i, v in rows], (0, self._info.dim))
-        scores = embeds @ q
-        order = np.argsort(-scores, kind="stable")[:n]
-        return Candidates(np.asarray(ids, np.int64)[order], embeds[order], scores[order].astype(np.float32))
-
-    def _probe(self, q: FloatArray, fetch: int, where: str, params: list[object], nlist: int,
-               filtered: bool) -> list[int]:
-        """The ``fetch`` nearest photos by vec0 distance among the lists nearest to ``q``: one vec0
-        KNN over the ``nprobe`` nearest lists (vec0 answers up to ``k`` rows per list; SQLite merges
-        them). A filtered search starts wider and doubles the lists until the photos passing its
-        filters in the lists read reach ``filtered_match_share`` of what an unfiltered search reads
-        (so that a selective filter still sees enough of its photos), or every list is read."""
-        cfg = self.partitions.cfg
-        ranked = self.partitions.ranked(q)
-        probe = cfg.nprobe(nlist)
-        target = 0
-        if filtered:
-            target = math.ceil(cfg.filtered_match_share * probe * self.partitions.photos() / nlist)
-            probe = min(nlist, math.ceil(probe * cfg.filtered_probe_factor))
-        while True:
-            lists = ",".join(str(int(i)) for i in ranked[:probe])
-            # MATERIALIZED keeps SQLite from handing the LIMIT to vec0 (which refuses LIMIT with k)
-            sql = (f"WITH c AS MATERIALIZED (SELECT rowid, distance FROM vectors WHERE {where} AND list IN ({lists}))"
-                   " SELECT rowid, (SELECT count(*) FROM c) FROM c ORDER BY distance LIMIT ?")
-            rows = self._conn.execute(sql, [*params[:1], MAX_K if filtered else fetch, *params[2:], fetch]).fetchall()
-            matched = int(rows[0][1]) if rows else 0
-            if probe >= nlist or (len(rows) >= fetch and matched >= target):
-                break
-            probe = min(nlist, 2 * probe)
-            if probe > cfg.max_probe_share * nlist:  # most lists: one plain KNN over all of them is cheaper
-                return [int(r[0]) for r in self._conn.execute(f"SELECT rowid FROM vectors WHERE {where}", params)]
-        return [int(r[0]) for r in rows]
-
-    def retrain_partitions(self) -> int:
-        """Re-cluster every photo into fresh lists (one transaction); returns the number of lists.
-        Not needed as the library grows (lists are split as they fill); for a library whose
-        content changed much, or to partition a small one now."""
-        with write_transaction(self._conn):
-            return self.partitions.retrain(self.embeddings)
+        dim = self._info.dim
+        fp = self.first_pass
+        with fp.lock, read_transaction(self._conn):  # the catch-up and the rescoring see one state of the index
+            fids = self.folder_ids(filters.folder) if filters.folder is not None else None
+            if fids is not None and not fids:
+                return Candidates(_EMPTY_IDS, np.zeros((0, dim), np.float32), np.zeros((0,), np.float32))
+            fp.sync(self._conn)
+            ids, embeds, scores = fp.search(q, n, filters.after, filters.before, fids)
+            if embeds is None:  # codes: rescore the best of them from their stored vectors
+                ids = np.sort(ids)
+                embeds = self.embeddings(ids.tolist())
+                scores = embeds @ q
+                order = np.lexsort((ids, -scores))[:n]
+                ids, embeds, scores = ids[order], embeds[order], scores[order]
+        return Candidates(np.asarray(ids, np.int64), np.asarray(embeds, np.float32), np.asarray(scores, np.float32))
 
     def moments(self) -> LibraryMoments:
         """The moments of the indexed photos' stored embeddings (``score.LibraryMoments``): kept up to
@@ -502,8 +452,19 @@ class PhotoStore:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One batch of writes, committed together (or not at all)."""
-        with write_transaction(self._conn):
+        with self._write():
             yield
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """``write_transaction``; a rollback also drops the first pass's codes, which a search inside
+        the transaction may have caught up with rows that were never committed."""
+        try:
+            with write_transaction(self._conn):
+                yield
+        except BaseException:
+            self.first_pass.invalidate()
+            raise
 
     def add_photos(self, records: Sequence[PhotoRecord], embeds: FloatArray, tokens: FloatArray) -> list[int]:
         """Insert (or replace, by path) photos with their float embeddings (n, D) and tokens (n, T, Dt)."""
@@ -513,45 +474,32 @@ class PhotoStore:
             raise ValueError(f"{len(records)} records but {len(embeds)} embeddings and {len(tokens)} token sets")
         self._check_shapes(embeds, tokens)
         ids = []
-        with write_transaction(self._conn):
+        with self._write():
             self._ensure_scales(embeds, tokens)
             tscale = self._info.token_scale
-            for start in range(0, len(records), _MAINTAIN_EVERY):
-                part = slice(start, start + _MAINTAIN_EVERY)
+            for start in range(0, len(records), _ENCODE_BATCH):
+                part = slice(start, start + _ENCODE_BATCH)
                 codes = [self.store.encode(e) for e in embeds[part]]
-                stored = _stack([self.store.decode(*c) for c in codes], (0, self._info.dim))
-                lists = self.partitions.assign(stored)
-                for rec, (knn, refine), t, li in zip(records[part], codes, tokens[part], lists):
-                    ids.append(self._insert(rec, knn, quantize(t, tscale).tobytes(), refine, int(li)))
-                self.partitions.grew(lists.tolist())
+                stored = self.store.decode_many([k for k, _ in codes], [r for _, r in codes])
+                for rec, (knn, refine), t in zip(records[part], codes, tokens[part]):
+                    ids.append(self._insert(rec, knn, quantize(t, tscale).tobytes(), refine))
                 moments.add(self._conn, self._info.dim, stored, self.embeddings)
-                self._maintain()
         return ids
-
-    def _maintain(self) -> None:
-        """Partition the index, or split its full lists (inside the caller's write transaction)."""
-        parts = self.partitions
-        photos = self.count() if not parts.nlist else 0  # the count matters only until the first training
-        parts.maintain(photos, self.embeddings)
 
     def copy_photo(self, record: PhotoRecord, source_id: int) -> int:
         """Insert a photo whose content equals an indexed one's (a copied file): no re-embedding."""
         c = self._conn
-        with write_transaction(c):
+        with self._write():
             row = c.execute("SELECT tokens, embedding FROM rerank WHERE id = ?", (source_id,)).fetchone()
-            vec = c.execute("SELECT embedding, list FROM vectors WHERE rowid = ?", (source_id,)).fetchone()
+            vec = c.execute("SELECT embedding FROM vectors WHERE rowid = ?", (source_id,)).fetchone()
             if row is None or vec is None:
                 raise LibraryError(f"photo id {source_id} is not in the index")
-            pid = self._insert(record, bytes(vec[0]), bytes(row[0]), bytes(row[1]) if row[1] is not None else None,
-                               int(vec[1]))
-            self.partitions.grew([int(vec[1])])
+            pid = self._insert(record, bytes(vec[0]), bytes(row[0]), bytes(row[1]) if row[1] is not None else None)
             moments.add(c, self._info.dim, self.embeddings([pid]), self.embeddings)
-            self._maintain()
             return pid
 
-    def _insert(self, rec: PhotoRecord, knn: bytes, tokens: bytes, refine: bytes | None, list_id: int) -> int:
-        """One photo row, its vector in list ``list_id`` and its rerank row (the caller counts the
-        photo in its list)."""
+    def _insert(self, rec: PhotoRecord, knn: bytes, tokens: bytes, refine: bytes | None) -> int:
+        """One photo row, its vector and its rerank row."""
         c = self._conn
         old = c.execute("SELECT id FROM photos WHERE path = ?", (rec.path,)).fetchone()
         if old is not None:
@@ -561,9 +509,10 @@ class PhotoStore:
                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   (rec.path, fid, rec.hash, rec.size, rec.mtime_ns, rec.exif_time, rec.taken, rec.width, rec.height))
         pid = int(c.last_insert_rowid())
-        c.execute(f"INSERT INTO vectors(rowid, list, embedding, taken, folder) VALUES (?, ?, {self.store.param_sql}, ?, ?)",
-                  (pid, list_id, knn, rec.taken, fid))
+        c.execute(f"INSERT INTO vectors(rowid, embedding, taken, folder) VALUES (?, {self.store.param_sql}, ?, ?)",
+                  (pid, knn, rec.taken, fid))
         c.execute("INSERT INTO rerank(id, tokens, embedding) VALUES (?, ?, ?)", (pid, tokens, refine))
+        log_changes(c, [pid], self._first_pass_cfg.log_keep)
         c.execute("DELETE FROM skipped WHERE path = ?", (rec.path,))
         return pid
 
@@ -575,7 +524,7 @@ class PhotoStore:
     def move_photo(self, photo_id: int, record: PhotoRecord) -> None:
         """A known photo found at a new path (moved or renamed): keep its vectors, update the rest."""
         c = self._conn
-        with write_transaction(c):
+        with self._write():
             other = self.key_id(record.path)
             if other is not None and other != photo_id:
                 self.delete_photos([other])
@@ -584,11 +533,13 @@ class PhotoStore:
                       " WHERE id = ?", (record.size, record.mtime_ns, record.exif_time, record.taken,
                                         record.width, record.height, photo_id))
             c.execute("UPDATE vectors SET taken = ? WHERE rowid = ?", (record.taken, photo_id))
+            log_changes(c, [photo_id], self._first_pass_cfg.log_keep)
 
     def _rekey(self, photo_id: int, key: str) -> None:
         fid = self._folder_id(key)
         self._conn.execute("UPDATE photos SET path = ?, folder_id = ? WHERE id = ?", (key, fid, photo_id))
         self._conn.execute("UPDATE vectors SET folder = ? WHERE rowid = ?", (fid, photo_id))
+        log_changes(self._conn, [photo_id], self._first_pass_cfg.log_keep)
         self._conn.execute("DELETE FROM skipped WHERE path = ?", (key,))
 
     def adopt_alias(self, alias: str, target: str) -> int:
@@ -598,7 +549,7 @@ class PhotoStore:
         c, dropped = self._conn, 0
         lo, hi = path_range(alias)
         where = "path = ? OR (path >= ? AND path < ?)"
-        with write_transaction(c):
+        with self._write():
             for pid, key in c.execute(f"SELECT id, path FROM photos WHERE {where}", (alias, lo, hi)).fetchall():
                 new = target + str(key)[len(alias):]
                 if self.key_id(new) is None:
@@ -614,14 +565,14 @@ class PhotoStore:
         """Same content, new size/mtime stamp (e.g. the file was rewritten unchanged, or read again
         after a failure)."""
         c = self._conn
-        with write_transaction(c):
+        with self._write():
             c.execute("UPDATE photos SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, photo_id))
             c.execute("DELETE FROM skipped WHERE path = (SELECT path FROM photos WHERE id = ?)", (photo_id,))
 
     def forget_key(self, key: str) -> int:
         """The file at this key is gone: drop its photo and skipped rows; returns the photos dropped."""
         c = self._conn
-        with write_transaction(c):
+        with self._write():
             pid = self.key_id(key)
             if pid is not None:
                 self.delete_photos([pid])
@@ -630,7 +581,7 @@ class PhotoStore:
 
     def delete_photos(self, ids: Sequence[int]) -> None:
         c = self._conn
-        with write_transaction(c):
+        with self._write():
             known = self.photo_info(ids)
             leaving = [i for i in dict.fromkeys(int(p) for p in ids) if i in known]
             try:
@@ -639,17 +590,12 @@ class PhotoStore:
                 gone = None
             if leaving:
                 moments.remove(c, self._info.dim, gone)
-            lists = []
-            for pid in dict.fromkeys(int(p) for p in ids):
-                row = c.execute("SELECT list FROM vectors WHERE rowid = ?", (pid,)).fetchone()
-                if row is not None:
-                    lists.append(int(row[0]))
-                c.execute("DELETE FROM vectors WHERE rowid = ?", (int(pid),))
-                c.execute("DELETE FROM rerank WHERE id = ?", (int(pid),))
-                c.execute("DELETE FROM photos WHERE id = ?", (int(pid),))
-            if lists:
-                self.partitions.grew(lists, -1)
-                self.partitions.drop_empty()
+            unique = list(dict.fromkeys(int(p) for p in ids))
+            for pid in unique:
+                c.execute("DELETE FROM vectors WHERE rowid = ?", (pid,))
+                c.execute("DELETE FROM rerank WHERE id = ?", (pid,))
+                c.execute("DELETE FROM photos WHERE id = ?", (pid,))
+            log_changes(c, unique, self._first_pass_cfg.log_keep)
 
     def prune_folders(self) -> None:
         self._conn.execute("DELETE FROM folders WHERE id NOT IN (SELECT DISTINCT folder_id FROM photos)")
@@ -660,7 +606,7 @@ class PhotoStore:
         ``schema``). A file whose new content is unusable loses its indexed photo; a file that cannot
         be read now keeps it (the photo may well be fine: a scan error is not a change)."""
         c = self._conn
-        with write_transaction(c):
+        with self._write():
             old = self.key_id(path)
             if old is not None and kind == schema.SKIP_CONTENT:
                 self.delete_photos([old])

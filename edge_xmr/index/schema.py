@@ -1,4 +1,4 @@
-"""Index schema (version 4), the meta table, and migrations from older versions.
+"""Index schema (version 5), the meta table, and migrations from older versions.
 
 Tables (one SQLite file):
 
@@ -11,11 +11,10 @@ Tables (one SQLite file):
 - ``photos``: path, folder_id, content hash (sha256), size, mtime_ns, exif_time (EXIF capture
   time), taken (exif_time, else the file's mtime; what date filters use), width, height.
 - ``vectors`` (vec0): the bi-encoder embedding, rowid = photos.id, with metadata columns
-  ``taken`` and ``folder`` so that date and folder filters run inside the KNN query, and the
-  partition key ``list``: the photo's list in the coarse quantiser (``partitions``; 0 while the
-  index has none), so that a search reads only the nearest lists.
-- ``partitions(id, centroid, size)``: the coarse quantiser's unit centroids (float32) and list
-  sizes; ``meta.partition_epoch`` changes whenever the set of centroids does.
+  ``taken`` and ``folder``. Searches rank photos by the in-RAM first pass (``firstpass``), which
+  reads its codes from here once per open store and the stored vectors of its best candidates.
+- ``changes(seq, id)``: the photos each write inserted, removed or re-filed, in commit order (the
+  newest ``FirstPassConfig.log_keep`` entries): how an open store's first pass catches up.
 - ``rerank(id, tokens, embedding)``: int8 image tokens (T x Dt) for the cross-encoder, and the
   embedding refinement used for exact rescoring (int8 store: the 4-bit rounding residual of the
   vec0 codes; bit store: int8 codes + residual; float32 store: NULL).
@@ -34,7 +33,9 @@ another process did it first.
 Version history: 1 had no folders table and no vec0 metadata columns (filters ran after the
 KNN, which silently returned too few results) and no size/mtime on skipped files; 2 had no
 ``skipped.kind`` (a file that failed was tried again only once its size or mtime changed); 3
-had no partitions (vec0 without the ``list`` partition key: every search read every vector).
+had no ``changes`` table (searches ran sqlite-vec's brute-force KNN); 4 partitioned vec0 by an
+inverted file (a ``list`` partition key and a ``partitions`` table of k-means centroids), which
+the in-RAM first pass replaced: faster at every size measured (docs/runtime.md).
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ import time
 import apsw
 
 from .db import write_transaction
-from .partitions import UNTRAINED, VEC_CHUNK, create_table as create_partitions
+from .firstpass import create_log
 from .stores import STORE_KINDS, Store
 from ..errors import EdgeXmrError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # skipped.kind: when a file that could not be indexed is tried again
 SKIP_CONTENT = "content"  # not a usable image: when its size or mtime changes
@@ -80,21 +81,20 @@ def create(conn: apsw.Connection, store: Store, meta: dict[str, str]) -> bool:
             f" kind TEXT NOT NULL DEFAULT '{SKIP_CONTENT}');"
         )
         create_vectors(conn, store)
-        create_partitions(conn)
+        create_log(conn)
         write_meta(conn, {**meta, "schema_version": str(SCHEMA_VERSION)})
     return True
 
 
-def create_vectors(conn: apsw.Connection, store: Store, name: str = "vectors", partitioned: bool = True) -> None:
-    """The vec0 table (``partitioned=False``: the layout of schema versions 2 and 3)."""
-    if partitioned:
-        conn.execute(f"CREATE VIRTUAL TABLE {name} USING vec0(list integer partition key, {store.column_sql},"
-                     f" taken integer, folder integer, chunk_size={VEC_CHUNK})")
-        # vec0 finds a partition's chunks by scanning its chunks table: without this index a KNN over
-        # p lists reads p x (all chunks) rows (a one-off test here: 60 ms -> 9 ms over 100 of 2000 lists)
-        conn.execute(f"CREATE INDEX {name}_chunks_partition ON {name}_chunks(partition00)")
-    else:
-        conn.execute(f"CREATE VIRTUAL TABLE {name} USING vec0({store.column_sql}, taken integer, folder integer)")
+VEC_CHUNK = 64  # vec0 chunk_size: a search reads its candidates' vectors one by one, each at its offset in
+#               its chunk's blob, which SQLite reaches by walking the blob's overflow pages: 100 random
+#               reads at 100k photos took 4.6 ms with vec0's default 1024 (256 KB blobs), 1.5 ms with 64
+#               (16 KB), for 13 more bytes per photo (one-off test, dbstat); 16: 1.1 ms, 250 more bytes
+
+
+def create_vectors(conn: apsw.Connection, store: Store) -> None:
+    conn.execute(f"CREATE VIRTUAL TABLE vectors USING vec0({store.column_sql}, taken integer, folder integer,"
+                 f" chunk_size={VEC_CHUNK})")
 
 
 def read_meta(conn: apsw.Connection) -> dict[str, str]:
@@ -129,8 +129,9 @@ def migrate(conn: apsw.Connection) -> int:
             v = version(conn)  # again under the write lock: another process may have migrated
             if v >= SCHEMA_VERSION:
                 break
-            _STEPS[v](conn)
-            write_meta(conn, {"schema_version": str(v + 1)})
+            step, to = _STEPS[v]
+            step(conn)
+            write_meta(conn, {"schema_version": str(to)})
     return found
 
 
@@ -165,7 +166,7 @@ def _v1_to_v2(conn: apsw.Connection) -> None:
     old = conn.execute("SELECT v.rowid, v.embedding, p.taken, p.folder_id FROM vectors v"
                        " JOIN photos p ON p.id = v.rowid").fetchall()
     conn.execute("DROP TABLE vectors")
-    create_vectors(conn, store, partitioned=False)
+    create_vectors(conn, store)
     conn.executemany(f"INSERT INTO vectors(rowid, embedding, taken, folder) VALUES (?, {store.param_sql}, ?, ?)",
                      [(int(r), bytes(e), int(t), int(f)) for r, e, t, f in old])
     conn.execute("UPDATE skipped SET at = ?", (int(time.time()),))
@@ -179,16 +180,16 @@ def _v2_to_v3(conn: apsw.Connection) -> None:
     conn.execute(f"UPDATE skipped SET kind = '{SKIP_UNSUPPORTED}' WHERE reason LIKE 'HEIC/HEIF support%'")
 
 
-def _v3_to_v4(conn: apsw.Connection) -> None:
-    """vec0 rebuilt with the ``list`` partition key, every photo in list 0 (untrained: the index
-    is partitioned by its next write once it holds ``PartitionConfig.train_at`` photos)."""
+def _to_v5(conn: apsw.Connection) -> None:
+    """From 3 or 4: vec0 rebuilt without the partition key of 4 (the same rows), the ``partitions``
+    table dropped, the ``changes`` table created (empty: a store loads every code on first use)."""
     store = store_from_meta(read_meta(conn))
     old = conn.execute("SELECT rowid, embedding, taken, folder FROM vectors").fetchall()
-    conn.execute("DROP TABLE vectors")
+    conn.execute("DROP TABLE vectors; DROP TABLE IF EXISTS partitions; DELETE FROM meta WHERE key = 'partition_epoch'")
     create_vectors(conn, store)
-    create_partitions(conn)
-    conn.executemany(f"INSERT INTO vectors(rowid, list, embedding, taken, folder) VALUES (?, {UNTRAINED},"
-                     f" {store.param_sql}, ?, ?)", [(int(r), bytes(e), t, f) for r, e, t, f in old])
+    create_log(conn)
+    conn.executemany(f"INSERT INTO vectors(rowid, embedding, taken, folder) VALUES (?, {store.param_sql}, ?, ?)",
+                     [(int(r), bytes(e), t, f) for r, e, t, f in old])
 
 
-_STEPS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+_STEPS = {1: (_v1_to_v2, 2), 2: (_v2_to_v3, 3), 3: (_to_v5, 5), 4: (_to_v5, 5)}  # version -> (step, version after)

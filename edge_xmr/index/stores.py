@@ -1,25 +1,24 @@
 """How embeddings are kept in the ``vec0`` table, and how stored data becomes floats again.
 
-Three stores (``meta.store``), all searched by sqlite-vec's exact brute-force KNN followed by an
-exact rescoring of an over-fetched candidate set with the float query:
+Three stores (``meta.store``); a search ranks photos by cosine with their decoded stored vectors
+(``decode``: exactly in the in-RAM first pass up to ``FirstPassConfig.exact_max`` photos, by
+rescoring its best candidates above):
 
 - ``int8`` (default): ``int8[D]``, q = clip(round(x * scale), -127, 127) with the bundle's
   calibrated ``embedding_int8_scale`` (sqlite-vec's 'unit' scaling maps [-1, 1] to the int8
   range, but the components of a unit vector in 256 dimensions rarely exceed 0.3, so it wastes
-  most of the range). KNN by L2 (about 3x faster than sqlite-vec's int8 cosine, the same order
-  for unit vectors up to quantisation) over ``2 x n`` candidates, rescored by cosine with the
-  int8 codes refined by a stored 4-bit rounding residual (D/2 bytes): int8 alone loses
+  most of the range), refined by a stored 4-bit rounding residual (D/2 bytes): int8 alone loses
   recall@10 on dense libraries (neighbours closer than its rounding error).
-- ``float32``: ``float[D]``, L2 on unit vectors (= cosine order), exact; 4x the bytes.
-- ``bit``: ``bit[D]`` sign bits, Hamming KNN over ``16 x n`` candidates, rescored with int8
-  codes + residual kept in the ``rerank`` table. Hamming in 256 bits is a coarse estimate of
-  the angle, so recall suffers (see docs/runtime.md).
+- ``float32``: ``float[D]``, exact; 4x the bytes.
+- ``bit``: ``bit[D]`` sign bits in vec0 (for sqlite-vec's Hamming KNN, e.g. on a phone), the int8
+  codes + residual kept in the ``rerank`` table (what the search decodes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,9 +27,7 @@ FloatArray = npt.NDArray[np.float32]
 StoreKind = Literal["int8", "float32", "bit"]
 STORE_KINDS: tuple[StoreKind, ...] = ("int8", "float32", "bit")
 DEFAULT_STORE: StoreKind = "int8"
-MAX_K = 4096  # sqlite-vec's largest k
-
-_OVERSAMPLE: dict[str, int] = {"int8": 2, "float32": 1, "bit": 16}
+MAX_K = 4096  # the most results one search returns (the command line's limit too)
 
 # The index's embedding scale is the bundle's calibrated scale times this headroom: the manifest
 # maps the 99.9th percentile of sample components to 127, so about 0.2% of components clip, and a
@@ -82,7 +79,6 @@ class Store:
     kind: StoreKind  # how vec0 keeps the embedding: int8, float32 or bit
     dim: int  # embedding dimension D
     scale: float  # int8 embedding scale (int8 and bit stores; ignored by float32)
-    oversample: int = 0  # candidates fetched per wanted result before rescoring (0: the kind's default)
 
     def __post_init__(self) -> None:
         if self.kind not in STORE_KINDS:
@@ -112,15 +108,6 @@ class Store:
         its int8 codes in the ``rerank`` table instead."""
         return self.kind != "bit"
 
-    def fetch_count(self, n: int) -> int:
-        """How many KNN candidates to fetch for ``n`` results."""
-        over = self.oversample or _OVERSAMPLE[self.kind]
-        return max(1, min(MAX_K, n * over))
-
-    def query_blob(self, q: FloatArray) -> bytes:
-        """A unit query vector -> what vec0's MATCH binds."""
-        return self.encode(q)[0]
-
     def encode(self, x: FloatArray) -> tuple[bytes, bytes | None]:
         """A unit vector -> (vec0 vector, refinement kept in rerank.embedding).
 
@@ -138,16 +125,67 @@ class Store:
 
     def decode(self, knn: bytes | None, refine: bytes | None) -> FloatArray:
         """Stored blobs -> the unit float32 vector (D,) used for rescoring and the cross-encoder."""
-        if self.kind == "float32":
-            assert knn is not None
-            return normalize(np.frombuffer(knn, np.float32).copy())
-        if self.kind == "int8":
-            assert knn is not None
-            codes, res = knn, refine
+        return self.decode_many([knn], [refine])[0]
+
+    def decode_many(self, knn: Sequence[bytes | None], refine: Sequence[bytes | None] | None) -> FloatArray:
+        """Stored blobs of n photos -> their unit float32 vectors (n, D), in one pass over the batch.
+
+        ``refine=None``: without the refinement (int8 store: the int8 codes alone, a 4-bit coarser
+        approximation; what the in-RAM PCA codes are computed from). The bit store's codes live in
+        its refinement, so it always needs it; a missing int8 residual (None) counts as zero."""
+        k = None if self.kind == "bit" else _rows(knn, self.knn_bytes)
+        r = None
+        if refine is not None and self.kind != "float32":
+            if self.kind == "int8":  # 0x88: two zero nibbles
+                refine = [b if b else b"\x88" * self.refine_bytes for b in refine]
+            r = _rows(refine, self.refine_bytes)
+        return self.decode_arrays(k, r, len(knn))
+
+    @property
+    def knn_bytes(self) -> int:
+        """Bytes of one vec0 vector."""
+        return {"float32": 4 * self.dim, "int8": self.dim, "bit": self.dim // 8}[self.kind]
+
+    @property
+    def refine_bytes(self) -> int:
+        """Bytes of one refinement (rerank.embedding; 0: none)."""
+        return {"float32": 0, "int8": self.dim // 2, "bit": self.dim + self.dim // 2}[self.kind]
+
+    def decode_arrays(self, knn: npt.NDArray[np.uint8] | None, refine: npt.NDArray[np.uint8] | None,
+                      n: int) -> FloatArray:
+        """``decode_many`` of stored bytes already in arrays: vec0 vectors (n, knn_bytes) and
+        refinements (n, refine_bytes), either None where not read."""
+        d = self.dim
+        if self.kind == "bit":
+            if refine is None:
+                raise ValueError("the bit store keeps its codes in the refinement: refine is needed")
+            x = refine[:, :d].view(np.int8).astype(np.float32)
+            x += _unpack(refine[:, d:])
         else:
-            assert refine is not None
-            codes, res = refine[: self.dim], refine[self.dim:]
-        x = np.frombuffer(codes, np.int8).astype(np.float32)
-        if res:
-            x = x + unpack_nibbles(res)
-        return normalize(x / np.float32(self.scale))
+            if knn is None:
+                raise ValueError("the vec0 vectors are needed")
+            if self.kind == "float32":
+                return normalize(np.ascontiguousarray(knn).view(np.float32).reshape(n, d))
+            x = np.ascontiguousarray(knn).view(np.int8).astype(np.float32)
+            if refine is not None:
+                x += _unpack(refine)
+        x = x.reshape(n, d)
+        x /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-30)[:, None]  # unit norm (the scale cancels)
+        return x
+
+
+def _rows(blobs: Sequence[bytes | None], width: int) -> npt.NDArray[np.uint8]:
+    """Equal-sized blobs -> one (n, width) byte array."""
+    if not len(blobs):
+        return np.zeros((0, width), np.uint8)
+    if any(b is None for b in blobs):
+        raise ValueError("a stored vector is missing")
+    return np.frombuffer(b"".join(blobs), np.uint8).reshape(len(blobs), width)  # type: ignore[arg-type]
+
+
+def _unpack(b: npt.NDArray[np.uint8]) -> FloatArray:
+    """Packed nibbles (n, D/2) -> (n, D) steps of 1/16 (low nibble first, as ``residual_nibbles``)."""
+    out = np.empty((b.shape[0], b.shape[1] * 2), np.float32)
+    out[:, 0::2] = (b & 15).astype(np.float32) - 8
+    out[:, 1::2] = (b >> 4).astype(np.float32) - 8
+    return out / 16

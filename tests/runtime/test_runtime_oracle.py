@@ -1,4 +1,4 @@
-"""Oracle tests: KNN with filters inside vec0 equals numpy brute force on random data, odd sizes."""
+"""Oracle tests: the candidate search with filters equals numpy brute force on random data, odd sizes."""
 
 from __future__ import annotations
 
@@ -85,8 +85,7 @@ def test_bit_store_rescores_within_filters(tmp_path, size):
         assert all(mask[i - 1] for i in got.ids)
         assert np.all(np.diff(got.scores) <= 1e-7)
         np.testing.assert_allclose(got.scores, stored[got.ids - 1] @ q, atol=1e-5)
-        if lib.store.store.fetch_count(10) >= mask.sum():  # the over-fetch covers every candidate: exact
-            assert got.ids.tolist() == _brute(stored, q, mask, 10)
+        assert got.ids.tolist() == _brute(stored, q, mask, 10)  # the first pass is exact at this size
     lib.close()
 
 
@@ -104,7 +103,6 @@ def test_store_validation():
         Store("int4", 16, 1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="divisible by 8"):
         Store("bit", 12, 1.0)
-    assert Store("bit", 16, 1.0).fetch_count(10_000) == 4096
 
 
 def test_residual_refinement_is_12_bit_precise():

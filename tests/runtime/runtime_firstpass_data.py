@@ -1,4 +1,4 @@
-"""Shared data of the partition tests: a store-level model card, clustered unit vectors, photo rows."""
+"""Data of the first-pass tests: a store-level model card, clustered unit vectors, photo rows."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 
 from edge_xmr.index import PhotoRecord
-from edge_xmr.index.partitions import PartitionConfig
+from edge_xmr.index.firstpass import FirstPassConfig
 
 DIM = 32
-# small lists so that a few thousand photos make dozens of them
-CONFIG = PartitionConfig(train_at=600, list_size=40, split_at=80, nprobe_min=6, nprobe_sqrt=1.0)
+# a small library already takes the PCA path: 16 of 32 dimensions, 60 photos rescored
+CONFIG = FirstPassConfig(exact_max=300, dims=16, rescore=60)
 FOLDERS = 10
 
 
