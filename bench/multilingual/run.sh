@@ -43,7 +43,7 @@ s="$WORK/student_headonly"; b="$WORK/bundle_headonly"
     --calib-images "$WORK/calib_images.txt" --calib-captions "$DATA/captions.tsv" --fusion off --no-mobile \
     --multilingual "$s" --overwrite > /dev/null
 ev "$b" auto fp32 $OUT/results_headonly_auto_fp32.json
-# with parallel pairs: 1000 translated TRAINING captions in each of de, es, zh, fr, ja, ru
+# with parallel pairs: 9000 translated TRAINING captions: 1500 each in de, es, zh, 1000 each in fr, ja, ru, 500 each in it, pt, ko
 # (train_parallel.tsv, README.md), each seen 4 times per epoch next to the 30k English captions
 s="$WORK/student_parallel"; b="$WORK/bundle_parallel"
 [[ -f "$s/multilingual.safetensors" ]] || nice -n 10 $X distil-multilingual --data "$DATA" --out "$s" \
