@@ -501,8 +501,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     WORK.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "cpu": cpu_name(), "platform": platform.platform(),
-               "shared": "the machine (2 cores) was shared with other jobs during the run: variants are "
-                         "interleaved query by query, so load hits them alike",
+               "shared": "variants are interleaved query by query, so any load from other jobs hits them alike "
+                         "(the load averages say how busy the machine was)",
                "loadavg_at_start": list(os.getloadavg()), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     b = bundle()
     real = real_embeddings(b)
